@@ -1,0 +1,1 @@
+"""Declarative search spaces and presets for nfscale studies."""

@@ -1,0 +1,1 @@
+"""The Ray layer of nfscale: LR search, sweeps, the ledger, promotion, reports."""
