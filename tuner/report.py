@@ -1,0 +1,607 @@
+"""`python -m tuner.report`: scaling-law plots, TensorBoard images and a Markdown
+summary from a ledger or a CSV of runs.
+
+    python -m tuner.report --ledger results/ledger --out report/
+    python -m tuner.report --csv runs.csv --out report/ --json > fit.json
+
+Held-out loss is each run's *final* validation loss (ledger `final_val_loss`): the
+paper reports the loss at the end of each epoch budget's cosine schedule, and the
+best-seen loss of a run can come from mid-schedule. Compute is training FLOPs (ledger
+`flops`). Diverged and early-stopped runs are left out of the fits and LR table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuner.errors import TunerError
+from tuner.ledger import Ledger
+from tuner.planner import cell_label
+from tuner.scaling import (
+    BootstrapCI,
+    ComputeOptimal,
+    Fit,
+    LRTable,
+    ScalingError,
+    best_per_cell,
+    bootstrap_ci,
+    compute_optimal,
+    fit_power_law,
+    frontier,
+    optimal_lr_table,
+    size_order,
+)
+
+REQUIRED_CSV_COLUMNS = ("variant", "epochs", "compute", "val_loss")
+OPTIONAL_NUMERIC_COLUMNS = ("lr", "top1", "params")
+OPTIONAL_TEXT_COLUMNS = ("kind", "trial_id", "parent_trial_id", "status")
+# Ledger column -> report column (docs/architecture.md, ledger schema).
+LEDGER_COLUMNS = {
+    "variant": "variant",
+    "epochs": "epochs",
+    "flops": "compute",
+    "final_val_loss": "val_loss",
+    "lr": "lr",
+    "top1": "top1",
+    "params": "params",
+    "kind": "kind",
+    "trial_id": "trial_id",
+    "parent_trial_id": "parent_trial_id",
+    "status": "status",
+}
+REQUIRED_LEDGER_COLUMNS = ("variant", "epochs", "flops", "final_val_loss")
+# A stopped run's loss is mid-schedule and a diverged run's is meaningless: neither
+# measures what its epoch budget reaches.
+EXCLUDED_STATUSES = ("diverged", "stopped")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+
+LOSS_PLOT = "loss_vs_compute.png"
+LR_PLOT = "lr_vs_epochs.png"
+FINETUNE_PLOT = "finetune_vs_compute.png"
+
+
+# ---------------------------------------------------------------- reading runs
+
+
+def _number(raw: str, column: str, line: int, source: str, required: bool) -> float:
+    text = raw.strip() if raw is not None else ""
+    if not text:
+        if required:
+            raise TunerError(f"{source} line {line}: column '{column}' is empty; every row needs a number there")
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise TunerError(f"{source} line {line}: column '{column}' is not a number: {text!r}") from None
+
+
+def load_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Rows from a CSV with columns variant, epochs, compute, val_loss and optionally
+    lr, top1, params, kind, trial_id, parent_trial_id, status."""
+    p = Path(path)
+    if not p.is_file():
+        raise TunerError(f"CSV file {p} does not exist; pass an existing file to --csv")
+    with p.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = [name.strip() for name in (reader.fieldnames or [])]
+        if not header:
+            raise TunerError(f"CSV file {p} is empty; it needs a header row with {', '.join(REQUIRED_CSV_COLUMNS)}")
+        reader.fieldnames = header
+        missing = [c for c in REQUIRED_CSV_COLUMNS if c not in header]
+        if missing:
+            raise TunerError(
+                f"CSV file {p} lacks required column(s) {', '.join(missing)}; "
+                f"it needs {', '.join(REQUIRED_CSV_COLUMNS)}"
+            )
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            if not (raw.get("variant") or "").strip():
+                raise TunerError(f"{p} line {line}: column 'variant' is empty; name the model variant")
+            row: dict[str, Any] = {"variant": raw["variant"].strip()}
+            for col in REQUIRED_CSV_COLUMNS[1:]:
+                row[col] = _number(raw[col], col, line, str(p), required=True)
+            for col in OPTIONAL_NUMERIC_COLUMNS:
+                row[col] = _number(raw.get(col) or "", col, line, str(p), required=False)
+            for col in OPTIONAL_TEXT_COLUMNS:
+                value = (raw.get(col) or "").strip()
+                row[col] = value or None
+            rows.append(row)
+    if not rows:
+        raise TunerError(f"CSV file {p} has a header but no rows; add one row per run")
+    return rows
+
+
+def load_ledger(uri: str) -> list[dict[str, Any]]:
+    """Rows from an nfscale ledger, renamed to the report's columns (see LEDGER_COLUMNS)."""
+    table = Ledger(uri).read()
+    if table.num_rows == 0:
+        raise TunerError(f"the ledger at {uri} is empty; run a sweep or `python -m tuner.ledger import` first")
+    missing = [c for c in REQUIRED_LEDGER_COLUMNS if c not in table.column_names]
+    if missing:
+        raise TunerError(f"the ledger at {uri} lacks column(s) {', '.join(missing)}; is it an nfscale ledger?")
+    present = [c for c in (*LEDGER_COLUMNS, "width_mult", "depth_mult") if c in table.column_names]
+    rows = []
+    for raw in table.select(present).to_pylist():
+        row: dict[str, Any] = {LEDGER_COLUMNS[k]: v for k, v in raw.items() if k in LEDGER_COLUMNS}
+        for col in ("epochs", "compute", "val_loss", "lr", "top1", "params"):
+            value = row.get(col)
+            row[col] = math.nan if value is None else float(value)
+        for col in OPTIONAL_TEXT_COLUMNS:
+            row.setdefault(col, None)
+        if row["variant"] is None:
+            raise TunerError(f"the ledger at {uri} has a row with no variant (trial {row.get('trial_id')})")
+        # A width/depth-scaled variant is a different model: label it as the planner does.
+        row["variant"] = cell_label(row["variant"], raw.get("width_mult") or 1.0, raw.get("depth_mult") or 1.0)
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- analysis
+
+
+@dataclass(frozen=True)
+class ScalingReport:
+    """Everything the plots, the summary and the JSON output are made from."""
+
+    source: str
+    n_rows: int
+    n_pretrain: int
+    n_finetune: int
+    excluded: dict[str, int]  # reason -> pre-training rows left out of the fits
+    points: tuple[Mapping[str, Any], ...]  # best run per (variant, epochs), by compute
+    frontier: tuple[int, ...]  # indices into points
+    fit_on: str
+    fit: Fit
+    ci: BootstrapCI
+    optimal: ComputeOptimal
+    lr_table: LRTable
+    variants: tuple[str, ...]  # smallest to largest
+    finetune: tuple[tuple[Mapping[str, Any], Mapping[str, Any]], ...]  # (pretrain parent, finetune row)
+
+
+def _exclusion_reason(row: Mapping[str, Any]) -> str | None:
+    status = (row.get("status") or "").lower()
+    if status in EXCLUDED_STATUSES:
+        return status
+    if not (math.isfinite(row["val_loss"]) and row["val_loss"] > 0):
+        return "no finite positive loss"
+    if not (math.isfinite(row["compute"]) and row["compute"] > 0):
+        return "no positive compute"
+    if not (math.isfinite(row["epochs"]) and row["epochs"] > 0):
+        return "no positive epochs"
+    return None
+
+
+def analyse(
+    rows: Sequence[Mapping[str, Any]], source: str, n_boot: int = 1000, seed: int = 0, fit_on: str = "frontier"
+) -> ScalingReport:
+    """Best run per (variant, epochs) → frontier → power-law fit with bootstrap CI,
+    compute-optimal params/epochs exponents, optimal-LR table, fine-tuning pairs."""
+    pretrain = [r for r in rows if (r.get("kind") or "pretrain") != "finetune"]
+    finetune_rows = [r for r in rows if r.get("kind") == "finetune"]
+    excluded: Counter[str] = Counter()
+    usable = []
+    for row in pretrain:
+        reason = _exclusion_reason(row)
+        if reason is None:
+            usable.append(row)
+        else:
+            excluded[reason] += 1
+    points = best_per_cell(usable)
+    if len(points) < 2:
+        raise ScalingError(
+            f"need at least 2 usable pre-training points (distinct variant/epochs) to fit, got {len(points)} "
+            f"from {len(rows)} row(s); {_excluded_text(excluded) or 'none excluded'}"
+        )
+    compute = np.array([p["compute"] for p in points])
+    loss = np.array([p["val_loss"] for p in points])
+    front = frontier(compute, loss)
+    chosen = front if fit_on == "frontier" else np.arange(len(points))
+    if fit_on == "frontier" and np.unique(compute[front]).size < 2:
+        raise ScalingError(
+            f"the compute-optimal frontier has {len(front)} point(s): the cheapest run is also the best; "
+            "add runs at larger compute or pass --fit-on all"
+        )
+    fit = fit_power_law(compute[chosen], loss[chosen])
+    ci = bootstrap_ci(compute[chosen], loss[chosen], n_boot=n_boot, seed=seed)
+    optimal = compute_optimal(
+        compute[front],
+        np.array([points[i].get("params", math.nan) for i in front], dtype=np.float64),
+        np.array([points[i]["epochs"] for i in front], dtype=np.float64),
+    )
+    by_id = {r["trial_id"]: r for r in pretrain if r.get("trial_id")}
+    pairs = tuple(
+        (by_id[f["parent_trial_id"]], f)
+        for f in finetune_rows
+        if f.get("parent_trial_id") in by_id
+        and math.isfinite(f.get("top1", math.nan))
+        and (f.get("status") or "").lower() != "diverged"
+        and math.isfinite(by_id[f["parent_trial_id"]]["compute"])
+        and by_id[f["parent_trial_id"]]["compute"] > 0
+    )
+    return ScalingReport(
+        source=source,
+        n_rows=len(rows),
+        n_pretrain=len(pretrain),
+        n_finetune=len(finetune_rows),
+        excluded=dict(excluded),
+        points=tuple(points),
+        frontier=tuple(int(i) for i in front),
+        fit_on=fit_on,
+        fit=fit,
+        ci=ci,
+        optimal=optimal,
+        lr_table=optimal_lr_table(usable),
+        variants=size_order(usable),
+        finetune=pairs,
+    )
+
+
+def _excluded_text(excluded: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(excluded.items()))
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _style(variants: Sequence[str]) -> dict[str, tuple[str, str]]:
+    return {v: (f"C{i % 10}", MARKERS[i % len(MARKERS)]) for i, v in enumerate(variants)}
+
+
+def _plain_log_labels(axis: Any) -> None:
+    """Label a log axis with plain numbers (2, 3, 4) rather than 2×10⁰."""
+    from matplotlib.ticker import LogFormatter
+
+    axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
+def _ticks_at(axis: Any, values: Sequence[float]) -> None:
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    axis.set_major_locator(FixedLocator(values))
+    axis.set_minor_locator(NullLocator())
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def _figure() -> Any:
+    # The object-oriented API renders with Agg and leaves pyplot's global state alone.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def plot_loss_vs_compute(report: ScalingReport, path: Path) -> None:
+    """[P1] Fig. 2: held-out loss vs compute per model, log-log, frontier and fit."""
+    fig, ax = _figure()
+    style = _style(report.variants)
+    for variant in report.variants:
+        pts = [p for p in report.points if p["variant"] == variant]
+        if not pts:
+            continue
+        color, marker = style[variant]
+        ax.plot([p["compute"] for p in pts], [p["val_loss"] for p in pts], marker=marker, color=color, label=variant)
+        for p in pts:
+            ax.annotate(
+                f"{p['epochs']:g}ep", (p["compute"], p["val_loss"]), textcoords="offset points",
+                xytext=(4, 4), fontsize=7, color=color,
+            )
+    fc = [report.points[i]["compute"] for i in report.frontier]
+    fl = [report.points[i]["val_loss"] for i in report.frontier]
+    ax.plot(fc, fl, linestyle="none", marker="o", markersize=12, markerfacecolor="none",
+            markeredgecolor="black", label="compute-optimal frontier")
+    compute = np.array([p["compute"] for p in report.points])
+    xs = np.geomspace(compute.min(), compute.max(), 100)
+    ax.plot(xs, report.fit.predict(xs), "k--",
+            label=f"fit ({report.fit_on}): {report.fit.equation()}, R²={report.fit.r2:.3f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_log_labels(ax.yaxis)
+    ax.set_xlabel("training compute (FLOPs)")
+    ax.set_ylabel("held-out loss")
+    ax.set_title("Held-out loss vs compute")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+
+
+def plot_lr_vs_epochs(report: ScalingReport, path: Path) -> None:
+    """[P1] Fig. 3: optimal LR vs epoch budget per model, both axes log2."""
+    fig, ax = _figure()
+    style = _style(report.variants)
+    for variant in report.variants:
+        cells = sorted((c for c in report.lr_table.cells if c.variant == variant), key=lambda c: c.epochs)
+        if not cells:
+            continue
+        color, marker = style[variant]
+        ax.plot([c.epochs for c in cells], [c.lr for c in cells], marker=marker, color=color, label=variant)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    # Tick at the budgets and LRs that occur (a factor-2 grid), labelled as numbers.
+    _ticks_at(ax.xaxis, sorted({c.epochs for c in report.lr_table.cells}))
+    _ticks_at(ax.yaxis, sorted({c.lr for c in report.lr_table.cells}))
+    ax.set_xlabel("epoch budget")
+    ax.set_ylabel("optimal learning rate")
+    ax.set_title("Optimal learning rate vs epoch budget")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+
+
+def plot_finetune_vs_compute(report: ScalingReport, path: Path) -> None:
+    """[P1] Fig. 1: fine-tuned top-1 vs the pre-training compute of its parent run."""
+    fig, ax = _figure()
+    style = _style(report.variants)
+    for variant in report.variants:
+        pairs = [(parent, ft) for parent, ft in report.finetune if parent["variant"] == variant]
+        if not pairs:
+            continue
+        color, marker = style[variant]
+        ax.plot([p["compute"] for p, _ in pairs], [f["top1"] for _, f in pairs],
+                linestyle="none", marker=marker, color=color, label=variant)
+    compute = np.array([p["compute"] for p, _ in report.finetune])
+    top1 = np.array([f["top1"] for _, f in report.finetune])
+    best = frontier(compute, -top1)
+    ax.plot(compute[best], top1[best], color="black", linewidth=1, label="best at or below compute")
+    ax.set_xscale("log")
+    ax.set_xlabel("pre-training compute (FLOPs)")
+    ax.set_ylabel("fine-tuned top-1")
+    ax.set_title("Fine-tuned accuracy vs pre-training compute")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def _yes_no(answer: bool | None) -> str:
+    return {True: "yes", False: "no", None: "n/a (a single cell)"}[answer]
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def summary_markdown(report: ScalingReport, notes: Sequence[str]) -> str:
+    fit, ci, opt = report.fit, report.ci, report.optimal
+    pct = f"{100 * ci.level:g}%"
+    lines = [
+        "# Scaling report",
+        "",
+        f"Source: {report.source} — {report.n_rows} rows ({report.n_pretrain} pre-training, "
+        f"{report.n_finetune} fine-tuning). Held-out loss is each run's final validation loss; "
+        "compute is training FLOPs; each point is the best learning rate of one (variant, epochs).",
+        f"Left out of the fits: {_excluded_text(report.excluded) or 'nothing'}.",
+        "",
+        "## Loss vs compute",
+        "",
+        f"Fitted on {fit.n} {'frontier points' if report.fit_on == 'frontier' else '(variant, epochs) points'} "
+        f"(least squares in log-log space): **{fit.equation()}**",
+        "",
+        f"- exponent b = {fit.b:.4f} ({pct} bootstrap CI [{ci.b_low:.4f}, {ci.b_high:.4f}], {ci.n_boot} resamples)",
+        f"- coefficient a = {fit.a:.4g} ({pct} CI [{ci.a_low:.4g}, {ci.a_high:.4g}])",
+        f"- R² (log space) = {fit.r2:.4f}",
+        "",
+        "### Compute-optimal frontier",
+        "",
+        "| compute (FLOPs) | variant | epochs | lr | params | held-out loss |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i in report.frontier:
+        p = report.points[i]
+        params = int(p["params"]) if math.isfinite(p.get("params", math.nan)) else None
+        lines.append(
+            f"| {p['compute']:.4g} | {p['variant']} | {p['epochs']:g} | {_fmt(p.get('lr'))} | "
+            f"{_fmt(params)} | {p['val_loss']:.4f} |"
+        )
+    lines += ["", "## Compute-optimal model size and epoch budget", ""]
+    for name, label, sym in (("params", "params_opt", "p"), ("epochs", "epochs_opt", "e")):
+        f = getattr(opt, name)
+        if f is None:
+            lines.append(f"- {label}: not fitted")
+        else:
+            lines.append(
+                f"- {label} = {f.a:.4g} · C^{f.b:.4f} ({sym} = {f.b:.4f}, R² = {f.r2:.3f}, {f.n} frontier points)"
+            )
+    lines += [f"- {n}" for n in opt.notes]
+    lines += ["", "## Optimal learning rate", ""]
+    table = report.lr_table
+    if not table.cells:
+        lines.append("No runs with a learning rate: the LR table is empty.")
+    else:
+        lines += ["| variant | epochs | optimal lr | held-out loss | LRs tried |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {c.variant} | {c.epochs:g} | {c.lr:g} | {c.val_loss:.4f} | {c.n_lrs} |" for c in table.cells
+        ]
+        lines += ["", "Does the optimal LR fall (non-increasing) as the epoch budget grows?", ""]
+        lines += [f"- {v}: {_yes_no(a)}" for v, a in table.monotone_in_epochs.items()]
+        lines += ["", f"Does it fall as the model grows ({' < '.join(table.size_order)}), at fixed epochs?", ""]
+        lines += [f"- {e:g} epochs: {_yes_no(a)}" for e, a in table.monotone_in_size.items()]
+    lines += ["", "## Plots", ""]
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf become null, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _fit_dict(f: Fit | None) -> dict[str, Any] | None:
+    return None if f is None else {"coefficient": f.a, "exponent": f.b, "r2": f.r2, "n": f.n}
+
+
+def report_json(report: ScalingReport, outputs: Mapping[str, str], skipped: Sequence[str]) -> dict[str, Any]:
+    table = report.lr_table
+    point_keys = ("variant", "epochs", "compute", "val_loss", "lr", "params", "trial_id")
+    return _clean(
+        {
+            "source": report.source,
+            "fit_on": report.fit_on,
+            "coefficient": report.fit.a,
+            "exponent": report.fit.b,
+            "r2": report.fit.r2,
+            "n": report.fit.n,
+            "ci": {
+                "level": report.ci.level,
+                "n_boot": report.ci.n_boot,
+                "coefficient": [report.ci.a_low, report.ci.a_high],
+                "exponent": [report.ci.b_low, report.ci.b_high],
+            },
+            "frontier": [{k: report.points[i].get(k) for k in point_keys} for i in report.frontier],
+            "params_exponent": None if report.optimal.params is None else report.optimal.params.b,
+            "epochs_exponent": None if report.optimal.epochs is None else report.optimal.epochs.b,
+            "compute_optimal": {
+                "params": _fit_dict(report.optimal.params),
+                "epochs": _fit_dict(report.optimal.epochs),
+                "notes": list(report.optimal.notes),
+            },
+            "lr_table": [
+                {"variant": c.variant, "epochs": c.epochs, "lr": c.lr, "val_loss": c.val_loss, "n_lrs": c.n_lrs}
+                for c in table.cells
+            ],
+            "lr_monotone_in_epochs": table.monotone_in_epochs,
+            "lr_monotone_in_size": {f"{e:g}": a for e, a in table.monotone_in_size.items()},
+            "size_order": list(table.size_order),
+            "excluded": report.excluded,
+            "outputs": dict(outputs),
+            "skipped": list(skipped),
+        }
+    )
+
+
+def write_tensorboard(logdir: Path, images: Sequence[Path], markdown: str, report: ScalingReport) -> None:
+    """The plots as images, the summary as text and the fitted numbers as scalars."""
+    from PIL import Image
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(logdir=str(logdir))
+    try:
+        for path in images:
+            with Image.open(path) as img:
+                pixels = np.asarray(img.convert("RGB"))
+            writer.add_image(f"scaling/{path.stem}", pixels, global_step=0, dataformats="HWC")
+        writer.add_text("scaling/summary", markdown, global_step=0)
+        writer.add_scalar("scaling/exponent", report.fit.b, global_step=0)
+        writer.add_scalar("scaling/coefficient", report.fit.a, global_step=0)
+        writer.add_scalar("scaling/r2", report.fit.r2, global_step=0)
+        for name in ("params", "epochs"):
+            f = getattr(report.optimal, name)
+            if f is not None:
+                writer.add_scalar(f"scaling/{name}_exponent", f.b, global_step=0)
+    finally:
+        writer.close()
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tuner.report", description="Scaling-law plots and fits from a ledger or a CSV of runs."
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ledger", metavar="URI", help="ledger directory (local path or gs://…)")
+    source.add_argument(
+        "--csv", metavar="FILE",
+        help="CSV with columns variant, epochs, compute, val_loss [, lr, top1, params, kind, trial_id, "
+        "parent_trial_id, status]",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="directory for the plots, summary.md and tensorboard/")
+    parser.add_argument("--json", action="store_true", help="print the fitted numbers as one JSON object on stdout")
+    parser.add_argument("--n-boot", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument(
+        "--fit-on", choices=("frontier", "all"), default="frontier",
+        help="fit the power law to the frontier points (default) or to every (variant, epochs) point",
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.n_boot < 1:
+        raise TunerError(f"--n-boot must be at least 1, got {args.n_boot}")
+    rows = load_ledger(args.ledger) if args.ledger else load_csv(args.csv)
+    source = f"ledger {args.ledger}" if args.ledger else f"CSV {args.csv}"
+    report = analyse(rows, source, n_boot=args.n_boot, seed=args.seed, fit_on=args.fit_on)
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise TunerError(f"--out {out} is a file; give a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    images: list[Path] = []
+    notes: list[str] = []
+    skipped: list[str] = []
+
+    plot_loss_vs_compute(report, out / LOSS_PLOT)
+    images.append(out / LOSS_PLOT)
+    notes.append(f"`{LOSS_PLOT}`: held-out loss vs compute, frontier and fit")
+    if report.lr_table.cells:
+        plot_lr_vs_epochs(report, out / LR_PLOT)
+        images.append(out / LR_PLOT)
+        notes.append(f"`{LR_PLOT}`: optimal LR vs epoch budget")
+    else:
+        skipped.append(f"{LR_PLOT} skipped: no runs record a learning rate")
+    if report.finetune:
+        plot_finetune_vs_compute(report, out / FINETUNE_PLOT)
+        images.append(out / FINETUNE_PLOT)
+        notes.append(f"`{FINETUNE_PLOT}`: fine-tuned top-1 vs pre-training compute ({len(report.finetune)} runs)")
+    else:
+        skipped.append(
+            f"{FINETUNE_PLOT} skipped: no fine-tuning rows with a top-1 linked to a pre-training row by parent_trial_id"
+        )
+    notes += skipped
+
+    markdown = summary_markdown(report, notes)
+    (out / "summary.md").write_text(markdown)
+    write_tensorboard(out / "tensorboard", images, markdown, report)
+    outputs = {p.stem: str(p) for p in images} | {"summary": str(out / "summary.md"), "tensorboard": str(out / "tensorboard")}
+
+    if args.json:
+        print(json.dumps(report_json(report, outputs, skipped), allow_nan=False))
+    else:
+        print(f"{report.fit.equation()}  (b {int(100 * report.ci.level)}% CI [{report.ci.b_low:.4f}, "
+              f"{report.ci.b_high:.4f}], R² {report.fit.r2:.4f}, {report.fit.n} points)")
+        for path in outputs.values():
+            print(f"wrote {path}")
+        for line in skipped:
+            print(line)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except TunerError as err:
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Scaling-law maths over ledger rows: the compute-optimal frontier, power-law fits
+with bootstrap intervals, compute-optimal model size and epoch budget, and the
+optimal learning rate per (variant, epoch budget).
+
+[P1] Fig. 2: held-out loss falls as a straight line in log(loss) vs log(compute),
+and the compute-optimal model size and epoch budget both grow with compute. [P1]
+Fig. 3: the optimal LR falls slowly but monotonically with epoch budget and size.
+
+Pure numpy; no Ray. Rows are mappings with the keys `variant`, `epochs`, `compute`,
+`val_loss` and, where known, `lr`, `params`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tuner.errors import TunerError
+
+
+class ScalingError(TunerError):
+    """The data cannot support the requested fit (too few or invalid points)."""
+
+
+@dataclass(frozen=True)
+class Fit:
+    """`y = a · x^b`, fitted by least squares on (log x, log y)."""
+
+    a: float
+    b: float
+    r2: float  # coefficient of determination in log space
+    n: int  # points used
+
+    def predict(self, x: np.ndarray | float) -> np.ndarray:
+        return self.a * np.power(np.asarray(x, dtype=np.float64), self.b)
+
+    def equation(self, y: str = "L", x: str = "C") -> str:
+        return f"{y} = {self.a:.4g} · {x}^{self.b:.4f}"
+
+
+@dataclass(frozen=True)
+class BootstrapCI:
+    """Percentile bootstrap intervals for a power law's coefficient and exponent."""
+
+    a_low: float
+    a_high: float
+    b_low: float
+    b_high: float
+    level: float
+    n_boot: int  # resamples that could be fitted (degenerate ones are skipped)
+
+
+def _positive_log(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ScalingError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    bad = ~np.isfinite(arr) | (arr <= 0)
+    if bad.any():
+        raise ScalingError(
+            f"{name} must be finite and positive for a log-log fit; "
+            f"{int(bad.sum())} value(s) are not (first: {arr[bad][0]!r}); drop those rows"
+        )
+    return np.log(arr)
+
+
+def _log_xy(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lx, ly = _positive_log(x, "x"), _positive_log(y, "y")
+    if lx.shape != ly.shape:
+        raise ScalingError(f"x and y differ in length ({lx.size} vs {ly.size})")
+    if np.unique(lx).size < 2:
+        raise ScalingError(
+            f"a power-law fit needs at least 2 distinct x values, got {np.unique(lx).size} "
+            f"from {lx.size} point(s); add runs at other compute budgets"
+        )
+    return lx, ly
+
+
+def fit_power_law(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> Fit:
+    """Least-squares fit of `log y = log a + b · log x`."""
+    lx, ly = _log_xy(x, y)
+    b, log_a = np.polyfit(lx, ly, 1)
+    residual = ly - (log_a + b * lx)
+    ss_res = float(residual @ residual)
+    centred = ly - ly.mean()
+    ss_tot = float(centred @ centred)
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res <= 1e-24 else 0.0)
+    return Fit(a=float(np.exp(log_a)), b=float(b), r2=r2, n=int(lx.size))
+
+
+def bootstrap_ci(
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> BootstrapCI:
+    """Percentile intervals for `a` and `b` from refitting on points resampled with
+    replacement. Resamples with a single distinct x cannot be fitted and are skipped."""
+    if n_boot < 1:
+        raise ScalingError(f"n_boot must be at least 1, got {n_boot}")
+    if not 0.0 < level < 1.0:
+        raise ScalingError(f"level must lie strictly between 0 and 1, got {level}")
+    lx, ly = _log_xy(x, y)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, lx.size, size=(n_boot, lx.size))
+    bx, by = lx[idx], ly[idx]
+    dx = bx - bx.mean(axis=1, keepdims=True)
+    dy = by - by.mean(axis=1, keepdims=True)
+    sxx = np.einsum("ij,ij->i", dx, dx)
+    ok = sxx > 1e-12 * max(1.0, float(np.ptp(lx)) ** 2)
+    if not ok.any():
+        raise ScalingError("every bootstrap resample had a single distinct x; add more points")
+    slopes = np.einsum("ij,ij->i", dx[ok], dy[ok]) / sxx[ok]
+    log_as = by[ok].mean(axis=1) - slopes * bx[ok].mean(axis=1)
+    tail = 100.0 * (1.0 - level) / 2.0
+    b_low, b_high = np.percentile(slopes, [tail, 100.0 - tail])
+    la_low, la_high = np.percentile(log_as, [tail, 100.0 - tail])
+    return BootstrapCI(
+        a_low=float(np.exp(la_low)),
+        a_high=float(np.exp(la_high)),
+        b_low=float(b_low),
+        b_high=float(b_high),
+        level=float(level),
+        n_boot=int(ok.sum()),
+    )
+
+
+def frontier(compute: Sequence[float] | np.ndarray, loss: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Indices of the compute-optimal frontier, sorted by compute: the points whose
+    loss is lower than that of every other point with compute at or below theirs.
+
+    Of points tied in compute only the lowest loss can qualify; of exact duplicates
+    (same compute and loss) the first in input order is kept. Non-finite values are
+    never on the frontier.
+    """
+    c = np.asarray(compute, dtype=np.float64)
+    lo = np.asarray(loss, dtype=np.float64)
+    if c.shape != lo.shape or c.ndim != 1:
+        raise ScalingError(f"compute and loss must be 1-D and equal in length ({c.shape} vs {lo.shape})")
+    finite = np.flatnonzero(np.isfinite(c) & np.isfinite(lo))
+    order = finite[np.lexsort((finite, lo[finite], c[finite]))]
+    best = math.inf
+    kept: list[int] = []
+    for i in order:
+        if lo[i] < best:
+            kept.append(int(i))
+            best = lo[i]
+    return np.asarray(kept, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class ComputeOptimal:
+    """Compute-optimal allocation fitted on frontier points: `params_opt = k·C^p`
+    and `epochs_opt = k·C^e` ([P1]: both grow with compute, at about the same rate).
+    A fit is None where the frontier cannot support it (see `notes`)."""
+
+    params: Fit | None
+    epochs: Fit | None
+    notes: tuple[str, ...]
+
+
+def compute_optimal(
+    compute: Sequence[float] | np.ndarray,
+    params: Sequence[float] | np.ndarray,
+    epochs: Sequence[float] | np.ndarray,
+) -> ComputeOptimal:
+    """Fit the parameter count and epoch budget of frontier points against compute.
+
+    Takes the frontier points only (compute, and the params/epochs of each point);
+    points with unknown (NaN) params are left out of the params fit.
+    """
+    c = np.asarray(compute, dtype=np.float64)
+    p = np.asarray(params, dtype=np.float64)
+    e = np.asarray(epochs, dtype=np.float64)
+    notes: list[str] = []
+
+    def attempt(y: np.ndarray, what: str) -> Fit | None:
+        usable = np.isfinite(y) & (y > 0) & np.isfinite(c) & (c > 0)
+        try:
+            return fit_power_law(c[usable], y[usable])
+        except ScalingError as err:
+            notes.append(f"no {what} fit: {err}")
+            return None
+
+    return ComputeOptimal(params=attempt(p, "params"), epochs=attempt(e, "epochs"), notes=tuple(notes))
+
+
+@dataclass(frozen=True)
+class LRCell:
+    """The best learning rate found for one (variant, epoch budget)."""
+
+    variant: str
+    epochs: float
+    lr: float
+    val_loss: float  # mean over repeats at that LR
+    n_lrs: int  # distinct LRs tried in the cell
+
+
+@dataclass(frozen=True)
+class LRTable:
+    cells: tuple[LRCell, ...]
+    # Per variant: does the optimal LR fall (non-increasing) as the epoch budget grows?
+    # None where the variant has a single epoch budget.
+    monotone_in_epochs: dict[str, bool | None]
+    # Per epoch budget: does it fall as model size grows? None with a single variant.
+    monotone_in_size: dict[float, bool | None]
+    size_order: tuple[str, ...]  # variants from smallest to largest
+
+
+def _non_increasing(values: Sequence[float]) -> bool | None:
+    if len(values) < 2:
+        return None
+    return all(later <= earlier for earlier, later in zip(values, values[1:]))
+
+
+def size_order(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """Variants ordered by parameter count when every variant has one, else by
+    compute per epoch (a larger model costs more per epoch)."""
+    params: dict[str, list[float]] = defaultdict(list)
+    per_epoch: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        name = str(row["variant"])
+        p = _as_float(row.get("params"))
+        if math.isfinite(p) and p > 0:
+            params[name].append(p)
+        c, ep = _as_float(row.get("compute")), _as_float(row.get("epochs"))
+        if math.isfinite(c) and math.isfinite(ep) and ep > 0:
+            per_epoch[name].append(c / ep)
+    names = sorted({str(row["variant"]) for row in rows})
+    if all(params[n] for n in names):
+        key = {n: float(np.median(params[n])) for n in names}
+    else:
+        key = {n: float(np.median(per_epoch[n])) if per_epoch[n] else math.inf for n in names}
+    return tuple(sorted(names, key=lambda n: (key[n], n)))
+
+
+def _as_float(value: Any) -> float:
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def optimal_lr_table(rows: Iterable[Mapping[str, Any]]) -> LRTable:
+    """The LR with the lowest held-out loss per (variant, epochs), averaging repeats
+    (seeds) at the same LR first; ties go to the smaller LR. Rows without a finite
+    positive LR or a finite loss are ignored."""
+    usable = [
+        r
+        for r in rows
+        if math.isfinite(_as_float(r.get("lr")))
+        and _as_float(r.get("lr")) > 0
+        and math.isfinite(_as_float(r.get("val_loss")))
+        and math.isfinite(_as_float(r.get("epochs")))
+    ]
+    losses: dict[tuple[str, float], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in usable:
+        losses[(str(r["variant"]), float(r["epochs"]))][float(r["lr"])].append(float(r["val_loss"]))
+    cells = []
+    for (variant, epochs), by_lr in sorted(losses.items()):
+        lr, loss = min(((lr, float(np.mean(v))) for lr, v in by_lr.items()), key=lambda t: (t[1], t[0]))
+        cells.append(LRCell(variant=variant, epochs=epochs, lr=lr, val_loss=loss, n_lrs=len(by_lr)))
+
+    order = size_order(usable) if usable else ()
+    rank = {name: i for i, name in enumerate(order)}
+    cells.sort(key=lambda c: (rank[c.variant], c.epochs))
+    in_epochs = {
+        variant: _non_increasing([c.lr for c in sorted(cells, key=lambda c: c.epochs) if c.variant == variant])
+        for variant in order
+    }
+    in_size = {
+        epochs: _non_increasing(
+            [c.lr for c in sorted(cells, key=lambda c: rank[c.variant]) if c.epochs == epochs]
+        )
+        for epochs in sorted({c.epochs for c in cells})
+    }
+    return LRTable(cells=tuple(cells), monotone_in_epochs=in_epochs, monotone_in_size=in_size, size_order=order)
+
+
+def best_per_cell(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """One row per (variant, epochs): the lowest finite `val_loss`, i.e. the run at
+    the best LR tried. These are the points of [P1] Fig. 2. Sorted by compute."""
+    best: dict[tuple[str, float], Mapping[str, Any]] = {}
+    for row in rows:
+        loss = _as_float(row.get("val_loss"))
+        if not math.isfinite(loss):
+            continue
+        key = (str(row["variant"]), float(row["epochs"]))
+        if key not in best or loss < float(best[key]["val_loss"]):
+            best[key] = row
+    return sorted(best.values(), key=lambda r: (float(r["compute"]), str(r["variant"])))
