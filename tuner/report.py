@@ -109,8 +109,10 @@ def load_csv(path: str | Path) -> list[dict[str, Any]]:
             if not (raw.get("variant") or "").strip():
                 raise TunerError(f"{p} line {line}: column 'variant' is empty; name the model variant")
             row: dict[str, Any] = {"variant": raw["variant"].strip()}
+            # A fine-tuning row is plotted at its parent's compute: its own may be blank.
+            finetune = (raw.get("kind") or "").strip() == "finetune"
             for col in REQUIRED_CSV_COLUMNS[1:]:
-                row[col] = _number(raw[col], col, line, str(p), required=True)
+                row[col] = _number(raw[col], col, line, str(p), required=not finetune)
             for col in OPTIONAL_NUMERIC_COLUMNS:
                 row[col] = _number(raw.get(col) or "", col, line, str(p), required=False)
             for col in OPTIONAL_TEXT_COLUMNS:
@@ -188,6 +190,8 @@ def analyse(
 ) -> ScalingReport:
     """Best run per (variant, epochs) → frontier → power-law fit with bootstrap CI,
     compute-optimal params/epochs exponents, optimal-LR table, fine-tuning pairs."""
+    if fit_on not in ("frontier", "all"):
+        raise ValueError(f"fit_on must be 'frontier' or 'all', got {fit_on!r}")
     pretrain = [r for r in rows if (r.get("kind") or "pretrain") != "finetune"]
     finetune_rows = [r for r in rows if r.get("kind") == "finetune"]
     excluded: Counter[str] = Counter()
@@ -343,8 +347,10 @@ def plot_lr_vs_epochs(report: ScalingReport, path: Path) -> None:
 def plot_finetune_vs_compute(report: ScalingReport, path: Path) -> None:
     """[P1] Fig. 1: fine-tuned top-1 vs the pre-training compute of its parent run."""
     fig, ax = _figure()
-    style = _style(report.variants)
-    for variant in report.variants:
+    # A parent may be of a variant with no usable pre-training point of its own.
+    names = [*report.variants, *sorted({p["variant"] for p, _ in report.finetune} - set(report.variants))]
+    style = _style(names)
+    for variant in names:
         pairs = [(parent, ft) for parent, ft in report.finetune if parent["variant"] == variant]
         if not pairs:
             continue
@@ -500,6 +506,11 @@ def write_tensorboard(logdir: Path, images: Sequence[Path], markdown: str, repor
     from PIL import Image
     from tensorboardX import SummaryWriter
 
+    # A report re-run into the same directory replaces its events rather than adding a
+    # second set that TensorBoard would show side by side.
+    if logdir.is_dir():
+        for stale in logdir.glob("events.out.tfevents.*"):
+            stale.unlink()
     writer = SummaryWriter(logdir=str(logdir))
     try:
         for path in images:
@@ -532,7 +543,9 @@ def _parser() -> argparse.ArgumentParser:
         help="CSV with columns variant, epochs, compute, val_loss [, lr, top1, params, kind, trial_id, "
         "parent_trial_id, status]",
     )
-    parser.add_argument("--out", required=True, metavar="DIR", help="directory for the plots, summary.md and tensorboard/")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="directory for the plots, summary.md and tensorboard/"
+    )
     parser.add_argument("--json", action="store_true", help="print the fitted numbers as one JSON object on stdout")
     parser.add_argument("--n-boot", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -570,7 +583,9 @@ def run(args: argparse.Namespace) -> int:
     if report.finetune:
         plot_finetune_vs_compute(report, out / FINETUNE_PLOT)
         images.append(out / FINETUNE_PLOT)
-        notes.append(f"`{FINETUNE_PLOT}`: fine-tuned top-1 vs pre-training compute ({len(report.finetune)} runs)")
+        notes.append(
+            f"`{FINETUNE_PLOT}`: fine-tuned top-1 vs pre-training compute (fine-tuned runs: {len(report.finetune)})"
+        )
     else:
         skipped.append(
             f"{FINETUNE_PLOT} skipped: no fine-tuning rows with a top-1 linked to a pre-training row by parent_trial_id"
@@ -580,7 +595,8 @@ def run(args: argparse.Namespace) -> int:
     markdown = summary_markdown(report, notes)
     (out / "summary.md").write_text(markdown)
     write_tensorboard(out / "tensorboard", images, markdown, report)
-    outputs = {p.stem: str(p) for p in images} | {"summary": str(out / "summary.md"), "tensorboard": str(out / "tensorboard")}
+    outputs = {p.stem: str(p) for p in images}
+    outputs |= {"summary": str(out / "summary.md"), "tensorboard": str(out / "tensorboard")}
 
     if args.json:
         print(json.dumps(report_json(report, outputs, skipped), allow_nan=False))

@@ -1,0 +1,264 @@
+import csv
+import json
+import math
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tuner.ledger import LEDGER_SCHEMA
+from tuner.report import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+VARIANTS = {"nano": 100_000, "tiny": 400_000, "small": 1_600_000}
+EPOCHS = (0.25, 0.5, 1.0, 2.0, 4.0)
+IMAGES_PER_EPOCH = 60_000
+
+
+def optimal_lr(size_rank: int, epoch_index: int) -> float:
+    """1.6 for short budgets, halving more often for longer runs and larger models ([P1] Fig. 3)."""
+    return 1.6 * 2.0 ** -math.floor(epoch_index * (0.5 + 0.25 * size_rank))
+
+
+def synthetic_runs() -> list[dict]:
+    """A Chinchilla-shaped loss surface on a factor-2 LR grid around each cell's optimum."""
+    runs = []
+    for rank, (variant, params) in enumerate(VARIANTS.items()):
+        for e, epochs in enumerate(EPOCHS):
+            images = IMAGES_PER_EPOCH * epochs
+            for k in (-2, -1, 0, 1):
+                runs.append(
+                    dict(
+                        trial_id=f"{variant}-{epochs:g}-{k}",
+                        variant=variant,
+                        epochs=epochs,
+                        compute=6.0 * params * images,
+                        val_loss=0.2 + 40 * params**-0.3 + 60 * images**-0.3 + 0.02 * k * k,
+                        lr=optimal_lr(rank, e) * 2.0**k,
+                        params=params,
+                    )
+                )
+    return runs
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
+    columns = columns or list(rows[0])
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def ledger_row(run: dict, **overrides) -> dict:
+    row = {name: None for name in LEDGER_SCHEMA.names}
+    row.update(
+        trial_id=run["trial_id"], experiment="synthetic", kind="pretrain", variant=run["variant"],
+        width_mult=1.0, depth_mult=1.0, params=run["params"], epochs=run["epochs"], lr=run["lr"],
+        batch_size=256, dataset="digits", final_val_loss=run["val_loss"], best_val_loss=run["val_loss"],
+        top1=0.5, flops=run["compute"], status="finished", source="sweep", code_version="test",
+        time=datetime(2025, 1, 1, tzinfo=timezone.utc),
+    )
+    row.update(overrides)
+    return row
+
+
+def write_ledger(directory: Path, rows: list[dict]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA), directory / "part-0001.parquet")
+    return directory
+
+
+def report_json(capsys, *args: str) -> dict:
+    assert main([*args, "--json", "--n-boot", "200"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    return json.loads(out)
+
+
+def one_line_error(capsys, *args: str) -> str:
+    assert main(list(args)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
+    return captured.err
+
+
+def test_csv_report_writes_plots_summary_and_tensorboard(tmp_path, capsys):
+    source = write_csv(tmp_path / "runs.csv", synthetic_runs())
+    out = tmp_path / "report"
+    assert main(["--csv", str(source), "--out", str(out), "--n-boot", "200"]) == 0
+    stdout = capsys.readouterr().out
+    assert "finetune_vs_compute.png skipped" in stdout
+
+    for name in ("loss_vs_compute.png", "lr_vs_epochs.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC)
+        assert len(data) > 20_000
+    assert not (out / "finetune_vs_compute.png").exists()
+
+    summary = (out / "summary.md").read_text()
+    assert "exponent b = -0." in summary and "95% bootstrap CI" in summary and "R² (log space)" in summary
+    assert "| nano | 0.25 | 1.6 |" in summary  # the first frontier point, and the LR table
+    assert "params_opt = " in summary and "epochs_opt = " in summary
+    assert "- small: yes" in summary and "nano < tiny < small" in summary
+    assert "finetune_vs_compute.png skipped" in summary
+
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 20_000
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
+    acc.Reload()
+    assert set(acc.Tags()["images"]) == {"scaling/loss_vs_compute", "scaling/lr_vs_epochs"}
+    assert "scaling/summary/text_summary" in acc.Tags()["tensors"]
+    assert acc.Scalars("scaling/exponent")[0].value < 0
+
+    # Re-running into the same directory replaces the events instead of doubling them.
+    assert main(["--csv", str(source), "--out", str(out), "--n-boot", "50"]) == 0
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+
+
+def test_json_numbers_from_csv(tmp_path, capsys):
+    source = write_csv(tmp_path / "runs.csv", synthetic_runs())
+    result = report_json(capsys, "--csv", str(source), "--out", str(tmp_path / "r"))
+    assert -0.3 < result["exponent"] < 0
+    lo, hi = result["ci"]["exponent"]
+    assert lo <= result["exponent"] <= hi
+    assert 0.9 < result["r2"] <= 1.0
+    assert result["n"] == len(result["frontier"])
+    assert result["frontier"][0]["trial_id"] == "nano-0.25-0"
+    computes = [p["compute"] for p in result["frontier"]]
+    assert computes == sorted(computes)
+    # Larger models join the frontier as compute grows.
+    assert result["params_exponent"] > 0 and result["epochs_exponent"] > 0
+    assert len(result["lr_table"]) == len(VARIANTS) * len(EPOCHS)
+    assert result["lr_monotone_in_epochs"] == {"nano": True, "tiny": True, "small": True}
+    assert set(result["lr_monotone_in_size"].values()) == {True}
+    assert result["size_order"] == ["nano", "tiny", "small"]
+    assert result["excluded"] == {}
+    assert any("finetune_vs_compute.png skipped" in s for s in result["skipped"])
+
+
+def test_fit_on_all_points_uses_every_cell(tmp_path, capsys):
+    source = write_csv(tmp_path / "runs.csv", synthetic_runs())
+    result = report_json(capsys, "--csv", str(source), "--out", str(tmp_path / "r"), "--fit-on", "all")
+    assert result["fit_on"] == "all"
+    assert result["n"] == len(VARIANTS) * len(EPOCHS)
+
+
+def test_ledger_report_excludes_bad_runs_and_plots_finetuning(tmp_path, capsys):
+    runs = synthetic_runs()
+    rows = [ledger_row(r) for r in runs]
+    # A stopped run's mid-schedule loss and a diverged run must not reach the fit,
+    # however good the stopped one looks.
+    rows.append(ledger_row(dict(runs[0], trial_id="stopped", lr=3.2, val_loss=0.01), status="stopped"))
+    rows.append(ledger_row(dict(runs[0], trial_id="diverged", lr=6.4, val_loss=math.nan), status="diverged"))
+    rows.append(ledger_row(dict(runs[0], trial_id="half-width", variant="nano"), width_mult=0.5))
+    parents = ("tiny-2-0", "small-1-0", "small-4-0")
+    for i, parent in enumerate(parents):
+        rows.append(
+            ledger_row(dict(runs[0], trial_id=f"ft-{i}"), kind="finetune", parent_trial_id=parent, top1=0.8 + 0.05 * i)
+        )
+    ledger = write_ledger(tmp_path / "ledger", rows)
+    (ledger / ".tmp-part-0002.parquet").write_bytes(b"half-written")  # readers ignore it
+
+    out = tmp_path / "report"
+    result = report_json(capsys, "--ledger", str(ledger), "--out", str(out))
+    assert result["excluded"] == {"diverged": 1, "stopped": 1}
+    assert "stopped" not in [p["trial_id"] for p in result["frontier"]]
+    assert "nano-w0.5" in result["size_order"]
+    assert result["skipped"] == []
+    data = (out / "finetune_vs_compute.png").read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 20_000
+    assert "fine-tuned top-1 vs pre-training compute (fine-tuned runs: 3)" in (out / "summary.md").read_text()
+
+
+def test_json_mode_prints_only_json_from_the_command_line(tmp_path):
+    source = write_csv(tmp_path / "runs.csv", synthetic_runs())
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner.report", "--csv", str(source), "--out", str(tmp_path / "r"), "--json",
+         "--n-boot", "100"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["ci"]["n_boot"] > 0
+
+
+def test_missing_and_empty_ledgers_fail_in_one_line(tmp_path, capsys):
+    err = one_line_error(capsys, "--ledger", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"))
+    assert "empty" in err
+    (tmp_path / "bare").mkdir()
+    assert "empty" in one_line_error(capsys, "--ledger", str(tmp_path / "bare"), "--out", str(tmp_path / "r"))
+
+
+def test_corrupt_ledger_file_fails_in_one_line(tmp_path, capsys):
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    (ledger / "part-0001.parquet").write_bytes(b"not parquet at all")
+    err = one_line_error(capsys, "--ledger", str(ledger), "--out", str(tmp_path / "r"))
+    assert "part-0001.parquet" in err
+
+
+def test_ledger_with_too_few_usable_points_fails(tmp_path, capsys):
+    runs = synthetic_runs()
+    rows = [ledger_row(runs[0]), ledger_row(runs[-1], status="diverged")]
+    ledger = write_ledger(tmp_path / "ledger", rows)
+    err = one_line_error(capsys, "--ledger", str(ledger), "--out", str(tmp_path / "r"))
+    assert "at least 2 usable" in err and "1 diverged" in err
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("", "is empty"),
+        ("variant,epochs,compute,val_loss\n", "no rows"),
+        ("variant,epochs,val_loss\nnano,1,2.0\n", "lacks required column(s) compute"),
+        ("variant,epochs,compute,val_loss\nnano,1,abc,2.0\n", "line 2: column 'compute' is not a number: 'abc'"),
+        ("variant,epochs,compute,val_loss\nnano,1,,2.0\n", "line 2: column 'compute' is empty"),
+        ("variant,epochs,compute,val_loss,lr\nnano,1,10,2.0,fast\n", "column 'lr' is not a number"),
+        ("variant,epochs,compute,val_loss\nnano,1,10,2.0\n", "at least 2 usable"),
+        ("variant,epochs,compute,val_loss\nnano,1,10,2.0\nnano,2,20,1.0\nnano,4,40,-1\n", None),
+        # The cheapest run is also the best: the frontier is one point.
+        ("variant,epochs,compute,val_loss\nnano,1,10,1.0\nnano,2,20,2.0\n", "--fit-on all"),
+    ],
+)
+def test_malformed_csv_fails_in_one_line(tmp_path, capsys, content, fragment):
+    source = tmp_path / "runs.csv"
+    source.write_text(content)
+    args = ["--csv", str(source), "--out", str(tmp_path / "r"), "--n-boot", "20"]
+    if fragment is None:
+        # A non-positive loss is left out, not fatal, while 2 good points remain.
+        assert main(args) == 0
+        return
+    assert fragment in one_line_error(capsys, *args)
+
+
+def test_missing_csv_and_bad_n_boot(tmp_path, capsys):
+    assert "does not exist" in one_line_error(capsys, "--csv", str(tmp_path / "x.csv"), "--out", str(tmp_path))
+    source = write_csv(tmp_path / "runs.csv", synthetic_runs())
+    assert "--n-boot" in one_line_error(capsys, "--csv", str(source), "--out", str(tmp_path), "--n-boot", "0")
+
+
+def test_csv_finetune_rows_link_to_parents(tmp_path, capsys):
+    runs = [dict(r, kind="pretrain", parent_trial_id="", top1="") for r in synthetic_runs()]
+    finetune = dict(variant="small", epochs="", compute="", val_loss="", lr=0.1, params="", kind="finetune",
+                    trial_id="ft", parent_trial_id="small-4-0", top1=0.9)
+    orphan = dict(finetune, trial_id="orphan", parent_trial_id="no-such-trial")
+    source = write_csv(tmp_path / "runs.csv", [*runs, finetune, orphan])
+    result = report_json(capsys, "--csv", str(source), "--out", str(tmp_path / "r"))
+    assert result["skipped"] == []
+    assert "(fine-tuned runs: 1)" in (tmp_path / "r" / "summary.md").read_text()
+    assert (tmp_path / "r" / "finetune_vs_compute.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_csv_without_lr_skips_the_lr_plot(tmp_path, capsys):
+    source = write_csv(tmp_path / "runs.csv", synthetic_runs(), ["variant", "epochs", "compute", "val_loss"])
+    result = report_json(capsys, "--csv", str(source), "--out", str(tmp_path / "r"))
+    assert result["lr_table"] == []
+    assert any(s.startswith("lr_vs_epochs.png skipped") for s in result["skipped"])
+    assert result["params_exponent"] is None and result["epochs_exponent"] > 0
+    assert not (tmp_path / "r" / "lr_vs_epochs.png").exists()
