@@ -4,7 +4,9 @@ Columns: `image` (a struct {bytes, path} as `datasets.Image` writes it, or plain
 `label` (int). Shards are found under the root (a directory, one file, or a glob) and assigned to
 a split by name: a shard belongs to split S when any part of its path below the root starts with
 S followed by `-`, `_`, `.`, a digit or nothing — `data/train-00000-of-00002.parquet`,
-`train/part-0.parquet`, `test.parquet`. The held-out split is `test`, or `validation`/`valid`/`val`
+`train/part-0.parquet`, `test.parquet`. For a glob or a single file the path is taken from the
+directory that holds the pattern or the file, that directory's name included (so
+`/x/train/*.parquet` is a train split). The held-out split is `test`, or `validation`/`valid`/`val`
 when the root has no `test` shards. Files are opened through pyarrow's filesystems
 (`FileSystem.from_uri`), so `gs://bucket/path` reads through `GcsFileSystem`.
 
@@ -46,18 +48,18 @@ def _list_shards(fs: pafs.FileSystem, path: str, uri: str) -> tuple[str, list[st
     if _GLOB_CHARS.search(path):
         parts = path.split("/")
         first_glob = next(i for i, p in enumerate(parts) if _GLOB_CHARS.search(p))
-        root = "/".join(parts[:first_glob]) or "/"
+        base = "/".join(parts[:first_glob]) or "/"
         try:
-            infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+            infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
         except (pa.ArrowException, OSError) as e:
-            raise NFNetError(f"cannot list {root}: {e}") from e
-        return root, sorted(i.path for i in infos if i.is_file and fnmatch.fnmatchcase(i.path, path))
+            raise NFNetError(f"cannot list {base}: {e}") from e
+        return posixpath.dirname(base), sorted(i.path for i in infos if i.is_file and fnmatch.fnmatchcase(i.path, path))
     try:
         info = fs.get_file_info(path)
     except (pa.ArrowException, OSError) as e:
         raise NFNetError(f"cannot read {uri}: {e}") from e
     if info.type == pafs.FileType.File:
-        return posixpath.dirname(path), [path]
+        return posixpath.dirname(posixpath.dirname(path)), [path]
     if info.type == pafs.FileType.Directory:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
         return path, sorted(i.path for i in infos if i.is_file and i.path.endswith(".parquet"))
@@ -148,7 +150,7 @@ def load_parquet(
         names = "/".join(n for group in _SPLIT_NAMES[split] for n in group)
         raise NFNetError(
             f"no {split!r} shards at {uri} (found {len(shards)}, e.g. {shards[0]}); name them "
-            f"{names}-NNNNN-of-NNNNN.parquet or put them under {root}/{_SPLIT_NAMES[split][0][0]}/"
+            f"{names}-NNNNN-of-NNNNN.parquet or put them in a {_SPLIT_NAMES[split][0][0]}/ directory"
         )
 
     images: list[pa.Array] = []

@@ -28,7 +28,10 @@ class SyntheticConfig:
     seed: int = 0
 
     def spec(self) -> str:
-        return f"synthetic:n={self.n},n_test={self.test_size},classes={self.classes},size={self.size},channels={self.channels},seed={self.seed}"
+        return (
+            f"synthetic:n={self.n},n_test={self.test_size},classes={self.classes},"
+            f"size={self.size},channels={self.channels},seed={self.seed}"
+        )
 
     @property
     def test_size(self) -> int:
