@@ -128,7 +128,10 @@ def load_ledger(uri: str) -> list[dict[str, Any]]:
     """Rows from an nfscale ledger, renamed to the report's columns (see LEDGER_COLUMNS)."""
     table = Ledger(uri).read()
     if table.num_rows == 0:
-        raise TunerError(f"the ledger at {uri} is empty or does not exist; check the path, or run a sweep or `python -m tuner.ledger import` first")
+        raise TunerError(
+            f"the ledger at {uri} is empty or does not exist; check the path, "
+            "or run a sweep or `python -m tuner.ledger import` first"
+        )
     missing = [c for c in REQUIRED_LEDGER_COLUMNS if c not in table.column_names]
     if missing:
         raise TunerError(f"the ledger at {uri} lacks column(s) {', '.join(missing)}; is it an nfscale ledger?")
