@@ -39,7 +39,8 @@ from tuner.errors import TunerError
 # TPU v4 slices (Google Cloud, "TPU v4" system architecture): the type name
 # counts TensorCores, 2 per chip; a host (one TPU VM) holds 4 chips; the
 # topology is the 3-D mesh of chips. v4-8 = 4 chips on 1 host, v4-32 = 16 chips
-# on 4 hosts. Ray reads the same shapes (ray._private.accelerators.tpu).
+# on 4 hosts. Ray's TPU code (ray._private.accelerators.tpu) accepts every
+# shape listed here.
 V4_TOPOLOGIES: Mapping[str, str] = MappingProxyType(
     {
         "v4-8": "2x2x1",
@@ -52,7 +53,6 @@ V4_TOPOLOGIES: Mapping[str, str] = MappingProxyType(
         "v4-1024": "8x8x8",
         "v4-1536": "8x8x12",
         "v4-2048": "8x8x16",
-        "v4-4096": "8x16x16",
     }
 )
 V4_CORES_PER_CHIP = 2
@@ -390,7 +390,7 @@ def _setup_problems(prepared: dict) -> list[str]:
     if prepared["provider"]["type"] not in _SSH_PROVIDERS:
         return []
     problems = []
-    if not _mentions(prepared.get("head_setup_commands", []), "nfscale"):
+    if not _installs_nfscale(prepared.get("head_setup_commands", [])):
         problems.append(
             "setup_commands: no head setup command installs nfscale: add "
             '`pip install "nfscale[gcp] @ git+<repo url>"` (or a wheel) to setup_commands'
@@ -402,7 +402,7 @@ def _setup_problems(prepared: dict) -> list[str]:
             if "worker_setup_commands" in node_type
             else "worker_setup_commands"
         )
-        if not _mentions(commands, "nfscale"):
+        if not _installs_nfscale(commands):
             problems.append(
                 f"{where}: nothing installs nfscale on node type {name!r}: add it to "
                 "setup_commands"
@@ -471,6 +471,18 @@ def _has_tpu_workers(prepared: dict) -> bool:
 
 def _mentions(commands: Sequence[str] | None, text: str) -> bool:
     return any(text in str(command) for command in commands or [])
+
+
+# "nfscale" as a package, a wheel or a repository in an install command; not
+# a path such as ~/nfscale-venv.
+_NFSCALE_PACKAGE = re.compile(r"(?<![\w.-])nfscale(?=[\[\s\"'@.=<>~!]|-\d|$)")
+
+
+def _installs_nfscale(commands: Sequence[str] | None) -> bool:
+    return any(
+        "install" in str(command) and _NFSCALE_PACKAGE.search(str(command))
+        for command in commands or []
+    )
 
 
 # ---------------------------------------------------------------------------
