@@ -150,7 +150,7 @@ def _load_mapping(path: str | os.PathLike) -> tuple[dict | None, list[str]]:
 
 
 def unfilled_placeholders(path: str | os.PathLike) -> list[str]:
-    """Values still holding a `YOUR_...` placeholder, as "key.path: value"."""
+    """One line per `YOUR_...` placeholder still in the file, with its key path."""
     data, problems = _load_mapping(path)
     if data is None:
         return problems
@@ -536,7 +536,9 @@ def validate_kuberay_manifest(path: str | os.PathLike) -> list[str]:
         return problems + ["spec.workerGroupSpecs is missing: add at least one worker group"]
     names = [g.get("groupName") for g in groups if isinstance(g, dict)]
     for name in sorted({n for n in names if n and names.count(n) > 1}):
-        problems.append(f"spec.workerGroupSpecs: groupName {name!r} is used twice: make names unique")
+        problems.append(
+            f"spec.workerGroupSpecs: groupName {name!r} is used twice: make names unique"
+        )
     has_tpu = False
     for index, group in enumerate(groups):
         where = f"spec.workerGroupSpecs[{index}]"
@@ -603,9 +605,9 @@ def _worker_group_problems(where: str, group: dict) -> list[str]:
         return problems
     for container in tpu_containers:
         cwhere = f"{where}.template.spec.containers[{container.get('name')}].resources"
-        resources = container.get("resources") or {}
-        limit = _quantity((resources.get("limits") or {}).get(GKE_TPU_RESOURCE))
-        request = _quantity((resources.get("requests") or {}).get(GKE_TPU_RESOURCE))
+        resources = container["resources"]
+        limit = _quantity(_mapping(resources.get("limits")).get(GKE_TPU_RESOURCE))
+        request = _quantity(_mapping(resources.get("requests")).get(GKE_TPU_RESOURCE))
         if limit is None or request is None or limit != request:
             problems.append(
                 f"{cwhere}: {GKE_TPU_RESOURCE} limits ({limit}) and requests ({request}) "
@@ -616,7 +618,7 @@ def _worker_group_problems(where: str, group: dict) -> list[str]:
                 f"{cwhere}: {GKE_TPU_RESOURCE} is {limit}, but a TPU v4 host has "
                 f"{V4_CHIPS_PER_HOST} chips: request {V4_CHIPS_PER_HOST}"
             )
-    selector = ((group.get("template") or {}).get("spec") or {}).get("nodeSelector") or {}
+    selector = _mapping(_mapping(_mapping(group.get("template")).get("spec")).get("nodeSelector"))
     swhere = f"{where}.template.spec.nodeSelector"
     accelerator = selector.get(GKE_ACCELERATOR_LABEL)
     if accelerator != GKE_V4_ACCELERATOR:
@@ -671,10 +673,14 @@ def _tpu_containers(group: dict) -> list[dict]:
         if not isinstance(resources, dict):
             continue
         if any(
-            GKE_TPU_RESOURCE in (resources.get(kind) or {}) for kind in ("limits", "requests")
+            GKE_TPU_RESOURCE in _mapping(resources.get(kind)) for kind in ("limits", "requests")
         ):
             found.append(container)
     return found
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _quantity(value: Any) -> int | None:

@@ -325,7 +325,9 @@ def test_kuberay_replica_bounds_and_names(tmp_path):
     first["minReplicas"], first["replicas"], first["maxReplicas"] = 3, 1, 2
     manifest["spec"]["workerGroupSpecs"][1]["groupName"] = first["groupName"]
     problems = validate_kuberay_manifest(_write(tmp_path, manifest))
-    assert any("need minReplicas <= replicas <= maxReplicas, got 3 <= 1 <= 2" in p for p in problems)
+    assert any(
+        "need minReplicas <= replicas <= maxReplicas, got 3 <= 1 <= 2" in p for p in problems
+    )
     assert any("groupName 'tpu-v4-8' is used twice" in p for p in problems)
 
 
@@ -373,9 +375,12 @@ def test_tpu_slice_resources():
 
 @pytest.mark.parametrize("bad", ["v4-7", "v3-8", "v4", "", "2x2x4"])
 def test_unknown_tpu_type_raises_tuner_error(bad):
-    with pytest.raises(TunerError, match="unknown TPU accelerator type"):
+    with pytest.raises(TunerError, match="unknown TPU accelerator type .* one of v4-8, v4-16"):
         tpu_hosts(bad)
-    with pytest.raises(TunerError, match="unknown TPU v4 topology"):
+
+
+def test_unknown_topology_raises_tuner_error():
+    with pytest.raises(TunerError, match="unknown TPU v4 topology '3x3x3'"):
         tpu_type_for_topology("3x3x3")
 
 
@@ -393,7 +398,8 @@ def test_slice_head_resource_matches_ray_gcp_provider():
     pytest.importorskip("googleapiclient", reason="Ray's GCP provider needs nfscale[gcp]")
     from ray.autoscaler._private.gcp.node_provider import GCPNodeProvider
 
-    filled = GCPNodeProvider.fillout_available_node_types_resources(copy.deepcopy(_load("tpu-v4.yaml")))
+    config = _load("tpu-v4.yaml")
+    filled = GCPNodeProvider.fillout_available_node_types_resources(copy.deepcopy(config))
     for name in ("tpu_v4_8", "tpu_v4_32"):
         node_type = filled["available_node_types"][name]
         expected = tpu_slice(node_type["node_config"]["acceleratorType"]).head_resource
