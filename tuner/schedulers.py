@@ -20,7 +20,8 @@ early count what they used. With `GroupedASHA(budget=...)`, once it is spent:
 the searcher is told it is finished (no new trials), trials that never started
 are stopped before they start, and running trials finish their runs (ASHA may
 still prune them): the last rung decision is what made them worth running, so the
-sweep can overshoot the budget by what those trials use. Ray's controller starts
+sweep can overshoot the budget by what those trials use. A trial that had started
+before a driver restart is a running trial: it resumes. Ray's controller starts
 every PENDING trial on its own, whatever `choose_trial_to_run` says, which is why
 never-started trials are stopped rather than merely not chosen. `BudgetStopper`
 is the hard cap: it ends the whole experiment, running trials included, as soon
@@ -231,9 +232,9 @@ class GroupedASHA(TrialScheduler):
         self._mode: str | None = None
         self._groups: dict[Hashable, AsyncHyperBandScheduler] = {}
         self._group_of: dict[str, Hashable] = {}
-        self._ungrouped: set[str] = set()
         self._reported: set[str] = set()
         self._num_stopped = 0
+        self._warned_no_time = False
 
     # Search properties -------------------------------------------------------
 
@@ -263,9 +264,7 @@ class GroupedASHA(TrialScheduler):
             self.rebuild_from_results([(trial, _stored_results(trial))])
         else:
             key = self.group_key(trial.config, None)
-            if key is None:
-                self._ungrouped.add(trial_id)
-            else:
+            if key is not None:  # else the trial is grouped at its first result
                 self._join(tune_controller, trial, key)
 
     def on_trial_result(
@@ -276,6 +275,12 @@ class GroupedASHA(TrialScheduler):
         if self.budget is not None and self.budget.spent and not was_spent:
             logger.info("%s: no new trials start", self.budget.summary())
             _finish_searcher(tune_controller)
+        if result.get(self.time_attr) is None and not self._warned_no_time:
+            self._warned_no_time = True
+            logger.warning(
+                "trial %s reports no %r: GroupedASHA cannot judge it (report the "
+                "fraction of the run's schedule done)", trial, self.time_attr
+            )
         asha = self._group(tune_controller, trial, result)
         decision = asha.on_trial_result(tune_controller, trial, self._asha_result(result))
         if decision == TrialScheduler.STOP and self._at_end(result):
@@ -290,7 +295,6 @@ class GroupedASHA(TrialScheduler):
         if result:
             self._count(trial, result)
         key = self._group_of.pop(trial.trial_id, None)
-        self._ungrouped.discard(trial.trial_id)
         if key is not None:
             self._groups[key].on_trial_complete(
                 tune_controller, trial, self._asha_result(result or {})
@@ -298,7 +302,6 @@ class GroupedASHA(TrialScheduler):
 
     def on_trial_remove(self, tune_controller: "TuneController", trial: Trial) -> None:
         key = self._group_of.pop(trial.trial_id, None)
-        self._ungrouped.discard(trial.trial_id)
         if key is not None:
             self._groups[key].on_trial_remove(tune_controller, trial)
 
@@ -363,7 +366,6 @@ class GroupedASHA(TrialScheduler):
         self._mode = state["mode"] or self._mode
         self._groups = state["groups"]
         self._group_of = state["group_of"]
-        self._ungrouped = state["ungrouped"]
         self._reported = state["reported"]
         self._num_stopped = state["num_stopped"]
         if self.budget is not None:
@@ -377,7 +379,8 @@ class GroupedASHA(TrialScheduler):
 
     def rungs(self, key: Hashable) -> list[tuple[float, dict[str, float]]]:
         """A group's rungs, lowest first: (milestone as a fraction of the run,
-        trial id -> metric recorded there), one list per bracket concatenated."""
+        trial id -> metric recorded there), one list per bracket concatenated.
+        Read from Ray's bracket bookkeeping, for inspection only."""
         asha = self._groups[key]
         sign = -1.0 if self._mode == "min" else 1.0
         out = []
@@ -406,7 +409,6 @@ class GroupedASHA(TrialScheduler):
             "mode": self._mode,
             "groups": self._groups,
             "group_of": self._group_of,
-            "ungrouped": self._ungrouped,
             "reported": self._reported,
             "num_stopped": self._num_stopped,
             "usage": self.budget.usage() if self.budget is not None else {},
@@ -432,7 +434,6 @@ class GroupedASHA(TrialScheduler):
         if key not in self._groups:
             self._groups[key] = self._new_asha()
         self._group_of[trial.trial_id] = key
-        self._ungrouped.discard(trial.trial_id)
         self._groups[key].on_trial_add(tune_controller, trial)
 
     def _group(self, tune_controller: Any, trial: Trial, result: Mapping[str, Any]):
@@ -481,14 +482,19 @@ def _stored_results(trial: Trial) -> list[dict[str, Any]]:
     try:
         with storage.storage_filesystem.open_input_stream(path) as f:
             text = f.readall().decode("utf-8")
-    except (OSError, FileNotFoundError):
+    except OSError:
         logger.warning(
             "no %s for restored trial %s: its rungs restart from its last result",
             path,
             trial.trial_id,
         )
         return fallback
-    results = [json.loads(line) for line in text.splitlines() if line.strip()]
+    results = []
+    for line in text.splitlines():
+        try:
+            results.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short when the old driver stopped mid-write
     return results or fallback
 
 
