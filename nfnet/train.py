@@ -1,0 +1,722 @@
+"""Train one NFNet: `train(config, callback)` and `python -m nfnet.train`.
+
+    python -m nfnet.train --variant nano --epochs 0.25 --lr 0.1 --batch-size 256 \\
+        --dataset fashion_mnist --resolution 32 --workdir runs/nano-fashion
+
+prints a progress bar on stderr and one JSON summary line on stdout, and leaves
+TensorBoard events in `<workdir>/tensorboard`, orbax checkpoints in
+`<workdir>/checkpoints/<step>` and the summary in `<workdir>/summary.json`.
+`--resume` continues the run in `--workdir` exactly where its last checkpoint left it
+(the other flags default to the checkpoint's); `--resume-from <checkpoint dir>` does
+the same from a given checkpoint. On a 2-core CPU the command above takes about
+two minutes. The demo continues with `python -m nfnet.finetune` (see there).
+
+The recipe is [P1]'s pre-training recipe (nfnet/optim.py): SGD with Nesterov
+momentum, AGC, coupled weight decay, warmup (a fraction of the run) and cosine decay
+to zero, softmax cross-entropy with optional label smoothing. `lr` is the peak LR as
+given; scale it for the batch size with `nfnet.optim.scale_lr` (0.1 x batch/256).
+
+The step is one pure jitted function of (state, batch), compiled once and run
+data-parallel over every device of every process: params replicated, batches split
+along the mesh axis `data`. Logging, checkpoints and the callback happen outside it.
+The run evaluates at `evals_per_run` evenly spaced steps, which is where it reports,
+checkpoints and may stop; a non-finite training loss ends it as "diverged".
+The persistent compilation cache is JAX's own: set JAX_COMPILATION_CACHE_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from nfnet.agc import DEFAULT_EPS, DEFAULT_EXCLUDE, agc_clip_fraction
+from nfnet.checkpoint import (
+    CHECKPOINTS_SUBDIR,
+    CheckpointStore,
+    latest_checkpoint,
+    read_meta,
+    resolve_checkpoint,
+    restore_checkpoint,
+)
+from nfnet.counting import compiled_flops
+from nfnet.data import Dataset, Loader, eval_batches, load_dataset, total_steps
+from nfnet.errors import NFNetError
+from nfnet.metrics import MetricWriter, ProgressBar, json_safe
+from nfnet.model import NFNet
+from nfnet.optim import OptimConfig, make_optimizer, make_schedule
+from nfnet.sam import sam_gradients
+from nfnet.variants import Variant, get_variant
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DATA_AXIS = "data"
+# Subsets (max_*_examples) are drawn with this fixed seed, so runs that differ in
+# `seed` still train and evaluate on the same examples.
+SUBSET_SEED = 0
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults are [P1]'s pre-training recipe at CPU scale."""
+
+    variant: str = "nano"
+    width_mult: float = 1.0
+    depth_mult: float = 1.0
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    epochs: float = 1.0              # fractional budgets (0.25) are first-class
+    lr: float = 0.1                  # peak LR as given (the caller scales it for the batch size)
+    batch_size: int = 256            # global batch, over all devices and hosts
+    resolution: int | None = None    # None: the variant's train_resolution (32 for the small variants)
+    eval_resolution: int | None = None  # None: same as resolution
+    seed: int = 0
+    workdir: str = "runs/default"
+    warmup_fraction: float = 0.05
+    weight_decay: float = 1e-6       # [P1] JFT pre-training
+    clipping: float | None = 0.01    # AGC λ ([P2]); None turns AGC off
+    label_smoothing: float = 0.0
+    dtype: str = "float32"           # or "bfloat16": bf16 activations, f32 params and logits
+    stochdepth_rate: float = 0.0
+    dropout_rate: float = 0.0
+    evals_per_run: int = 8           # evaluate and report at fixed fractions of the run
+    checkpoint_every: int = 1        # checkpoint every N evaluations (and always at the end)
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    num_workers: int = 2
+    progress: bool = True
+    resume: bool = False             # continue from the latest checkpoint in workdir
+    resume_from: str | None = None   # or from this checkpoint directory
+    init_from: str | None = None     # pre-trained checkpoint: load all but the classifier
+    sam_rho: float = 0.0             # > 0 turns SAM on ([P2] fine-tuning: 0.05)
+    sam_fraction: float = 0.2        # share of the batch for SAM's ascent gradient
+    ema_decay: float = 0.0           # > 0 keeps an EMA of the params, evaluated alongside
+
+
+# Fields that may change when a run is resumed; every other field must match the checkpoint's.
+RESUMABLE_CHANGES = frozenset({
+    "workdir", "data_dir", "resume", "resume_from", "init_from", "progress", "num_workers",
+    "checkpoint_every", "max_eval_examples", "eval_resolution",
+})
+
+METRIC_KEYS = (
+    "step", "epoch", "progress", "images_seen", "train_loss", "val_loss", "val_top1", "lr",
+    "clip_fraction", "images_per_sec", "flops", "device_seconds", "diverged", "done",
+    "variant", "epochs", "params",
+)
+
+
+def _real(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _integer(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise NFNetError for any field a run cannot start with."""
+    c = config
+    checks = [
+        (_real(c.lr) and c.lr > 0, f"--lr must be a finite number > 0, got {c.lr}"),
+        (_real(c.epochs) and c.epochs > 0, f"--epochs must be > 0 (fractions like 0.25 are fine), got {c.epochs}"),
+        (_integer(c.batch_size) and c.batch_size >= 1, f"--batch-size must be an integer >= 1, got {c.batch_size}"),
+        (c.resolution is None or (_integer(c.resolution) and c.resolution >= 8),
+         f"--resolution must be an integer >= 8, got {c.resolution}"),
+        (c.eval_resolution is None or (_integer(c.eval_resolution) and c.eval_resolution >= 8),
+         f"--eval-resolution must be an integer >= 8, got {c.eval_resolution}"),
+        (_real(c.warmup_fraction) and 0 <= c.warmup_fraction < 1,
+         f"--warmup-fraction must be in [0, 1), got {c.warmup_fraction}"),
+        (_real(c.weight_decay) and c.weight_decay >= 0, f"--weight-decay must be >= 0, got {c.weight_decay}"),
+        (c.clipping is None or (_real(c.clipping) and c.clipping > 0),
+         f"--clipping must be > 0 (or 'none' to turn AGC off), got {c.clipping}"),
+        (_real(c.label_smoothing) and 0 <= c.label_smoothing < 1,
+         f"--label-smoothing must be in [0, 1), got {c.label_smoothing}"),
+        (c.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}"),
+        (_real(c.stochdepth_rate) and 0 <= c.stochdepth_rate < 1,
+         f"--stochdepth-rate must be in [0, 1), got {c.stochdepth_rate}"),
+        (_real(c.dropout_rate) and 0 <= c.dropout_rate < 1, f"--dropout-rate must be in [0, 1), got {c.dropout_rate}"),
+        (_integer(c.evals_per_run) and c.evals_per_run >= 1, f"--evals-per-run must be >= 1, got {c.evals_per_run}"),
+        (_integer(c.checkpoint_every) and c.checkpoint_every >= 1,
+         f"--checkpoint-every must be >= 1, got {c.checkpoint_every}"),
+        (c.max_train_examples is None or (_integer(c.max_train_examples) and c.max_train_examples >= 1),
+         f"--max-train-examples must be >= 1, got {c.max_train_examples}"),
+        (c.max_eval_examples is None or (_integer(c.max_eval_examples) and c.max_eval_examples >= 1),
+         f"--max-eval-examples must be >= 1, got {c.max_eval_examples}"),
+        (_integer(c.num_workers) and c.num_workers >= 0, f"--num-workers must be >= 0, got {c.num_workers}"),
+        (_real(c.sam_rho) and c.sam_rho >= 0, f"--sam-rho must be >= 0, got {c.sam_rho}"),
+        (_real(c.sam_fraction) and 0 < c.sam_fraction <= 1, f"--sam-fraction must be in (0, 1], got {c.sam_fraction}"),
+        (_real(c.ema_decay) and 0 <= c.ema_decay < 1, f"--ema-decay must be in [0, 1), got {c.ema_decay}"),
+        (not (c.resume and c.resume_from), "pass either --resume or --resume-from, not both"),
+        (bool(c.workdir), "--workdir must not be empty"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise NFNetError(message)
+
+
+class Subset:
+    """A fixed random subset of a dataset (the `max_*_examples` options), in the original order."""
+
+    def __init__(self, ds: Dataset, size: int, seed: int = SUBSET_SEED) -> None:
+        self.ds = ds
+        self.indices = np.sort(np.random.default_rng(seed).permutation(len(ds))[:size])
+        self.name = f"{ds.name}[{size}]"
+        self.num_classes = ds.num_classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def get(self, indices):
+        return self.ds.get(self.indices[np.asarray(indices, dtype=np.int64)])
+
+
+def subset(ds: Dataset, size: int | None) -> Dataset:
+    return ds if size is None or size >= len(ds) else Subset(ds, size)
+
+
+def eval_schedule(total: int, evals_per_run: int) -> list[int]:
+    """Steps that evaluate: round(k·total/evals_per_run) for k = 1..evals_per_run, deduplicated, >= 1."""
+    return sorted({max(1, math.floor(k * total / evals_per_run + 0.5)) for k in range(1, evals_per_run + 1)})
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int, smoothing: float = 0.0) -> jax.Array:
+    """Mean softmax cross-entropy in f32, with labels smoothed by `smoothing`."""
+    targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    if smoothing:
+        targets = optax.smooth_labels(targets, smoothing)
+    return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """Everything the compiled functions depend on; compiled functions are cached by it."""
+
+    variant: Variant
+    num_classes: int
+    dtype: str
+    stochdepth_rate: float
+    dropout_rate: float
+    label_smoothing: float
+    optim: OptimConfig
+    sam_rho: float
+    sam_fraction: float
+    ema_decay: float
+    mesh: Mesh
+    batch_size: int
+    resolution: int
+    eval_resolution: int
+
+    @property
+    def model(self) -> NFNet:
+        return NFNet(self.variant, self.num_classes, self.stochdepth_rate, self.dropout_rate,
+                     dtype=DTYPES[self.dtype])
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P(DATA_AXIS))
+
+
+def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
+    """EMA decay with a warm-up: min(decay, (1 + t) / (10 + t)) after t updates.
+
+    TensorFlow's ExponentialMovingAverage(num_updates) rule: early in a run the average
+    follows the weights closely, so short runs (a few hundred steps) still get a useful
+    EMA, and long runs reach `decay`.
+    """
+    t = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
+def make_train_step(spec: StepSpec) -> Callable[[dict, tuple], tuple[dict, dict]]:
+    """The pure step: (state, (x, y)) -> (state, {loss, clip_fraction}).
+
+    state = {params, opt_state, step, rng[, ema]}; the dropout/stochastic-depth key of
+    step s is fold_in(rng, s), so a resumed run draws the same keys.
+    """
+    model, tx = spec.model, make_optimizer(spec.optim)
+    num_shards = spec.mesh.size
+
+    def train_step(state: dict, batch: tuple[jax.Array, jax.Array]) -> tuple[dict, dict]:
+        params = state["params"]
+        rng = jax.random.fold_in(state["rng"], state["step"])
+
+        def loss_fn(p, b):
+            x, y = b
+            logits = model.apply({"params": p}, x, train=True, rngs={"dropout": rng})
+            return cross_entropy(logits, y, spec.num_classes, spec.label_smoothing), None
+
+        if spec.sam_rho > 0:
+            # [P2]: the ascent gradient uses part of each device's batch, not synchronised.
+            loss, _, grads = sam_gradients(loss_fn, params, batch, rho=spec.sam_rho,
+                                           ascent_fraction=spec.sam_fraction, num_shards=num_shards)
+        else:
+            (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+        if spec.optim.clipping is None:
+            clip_fraction = jnp.zeros((), jnp.float32)
+        else:
+            clip_fraction = agc_clip_fraction(grads, params, spec.optim.clipping, spec.optim.agc_eps,
+                                              spec.optim.agc_exclude)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        params = optax.apply_updates(params, updates)
+        new_state = dict(state, params=params, opt_state=opt_state, step=state["step"] + 1)
+        if "ema" in state:
+            d = ema_decay_at(spec.ema_decay, state["step"])
+            new_state["ema"] = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema"], params)
+        return new_state, {"loss": loss, "clip_fraction": clip_fraction}
+
+    return train_step
+
+
+def init_state(spec: StepSpec, seed: int) -> dict:
+    """Fresh replicated train state (params from `seed`)."""
+    return _init_fn(spec)(jax.random.PRNGKey(seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _init_fn(spec: StepSpec) -> Callable[[jax.Array], dict]:
+    model, tx = spec.model, make_optimizer(spec.optim)
+
+    def init(key: jax.Array) -> dict:
+        init_key, rng = jax.random.split(key)
+        # Parameter shapes do not depend on the resolution: initialise on a small image.
+        params = model.init(init_key, jnp.zeros((1, 16, 16, 3), jnp.float32), train=False)["params"]
+        state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng}
+        if spec.ema_decay > 0:
+            state["ema"] = params
+        return state
+
+    return jax.jit(init, out_shardings=spec.replicated)
+
+
+@functools.lru_cache(maxsize=4)
+def compile_train_step(spec: StepSpec, state_shapes: Any) -> tuple[Any, float]:
+    """(compiled step, training FLOPs of one step over all devices) for this spec."""
+    state_abstract = jax.tree.unflatten(state_shapes[0], state_shapes[1])
+    batch = (
+        jax.ShapeDtypeStruct((spec.batch_size, spec.resolution, spec.resolution, 3), jnp.float32,
+                             sharding=spec.batch_sharding),
+        jax.ShapeDtypeStruct((spec.batch_size,), jnp.int32, sharding=spec.batch_sharding),
+    )
+    step = jax.jit(make_train_step(spec), in_shardings=(spec.replicated, spec.batch_sharding),
+                   out_shardings=(spec.replicated, spec.replicated), donate_argnums=0)
+    compiled = step.lower(state_abstract, batch).compile()
+    # XLA's cost analysis is of the per-device SPMD program.
+    return compiled, compiled_flops(compiled) * spec.mesh.size
+
+
+def _abstract_key(state: dict) -> Any:
+    leaves, treedef = jax.tree.flatten(jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state))
+    return treedef, tuple(leaves)
+
+
+@functools.lru_cache(maxsize=4)
+def make_eval_step(spec: StepSpec) -> Callable[..., tuple[jax.Array, jax.Array, jax.Array]]:
+    """Jitted (params, x, y, mask) -> (sum of loss, sum of correct, count) over the real rows."""
+    model = spec.model
+
+    def eval_step(params, x, y, mask):
+        logits = model.apply({"params": params}, x, train=False).astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+        return jnp.sum(loss * mask), jnp.sum(correct * mask), jnp.sum(mask)
+
+    data = spec.batch_sharding
+    return jax.jit(eval_step, in_shardings=(spec.replicated, data, data, data), out_shardings=spec.replicated)
+
+
+def _global(sharding: NamedSharding, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+    """This process's rows of a global batch -> global arrays sharded along `data`."""
+    return tuple(jax.make_array_from_process_local_data(sharding, a) for a in arrays)
+
+
+def evaluate(spec: StepSpec, params: Any, ds: Dataset, num_workers: int) -> tuple[float, float]:
+    """(mean loss, top-1) of `params` over the whole split `ds` (padding masked out)."""
+    step = make_eval_step(spec)
+    totals = []
+    for x, y, mask in eval_batches(ds, spec.batch_size, spec.eval_resolution, process_index=jax.process_index(),
+                                   process_count=jax.process_count(), num_workers=num_workers):
+        totals.append(step(params, *_global(spec.batch_sharding, x, y, mask)))
+    loss_sum, correct, count = (float(sum(v)) for v in zip(*jax.device_get(totals)))
+    return loss_sum / count, correct / count
+
+
+def _load_init_params(path: str, fresh_params: Any, spec: StepSpec) -> tuple[Any, dict]:
+    """The pre-trained params of `path` with this run's freshly initialised classifier."""
+    loaded, meta = restore_checkpoint(path, fallback_sharding=spec.replicated)
+    pretrained = loaded["params"]
+    params = {}
+    for name, fresh in fresh_params.items():
+        if name == "classifier":
+            params[name] = fresh
+            continue
+        if name not in pretrained:
+            raise NFNetError(f"pre-trained checkpoint {path} has no {name!r} parameters; "
+                             "it was trained with another variant than this run's")
+        old_shapes = jax.tree.map(np.shape, pretrained[name])
+        new_shapes = jax.tree.map(np.shape, fresh)
+        if old_shapes != new_shapes:
+            raise NFNetError(f"pre-trained checkpoint {path}: {name!r} has shapes {old_shapes}, "
+                             f"this model needs {new_shapes}; use the checkpoint's variant and multipliers")
+        params[name] = jax.tree.map(lambda a, f: jnp.asarray(a, f.dtype), pretrained[name], fresh)
+    return jax.device_put(params, spec.replicated), meta
+
+
+def _config_diff(saved: dict, config: TrainConfig) -> list[str]:
+    current = dataclasses.asdict(config)
+    return [f"{k}={saved.get(k)!r} in the checkpoint but {v!r} now" for k, v in current.items()
+            if k not in RESUMABLE_CHANGES and k in saved and saved[k] != v]
+
+
+def _config_from_meta(meta: dict) -> dict:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in meta.get("config", {}).items() if k in fields}
+
+
+def _parent_info(path: str, meta: dict) -> dict:
+    cfg = meta.get("config", {})
+    return {
+        "checkpoint": path,
+        "variant": meta.get("variant"),
+        "dataset": cfg.get("dataset"),
+        "resolution": meta.get("resolution"),
+        "num_classes": meta.get("num_classes"),
+        "step": meta.get("step"),
+        "val_loss": meta.get("metrics", {}).get("val_loss"),
+        "workdir": cfg.get("workdir"),
+    }
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | None = None) -> dict:
+    """Train, evaluate, checkpoint; call `callback(metrics, checkpoint_dir)` after every evaluation.
+
+    Returns the summary: the last metrics plus status ("finished" or "diverged"),
+    num_classes, steps, workdir, checkpoint_dir (the last checkpoint written, or None),
+    best_val_loss, dataset, resolution, eval_resolution, peak_lr, batch_size, seed, width_mult,
+    depth_mult and, for runs started from a pre-trained checkpoint, parent. `params` is the
+    parameter count; `lr` is the LR of the last update (see `peak_lr` for the config's).
+    Every mistake in `config` raises NFNetError before anything is written.
+    """
+    run_start = time.perf_counter()
+    validate(config)
+    variant = get_variant(config.variant, config.width_mult, config.depth_mult)
+    resolution = config.resolution or variant.train_resolution
+    eval_resolution = config.eval_resolution or resolution
+
+    # Resume / init sources are checked before anything is built or written.
+    checkpoint_root = os.path.join(config.workdir, CHECKPOINTS_SUBDIR)
+    resume_path = None
+    if config.resume:
+        resume_path = latest_checkpoint(checkpoint_root)
+        if resume_path is None:
+            raise NFNetError(f"--resume: no checkpoint in {checkpoint_root}; start the run without --resume")
+    elif config.resume_from:
+        resume_path = resolve_checkpoint(config.resume_from)
+    elif latest_checkpoint(checkpoint_root):
+        raise NFNetError(f"{config.workdir} already holds checkpoints of a run; pass --resume to continue it "
+                         "or choose another --workdir")
+    resume_meta = read_meta(resume_path) if resume_path else None
+    if resume_meta is not None:
+        diff = _config_diff(resume_meta.get("config", {}), config)
+        if diff:
+            raise NFNetError(f"cannot resume {resume_path} with different settings: {'; '.join(diff)}")
+    init_path = init_meta = None
+    if config.init_from and resume_meta is None:
+        init_path = resolve_checkpoint(config.init_from)
+        init_meta = read_meta(init_path)
+
+    train_ds = subset(load_dataset(config.dataset, "train", data_dir=config.data_dir), config.max_train_examples)
+    eval_ds = subset(load_dataset(config.dataset, "test", data_dir=config.data_dir), config.max_eval_examples)
+    num_classes = train_ds.num_classes
+    total = total_steps(len(train_ds), config.batch_size, config.epochs)
+    evals = eval_schedule(total, config.evals_per_run)
+
+    devices = jax.devices()
+    if config.batch_size % len(devices):
+        raise NFNetError(f"global batch size {config.batch_size} does not divide over {len(devices)} devices; "
+                         f"use a multiple of {len(devices)}")
+    optim = OptimConfig(lr=float(config.lr), total_steps=total, warmup_fraction=float(config.warmup_fraction),
+                        weight_decay=float(config.weight_decay),
+                        clipping=None if config.clipping is None else float(config.clipping),
+                        agc_eps=DEFAULT_EPS, agc_exclude=DEFAULT_EXCLUDE)
+    spec = StepSpec(variant=variant, num_classes=num_classes, dtype=config.dtype,
+                    stochdepth_rate=float(config.stochdepth_rate), dropout_rate=float(config.dropout_rate),
+                    label_smoothing=float(config.label_smoothing), optim=optim, sam_rho=float(config.sam_rho),
+                    sam_fraction=float(config.sam_fraction), ema_decay=float(config.ema_decay),
+                    mesh=Mesh(np.array(devices), (DATA_AXIS,)), batch_size=config.batch_size,
+                    resolution=resolution, eval_resolution=eval_resolution)
+    schedule = make_schedule(optim)
+
+    state = init_state(spec, config.seed)
+    num_params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(state["params"])))
+    counters = {"flops": 0.0, "device_seconds": 0.0, "best_val_loss": float("inf")}
+    parent = None
+    start = 0
+    if resume_meta is not None:
+        state, meta = restore_checkpoint(resume_path, target=state)
+        start = int(meta["step"])
+        counters.update({k: float(meta[k]) if meta.get(k) is not None else counters[k] for k in counters})
+        parent = meta.get("parent")
+    elif init_path is not None:
+        # The optimizer state holds no parameter values yet (zero momentum), so it stays.
+        params, _ = _load_init_params(init_path, state["params"], spec)
+        state = dict(state, params=params)
+        if "ema" in state:
+            state["ema"] = params
+        parent = _parent_info(init_path, init_meta)
+
+    step_fn, flops_per_step = compile_train_step(spec, _abstract_key(state))
+
+    main_process = jax.process_index() == 0
+    os.makedirs(config.workdir, exist_ok=True)
+    store = CheckpointStore(checkpoint_root)
+    if resume_meta is not None:
+        stale = store.delete_after(start)
+        if stale and main_process:
+            print(f"resuming at step {start}: removed later checkpoints {stale}", file=sys.stderr)
+    writer = MetricWriter(os.path.join(config.workdir, "tensorboard"), enabled=main_process)
+    bar = ProgressBar(total, initial=start, enabled=config.progress and main_process)
+
+    n_train, batch = len(train_ds), config.batch_size
+    checkpoint_dir = resume_path  # the run's latest checkpoint
+    eval_steps = set(evals)
+    metrics: dict[str, Any] = {}
+    since_eval: list[dict] = []
+    diverged = False
+    interval_start, interval_first = time.perf_counter(), start
+    segment_start_step = start
+
+    def device_seconds() -> float:
+        return counters["device_seconds"] + (time.perf_counter() - run_start) * len(devices)
+
+    def base_metrics(step: int, losses: list[float], clips: list[float]) -> dict:
+        elapsed = time.perf_counter() - interval_start
+        return {
+            "step": step,
+            "epoch": step * batch / n_train,
+            "progress": step / total,
+            "images_seen": step * batch,
+            "train_loss": _mean(losses),
+            "lr": float(schedule(max(step - 1, 0))),
+            "clip_fraction": _mean(clips),
+            "images_per_sec": (step - interval_first) * batch / elapsed if elapsed > 0 else float("nan"),
+            "flops": counters["flops"] + flops_per_step * (step - segment_start_step),
+            "device_seconds": device_seconds(),
+            "variant": variant.name,
+            "epochs": config.epochs,
+            "params": num_params,
+        }
+
+    def meta_for(step: int, m: dict) -> dict:
+        return json_safe({
+            "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "step": step,
+            "flops": m["flops"], "device_seconds": m["device_seconds"], "images_seen": m["images_seen"],
+            "best_val_loss": counters["best_val_loss"], "num_classes": num_classes, "variant": variant.label,
+            "resolution": resolution, "params": num_params, "metrics": m, "parent": parent,
+        })
+
+    try:
+        loader = Loader(train_ds, batch, resolution, train=True, seed=config.seed, start_step=start,
+                        process_index=jax.process_index(), process_count=jax.process_count(),
+                        num_workers=config.num_workers, num_steps=total)
+        with loader:
+            for step, (x, y) in loader:
+                state, out = step_fn(state, _global(spec.batch_sharding, x, y))
+                since_eval.append(out)
+                done = step + 1
+                bar.update(done)
+                # Check the previous step's loss while this one runs (keeps one step in flight).
+                if len(since_eval) >= 2 and not math.isfinite(float(since_eval[-2]["loss"])):
+                    diverged = True
+                if done not in eval_steps and not diverged:
+                    continue
+                host = jax.device_get(since_eval)
+                losses = [float(m["loss"]) for m in host]
+                clips = [float(m["clip_fraction"]) for m in host]
+                diverged = diverged or not all(math.isfinite(v) for v in losses)
+                metrics = base_metrics(done, losses, clips)
+                if diverged:
+                    metrics.update(val_loss=float("inf"), val_top1=0.0, diverged=True, done=True)
+                    if "ema" in state:
+                        metrics.update(ema_val_loss=float("inf"), ema_val_top1=0.0)
+                    bar.note(f"diverged at step {done}: train loss {metrics['train_loss']}")
+                    writer.write(done, metrics)
+                    if callback is not None:
+                        callback(metrics, None)
+                    break
+                val_loss, val_top1 = evaluate(spec, state["params"], eval_ds, config.num_workers)
+                metrics.update(val_loss=val_loss, val_top1=val_top1, diverged=False, done=done == total)
+                if "ema" in state:
+                    ema_loss, ema_top1 = evaluate(spec, state["ema"], eval_ds, config.num_workers)
+                    metrics.update(ema_val_loss=ema_loss, ema_val_top1=ema_top1)
+                counters["best_val_loss"] = min(counters["best_val_loss"], val_loss)
+                index = evals.index(done) + 1
+                saved = None
+                if index % config.checkpoint_every == 0 or done == total:
+                    metrics["device_seconds"] = device_seconds()
+                    saved = checkpoint_dir = store.save(done, state, meta_for(done, metrics))
+                writer.write(done, metrics)
+                bar.note(f"train {metrics['train_loss']:.4f} val {val_loss:.4f} top1 {val_top1:.3f}")
+                if callback is not None:
+                    callback(metrics, saved)
+                since_eval = []
+                interval_start, interval_first = time.perf_counter(), done
+    finally:
+        bar.close()
+        writer.close()
+        store.close()
+
+    summary = dict(metrics)
+    summary.update(
+        status="diverged" if diverged else "finished",
+        num_classes=num_classes,
+        steps=int(metrics.get("step", start)),
+        workdir=config.workdir,
+        checkpoint_dir=checkpoint_dir,
+        best_val_loss=counters["best_val_loss"],
+        dataset=config.dataset,
+        resolution=resolution,
+        eval_resolution=eval_resolution,
+        peak_lr=config.lr,
+        batch_size=batch,
+        seed=config.seed,
+        width_mult=variant.width_mult,
+        depth_mult=variant.depth_mult,
+    )
+    if parent is not None:
+        summary["parent"] = parent
+    if main_process:
+        with open(os.path.join(config.workdir, "summary.json"), "w") as f:
+            json.dump(json_safe(summary), f, indent=1)
+    return summary
+
+
+# ---------------------------------------------------------------- command line
+
+class FlagParser(argparse.ArgumentParser):
+    """argparse that reports mistakes as one `error: ...` line and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}\n")
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.strip().lower() in ("none", "off", "") else float(text)
+
+
+_HELP = {
+    "variant": "NFNet variant (nano, micro, mini, small, F0..F7, F0+..; -w<mult>/-d<mult> suffixes allowed)",
+    "dataset": "fashion_mnist, digits, synthetic[:n=..,classes=..], parquet:<uri>, imagefolder:<dir>",
+    "epochs": "epoch budget; fractions such as 0.25 are fine",
+    "lr": "peak learning rate as given (scale it for the batch: 0.1 x batch/256)",
+    "batch_size": "global batch size over all devices",
+    "clipping": "AGC clipping threshold; 'none' turns AGC off",
+    "resume": "continue the run in --workdir from its latest checkpoint",
+    "resume_from": "continue from this checkpoint directory",
+    "init_from": "start from this pre-trained checkpoint (all but the classifier)",
+    "progress": "draw a progress bar on stderr",
+}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, help_texts: dict[str, str] | None = None,
+                     skip: frozenset[str] = frozenset()) -> None:
+    """One flag per field of the config dataclass `cls` (`--batch-size` for `batch_size`), no defaults."""
+    help_texts = {**_HELP, **(help_texts or {})}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = help_texts.get(f.name, f.name.replace("_", " ")) + f" (default: {f.default})"
+        if f.name == "progress":
+            parser.add_argument("--progress", dest="progress", action="store_true", help=help_text)
+            parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+        elif f.type == "bool":
+            parser.add_argument(flag, action="store_true", help=help_text)
+        elif f.name == "clipping":
+            parser.add_argument(flag, type=_optional_float, help=help_text)
+        elif f.type in ("int", "int | None"):
+            parser.add_argument(flag, type=int, help=help_text)
+        elif f.type in ("float", "float | None"):
+            parser.add_argument(flag, type=float, help=help_text)
+        else:
+            parser.add_argument(flag, type=str, help=help_text)
+
+
+def build_parser(prog: str = "nfnet.train", description: str | None = None) -> argparse.ArgumentParser:
+    """One flag per TrainConfig field (`--batch-size` for `batch_size`); unset flags stay unset.
+
+    Defaults are left out of the namespace so `config_from_args` can lay the flags
+    over any base config (TrainConfig's defaults, or a checkpoint's config on resume).
+    """
+    parser = FlagParser(prog=prog, description=description or __doc__.splitlines()[0],
+                     argument_default=argparse.SUPPRESS)
+    add_config_flags(parser, TrainConfig)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """`base` (default: TrainConfig()) with every flag that was given laid over it."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields}
+    return dataclasses.replace(base or TrainConfig(), **given)
+
+
+def resume_base(args: argparse.Namespace) -> TrainConfig | None:
+    """The checkpoint's config when resuming (so `--workdir X --resume` needs no other flags)."""
+    if getattr(args, "resume", False):
+        workdir = getattr(args, "workdir", TrainConfig.workdir)
+        path = latest_checkpoint(os.path.join(workdir, CHECKPOINTS_SUBDIR))
+        if path is None:
+            raise NFNetError(f"--resume: no checkpoint in {os.path.join(workdir, CHECKPOINTS_SUBDIR)}; "
+                             "start the run without --resume")
+    elif getattr(args, "resume_from", None):
+        path = resolve_checkpoint(args.resume_from)
+    else:
+        return None
+    return TrainConfig(**_config_from_meta(read_meta(path)))
+
+
+def print_summary(summary: dict) -> None:
+    """The final summary as one JSON line on stdout (non-finite numbers as null)."""
+    print(json.dumps(json_safe(summary)), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args, resume_base(args))
+        summary = train(config)
+    except NFNetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if jax.process_index() == 0:
+        print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""The standalone trainer: reports, checkpoints, resume, sharding, divergence, command line."""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from nfnet.checkpoint import latest_checkpoint, read_meta, restore_checkpoint
+from nfnet.errors import NFNetError
+from nfnet.metrics import json_safe
+from nfnet.train import (
+    METRIC_KEYS,
+    TrainConfig,
+    build_parser,
+    config_from_args,
+    cross_entropy,
+    ema_decay_at,
+    eval_schedule,
+    main,
+    train,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiny(workdir, **overrides) -> TrainConfig:
+    """6 steps of nano on 192 Fashion-MNIST images at 16px, evaluating every 2 steps."""
+    fields = dict(variant="nano", dataset="fashion_mnist", epochs=1.0, lr=0.1, batch_size=32, resolution=16,
+                  max_train_examples=192, max_eval_examples=64, evals_per_run=3, workdir=str(workdir),
+                  progress=False, num_workers=1, seed=3)
+    fields.update(overrides)
+    return TrainConfig(**fields)
+
+
+def run_cli(*args: str, module: str = "nfnet.train", env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO,
+                          env=full_env, timeout=300)
+
+
+# ---------------------------------------------------------------- pure pieces
+
+def test_eval_schedule_is_evenly_spaced_and_deduplicated():
+    assert eval_schedule(100, 8) == [13, 25, 38, 50, 63, 75, 88, 100]
+    assert eval_schedule(6, 3) == [2, 4, 6]
+    assert eval_schedule(3, 8) == [1, 2, 3]
+    assert eval_schedule(1, 4) == [1]
+
+
+def test_cross_entropy_matches_hand_computation_with_smoothing():
+    logits = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]], np.float32)
+    labels = np.array([0, 2])
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    plain = -np.mean(logp[[0, 1], labels])
+    assert float(cross_entropy(logits, labels, 3)) == pytest.approx(plain, rel=1e-6)
+    eps = 0.3
+    targets = np.full((2, 3), eps / 3) + (1 - eps) * np.eye(3)[labels]
+    smoothed = -np.mean(np.sum(targets * logp, -1))
+    assert float(cross_entropy(logits, labels, 3, eps)) == pytest.approx(smoothed, rel=1e-6)
+
+
+def test_ema_decay_warms_up_to_its_ceiling():
+    assert float(ema_decay_at(0.999, np.int32(0))) == pytest.approx(0.1)
+    assert float(ema_decay_at(0.999, np.int32(90))) == pytest.approx(0.91)
+    assert float(ema_decay_at(0.999, np.int32(10**6))) == pytest.approx(0.999)
+
+
+def test_flags_lay_over_a_base_config():
+    args = build_parser().parse_args(["--lr", "0.4", "--epochs", "0.25", "--clipping", "none", "--no-progress"])
+    cfg = config_from_args(args)
+    assert (cfg.lr, cfg.epochs, cfg.clipping, cfg.progress) == (0.4, 0.25, None, False)
+    assert cfg.batch_size == TrainConfig.batch_size
+    base = TrainConfig(batch_size=64, variant="micro")
+    cfg = config_from_args(build_parser().parse_args(["--resume"]), base)
+    assert (cfg.batch_size, cfg.variant, cfg.resume) == (64, "micro", True)
+
+
+def test_json_safe_turns_non_finite_numbers_into_null():
+    text = json.dumps(json_safe({"a": float("inf"), "b": [float("nan"), 1.5], "c": np.float32(2.0), "d": True}))
+    assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": 2.0, "d": True}
+
+
+# ---------------------------------------------------------------- user mistakes
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lr": -0.1}, "--lr"),
+    ({"epochs": -1.0}, "--epochs"),
+    ({"variant": "F99"}, "unknown variant"),
+    ({"batch_size": 512, "max_train_examples": 100}, "fewer than one batch"),
+    ({"dataset": "imagefolder:/nonexistent/images"}, "/nonexistent/images"),
+    ({"resume": True}, "no checkpoint"),
+    ({"dtype": "float16"}, "--dtype"),
+])
+def test_config_mistakes_raise_before_anything_is_written(tmp_path, overrides, message):
+    workdir = tmp_path / "run"
+    with pytest.raises(NFNetError, match=message):
+        train(tiny(workdir, **overrides))
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "fashion_mnist", "--data-dir", "/nonexistent/fashion"], "/nonexistent/fashion"),
+    (["--lr", "-0.4"], "--lr"),
+    (["--epochs", "-2"], "--epochs"),
+])
+def test_command_line_mistakes_print_one_line_and_exit_2(tmp_path, args, message):
+    workdir = tmp_path / "run"
+    proc = run_cli("--variant", "nano", "--workdir", str(workdir), "--batch-size", "32", *args)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert not workdir.exists()
+
+
+def test_main_reports_bad_flag_values_as_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--batch-size", "many"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "batch-size" in err[0]
+
+
+# ---------------------------------------------------------------- runs
+
+def test_run_reports_checkpoints_and_writes_tensorboard(tmp_path):
+    reports, complete = [], []
+
+    def callback(metrics, ckpt):
+        reports.append((metrics, ckpt))
+        # The directory handed over is a finished checkpoint when the callback runs.
+        complete.append(ckpt is not None and read_meta(ckpt)["step"] == metrics["step"])
+
+    summary = train(tiny(tmp_path / "run"), callback=callback)
+
+    assert [m["step"] for m, _ in reports] == [2, 4, 6]
+    assert all(complete)
+    for metrics, ckpt in reports:
+        assert set(metrics) == set(METRIC_KEYS)
+        assert ckpt.endswith(os.path.join("checkpoints", str(metrics["step"])))
+    m = [r[0] for r in reports]
+    assert [x["progress"] for x in m] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert [x["epoch"] for x in m] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert [x["images_seen"] for x in m] == [64, 128, 192]
+    assert [x["done"] for x in m] == [False, False, True]
+    assert not any(x["diverged"] for x in m)
+    # FLOPs are the compiled step's cost times steps: linear in steps, and at least 3x the forward MACs.
+    assert m[0]["flops"] > 0 and m[2]["flops"] == pytest.approx(3 * m[0]["flops"])
+    assert m[2]["device_seconds"] > m[0]["device_seconds"] > 0
+    assert all(x["images_per_sec"] > 0 and 0 <= x["clip_fraction"] <= 1 for x in m)
+    assert all(math.isfinite(x["train_loss"]) and 0 <= x["val_top1"] <= 1 for x in m)
+    assert m[0]["lr"] > m[1]["lr"] > m[2]["lr"] > 0  # cosine decay towards 0
+    assert m[0]["variant"] == "nano" and m[0]["epochs"] == 1.0 and m[0]["params"] > 100_000
+
+    assert summary["status"] == "finished" and summary["steps"] == 6 and summary["num_classes"] == 10
+    assert summary["checkpoint_dir"] == reports[-1][1]
+    assert summary["best_val_loss"] == min(x["val_loss"] for x in m)
+    assert json.load(open(tmp_path / "run" / "summary.json"))["val_loss"] == pytest.approx(m[-1]["val_loss"])
+    # Only the newest two checkpoints are kept.
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["4", "6"]
+    meta = read_meta(summary["checkpoint_dir"])
+    assert meta["step"] == 6 and meta["config"]["lr"] == 0.1 and meta["flops"] == pytest.approx(m[-1]["flops"])
+
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train_loss", "val_loss", "val_top1", "lr", "clip_fraction", "images_per_sec", "flops",
+            "device_seconds", "epoch"} <= tags
+    assert [e.step for e in events.Scalars("val_loss")] == [2, 4, 6]
+    assert events.Scalars("val_loss")[-1].value == pytest.approx(m[-1]["val_loss"], rel=1e-5)
+
+    # The same workdir is not silently reused.
+    with pytest.raises(NFNetError, match="--resume"):
+        train(tiny(tmp_path / "run"))
+
+
+def test_huge_learning_rate_ends_as_diverged_not_a_crash(tmp_path):
+    reports = []
+    summary = train(tiny(tmp_path / "run", lr=1e6, clipping=None, warmup_fraction=0.0),
+                    callback=lambda m, c: reports.append((m, c)))
+    assert summary["status"] == "diverged"
+    metrics, ckpt = reports[-1]
+    assert metrics["diverged"] and metrics["done"] and ckpt is None
+    assert set(metrics) == set(METRIC_KEYS)
+    assert not math.isfinite(metrics["train_loss"]) and metrics["val_loss"] == float("inf")
+    assert summary["steps"] < 6
+    line = json.dumps(json_safe(summary))
+    assert json.loads(line)["val_loss"] is None
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_resume_after_a_stop_matches_an_uninterrupted_run(tmp_path):
+    full = train(tiny(tmp_path / "full"))
+
+    def stop_after_second(metrics, ckpt):
+        if metrics["step"] == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(tiny(tmp_path / "cut"), callback=stop_after_second)
+    assert latest_checkpoint(str(tmp_path / "cut" / "checkpoints")).endswith("4")
+    resumed_reports = []
+    resumed = train(tiny(tmp_path / "cut", resume=True), callback=lambda m, c: resumed_reports.append(m))
+
+    assert [m["step"] for m in resumed_reports] == [6]
+    for key in ("train_loss", "val_loss", "val_top1", "clip_fraction", "lr", "flops", "images_seen"):
+        assert resumed[key] == pytest.approx(full[key], rel=1e-6, abs=1e-7), key
+    full_state, _ = restore_checkpoint(full["checkpoint_dir"])
+    resumed_state, _ = restore_checkpoint(resumed["checkpoint_dir"])
+    for a, b in zip(jax.tree.leaves(full_state), jax.tree.leaves(resumed_state)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert resumed["device_seconds"] > 0
+
+
+SHARDED_RUN = textwrap.dedent("""
+    import json, sys
+    import jax
+    jax.config.update("jax_disable_most_optimizations", True)
+    from nfnet.checkpoint import restore_checkpoint
+    from nfnet.train import TrainConfig, train
+    s = train(TrainConfig(variant="nano", dataset="fashion_mnist", epochs=1.0, lr=0.1, batch_size=32,
+                          resolution=16, max_train_examples=128, max_eval_examples=64, evals_per_run=2,
+                          workdir=sys.argv[1], progress=False, num_workers=1, seed=5))
+    state, _ = restore_checkpoint(s["checkpoint_dir"])
+    kernel = state["params"]["stage1_block0"]["conv1"]["kernel"]
+    print(json.dumps({"devices": jax.device_count(), "val_loss": s["val_loss"], "train_loss": s["train_loss"],
+                      "flops": s["flops"], "kernel": kernel.ravel()[:64].tolist()}))
+""")
+
+
+@pytest.mark.slow
+def test_four_fake_devices_match_one_device(tmp_path):
+    results = {}
+    for devices in (1, 4):
+        env = {**os.environ, "JAX_PLATFORMS": "cpu",
+               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        proc = subprocess.run([sys.executable, "-c", SHARDED_RUN, str(tmp_path / f"d{devices}")],
+                              capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results[devices] = json.loads(proc.stdout.strip().splitlines()[-1])
+    one, four = results[1], results[4]
+    assert (one["devices"], four["devices"]) == (1, 4)
+    assert four["val_loss"] == pytest.approx(one["val_loss"], rel=1e-4)
+    assert four["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
+    np.testing.assert_allclose(four["kernel"], one["kernel"], rtol=1e-3, atol=1e-5)
+    # Cost analysis counts the per-device program; the trainer reports it for all devices.
+    assert four["flops"] == pytest.approx(one["flops"], rel=0.1)
+
+
+@pytest.mark.slow
+def test_loss_falls_on_a_fashion_mnist_subset(tmp_path):
+    reports = []
+    summary = train(TrainConfig(variant="nano", dataset="fashion_mnist", epochs=3.0, lr=0.4, batch_size=64,
+                                resolution=28, max_train_examples=1024, max_eval_examples=512, evals_per_run=3,
+                                workdir=str(tmp_path / "run"), progress=False),
+                    callback=lambda m, c: reports.append(m))
+    assert summary["status"] == "finished"
+    assert reports[-1]["train_loss"] < reports[0]["train_loss"] < math.log(10)
+    assert reports[-1]["val_loss"] < 0.8 * math.log(10)
+    assert reports[-1]["val_top1"] > 0.5
+
+
+@pytest.mark.slow
+def test_command_line_trains_and_resumes_from_the_workdir(tmp_path):
+    workdir = str(tmp_path / "run")
+    common = ["--variant", "nano", "--batch-size", "32", "--resolution", "16", "--max-train-examples", "64",
+              "--max-eval-examples", "32", "--evals-per-run", "1", "--epochs", "1", "--workdir", workdir]
+    proc = run_cli(*common, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "finished" and summary["steps"] == 2
+    assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+    # A finished run resumed with a larger budget is refused: the schedule would differ.
+    proc = run_cli("--workdir", workdir, "--resume", "--epochs", "2")
+    assert proc.returncode == 2 and "epochs=1.0 in the checkpoint" in proc.stderr
