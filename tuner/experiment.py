@@ -1,0 +1,388 @@
+"""Plumbing every tuner command shares: Ray connection, storage, naming, callbacks, output.
+
+- `connect(address)` starts Ray in-process (address None) or joins a cluster, and
+  fails in seconds when the cluster cannot be reached.
+- `compilation_cache_env()` points every trial on a node at one persistent JAX
+  compilation cache, so a second trial of the same shapes does not compile again.
+- `LedgerCallback` appends a trial's ledger row as soon as the trial ends for good.
+- `HParamsLoggerCallback` is Ray's TensorBoard logger with the hparams view keyed
+  by the trial's variant, epochs and LR (Ray's own keys it by sampled values only).
+- `ProgressPrinter` prints one line per evaluation instead of Tune's status table.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import ray
+from ray.tune import Callback
+from ray.tune.logger import TBXLoggerCallback
+
+from tuner.errors import TunerError
+from tuner.ledger import Ledger
+from tuner.planner import cell_label
+from tuner.trainable import SCHEDULE_DONE, ledger_row
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STORAGE = "results"
+DEFAULT_JAX_CACHE = "~/.cache/nfscale/jax"
+# Seconds to wait for a cluster's GCS port to answer before giving up, plus the
+# time a child process takes to import Ray for the GCS check.
+CONNECT_TIMEOUT_S = 5.0
+GCS_CHECK_STARTUP_S = 15.0
+# Config keys the TensorBoard hparams view compares trials by.
+HPARAM_KEYS = ("variant", "width_mult", "depth_mult", "epochs", "lr", "batch_size", "dataset", "seed")
+
+
+# ---------------------------------------------------------------- Ray connection
+
+
+@dataclass(frozen=True)
+class RayConnection:
+    """A live Ray connection; `shutdown()` stops Ray only when this process started it."""
+
+    address: str | None
+    started: bool
+
+    def shutdown(self) -> None:
+        if self.started and ray.is_initialized():
+            ray.shutdown()
+
+    def __enter__(self) -> RayConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    bare = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = bare.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise TunerError(f"Ray address {address!r} is not host:port; pass e.g. --address 10.0.0.2:6379 or auto")
+    return host.strip("[]"), int(port)
+
+
+def _resolve_auto() -> str:
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        found = canonicalize_bootstrap_address("auto")
+    except (ConnectionError, ValueError) as exc:
+        raise TunerError(
+            f"--address auto found no running Ray cluster ({exc}); start one with `ray start --head` or drop --address"
+        ) from None
+    if not found:
+        raise TunerError("--address auto found no running Ray cluster; start one with `ray start --head` or drop --address")
+    return found
+
+
+# Asks the cluster's GCS for one key, in a child process that can be killed:
+# `ray.init` to an address that is not a Ray GCS it may talk to retries for minutes.
+_GCS_CHECK = (
+    "import sys; from ray._raylet import GcsClient; "
+    "GcsClient(address=sys.argv[1]).internal_kv_get(b'nfscale-probe', None, timeout=5)"
+)
+
+
+def _unreachable(address: str, reason: str) -> TunerError:
+    return TunerError(
+        f"cannot reach a Ray cluster at {address}: {reason}; start one with `ray start --head` or drop --address"
+    )
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Fail in seconds on an address where no Ray cluster answers."""
+    host, port = _host_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise _unreachable(address, exc.strerror or str(exc) or type(exc).__name__) from None
+    if address.startswith("ray://"):
+        return  # a Ray Client server, not a GCS: the open port is all that can be checked cheaply
+    try:
+        check = subprocess.run(
+            [sys.executable, "-c", _GCS_CHECK, f"{host}:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=timeout + GCS_CHECK_STARTUP_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise _unreachable(
+            address,
+            f"the port is open but no Ray GCS answered within {timeout + GCS_CHECK_STARTUP_S:g}s "
+            "(a cluster with token authentication also needs its token: RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)",
+        ) from None
+    if check.returncode != 0:
+        lines = [line for line in check.stderr.strip().splitlines() if line.strip()]
+        raise _unreachable(address, lines[-1] if lines else f"GCS check exited with {check.returncode}")
+
+
+def connect(
+    address: str | None,
+    num_cpus: int | None = None,
+    env_vars: Mapping[str, str] | None = None,
+    timeout: float = CONNECT_TIMEOUT_S,
+) -> RayConnection:
+    """Start Ray in-process (`address` None) or join the cluster at `address` (`auto` allowed).
+
+    Trials get `env_vars` (by default `compilation_cache_env()`) through the job's
+    runtime environment. If Ray is already initialised in this process it is used
+    as it is and left running.
+    """
+    if ray.is_initialized():
+        return RayConnection(address, started=False)
+    env = dict(compilation_cache_env() if env_vars is None else env_vars)
+    common: dict[str, Any] = dict(
+        runtime_env={"env_vars": env},
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        configure_logging=True,
+    )
+    if address is None:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **common)
+        return RayConnection(None, started=True)
+    target = _resolve_auto() if address == "auto" else address
+    _probe(target, timeout)
+    try:
+        ray.init(address=target, **common)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise TunerError(
+            f"cannot join the Ray cluster at {address}: {exc}; check that its Ray version matches ({ray.__version__})"
+        ) from None
+    return RayConnection(target, started=False)
+
+
+# ---------------------------------------------------------------- storage, names, cache
+
+
+def storage_path(storage: str | None) -> str:
+    """Where Ray Tune keeps experiments: `results/` under the working directory by default.
+
+    URIs (`gs://...`) pass through; local paths become absolute, as Ray requires.
+    """
+    if storage and "://" in storage:
+        return storage
+    return str(Path(storage or DEFAULT_STORAGE).expanduser().absolute())
+
+
+def experiment_dir(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}"
+
+
+def experiment_name(
+    command: str,
+    variant: str,
+    epochs: float,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+    now: datetime | None = None,
+) -> str:
+    """`lr_search-nano-e0.5-20250101-120000`: command, cell and a timestamp."""
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return f"{command}-{cell_label(variant, width_mult, depth_mult)}-e{epochs:g}-{stamp}"
+
+
+def compilation_cache_env(cache_dir: str | None = None) -> dict[str, str]:
+    """Environment that makes JAX share a persistent compilation cache between trials.
+
+    The cache is node-local (`~/.cache/nfscale/jax` unless `cache_dir` or
+    $JAX_COMPILATION_CACHE_DIR says otherwise): every trial on a node reads what
+    the first one compiled. Every program is cached, however quick its compile
+    and however small (JAX's defaults skip compiles under a second, which on a CPU
+    is most of them).
+    """
+    directory = cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR") or DEFAULT_JAX_CACHE
+    if "://" not in directory:
+        directory = str(Path(directory).expanduser().absolute())
+    return {
+        "JAX_COMPILATION_CACHE_DIR": directory,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+    }
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+def ledger_trial_id(experiment: str, trial_id: str) -> str:
+    """Ray's trial ids are unique only within an experiment; the ledger's are global."""
+    return f"{experiment}/{trial_id}"
+
+
+def checkpoint_uri(checkpoint: Any) -> str | None:
+    """A Ray checkpoint's location as a path or `gs://`/`s3://` URI."""
+    if checkpoint is None:
+        return None
+    scheme = {"gcs": "gs", "s3": "s3"}.get(checkpoint.filesystem.type_name)
+    return f"{scheme}://{checkpoint.path}" if scheme else str(checkpoint.path)
+
+
+def trial_row(trial: Any, source: str) -> dict[str, Any] | None:
+    """The ledger row for a Ray `Trial` that has reported; None when it never did."""
+    if not trial.last_result or "val_loss" not in trial.last_result:
+        return None
+    experiment = trial.storage.experiment_dir_name
+    history = trial.metric_analysis.get("val_loss", {})
+    best = history.get("min")
+    return ledger_row(
+        ledger_trial_id(experiment, trial.trial_id),
+        experiment,
+        trial.config,
+        trial.last_result,
+        source=source,
+        checkpoint_uri=checkpoint_uri(trial.checkpoint),
+        best_val_loss=best if isinstance(best, (int, float)) else None,
+    )
+
+
+class LedgerCallback(Callback):
+    """Appends each trial's row to the ledger the moment the trial ends for good.
+
+    Ray calls `on_trial_complete` when a trial returns or is stopped by the
+    scheduler, and `on_trial_error` only once its retries (`FailureConfig`) are
+    spent, so a trial that fails and is retried is written once, with its final
+    outcome. An errored trial that reported is recorded as stopped (its loss is
+    not a final one); trials that never reported are not recorded. The ledger
+    skips ids it holds, so a resumed experiment never writes a trial twice.
+    """
+
+    def __init__(self, ledger: Ledger, source: str):
+        self.ledger = ledger
+        self.source = source
+
+    def _write(self, trial: Any, status: str | None = None) -> None:
+        row = trial_row(trial, self.source)
+        if row is None:
+            return
+        if status is not None and row["status"] != "diverged":
+            row["status"] = status
+        self.ledger.append([row])
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write(trial, status="stopped")
+
+
+class HParamsLoggerCallback(TBXLoggerCallback):
+    """Ray's TensorBoard logger whose hparams view is keyed by the trial's config.
+
+    Ray writes hparams from the values a searcher sampled, which leaves out the
+    variant and epochs of an LR search (fixed per experiment); here they come from
+    `hparam_keys` of the trial's config, so trials of different experiments and
+    sweeps line up in one view. As in Ray, hparams are written when a trial ends.
+    """
+
+    def __init__(self, hparam_keys: Sequence[str] = HPARAM_KEYS):
+        super().__init__()
+        self.hparam_keys = tuple(hparam_keys)
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        if trial in self._trial_writer:
+            final = self._trial_result[trial]
+            metrics = {
+                k: v for k, v in final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+            if metrics:
+                self._try_log_hparams(trial, metrics)
+            self._trial_writer[trial].close()
+            del self._trial_writer[trial]
+            del self._trial_result[trial]
+
+    def _try_log_hparams(self, trial: Any, result: dict) -> None:
+        from tensorboardX.summary import hparams
+
+        params = {k: trial.config[k] for k in self.hparam_keys if trial.config.get(k) is not None}
+        params = {k: v if isinstance(v, (str, bool, int, float)) else str(v) for k, v in params.items()}
+        result = {k: v for k, v in result.items() if math.isfinite(v)}
+        writer = self._trial_writer[trial].file_writer
+        for summary in hparams(hparam_dict=params, metric_dict=result):
+            writer.add_summary(summary)
+
+
+class ProgressPrinter(Callback):
+    """One line per evaluation and per ended trial, instead of Tune's status table."""
+
+    def __init__(self, stream: TextIO | None = None, label_key: str = "lr"):
+        self.stream = stream
+        self.label_key = label_key
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream or sys.stdout, flush=True)
+
+    def _name(self, trial: Any) -> str:
+        value = trial.config.get(self.label_key)
+        return f"{self.label_key}={value:g}" if isinstance(value, (int, float)) else trial.trial_id
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._print(f"  trial {self._name(trial)}: started")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        parts = [f"  trial {self._name(trial)}:"]
+        if "epoch" in result:
+            parts.append(f"epoch {result['epoch']:.3g}")
+        for key in ("val_loss", "val_top1", "images_per_sec"):
+            if isinstance(result.get(key), (int, float)):
+                parts.append(f"{key} {result[key]:.4g}")
+        self._print(" ".join(parts))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        done = (trial.last_result or {}).get(SCHEDULE_DONE)
+        self._print(f"  trial {self._name(trial)}: {'finished' if done else 'ended'}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._print(f"  trial {self._name(trial)}: failed (see {trial.path}/error.txt)")
+
+
+# ---------------------------------------------------------------- output
+
+TABLE_COLUMNS = ("variant", "epochs", "lr", "status", "final_val_loss", "best_val_loss", "top1", "flops", "device_hours")
+TABLE_HEADERS = {"final_val_loss": "val_loss", "best_val_loss": "best_loss", "device_hours": "dev_h"}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def results_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    """An aligned plain-text table of ledger rows (or any dicts with those columns)."""
+    rows = list(rows)
+    cells = []
+    for row in rows:
+        shown = dict(row)
+        if "variant" in shown and ("width_mult" in shown or "depth_mult" in shown):
+            shown["variant"] = cell_label(shown["variant"], shown.get("width_mult") or 1.0, shown.get("depth_mult") or 1.0)
+        cells.append([_cell(shown.get(col)) for col in columns])
+    headers = [TABLE_HEADERS.get(col, col) for col in columns]
+    widths = [max([len(h)] + [len(line[i]) for line in cells]) for i, h in enumerate(headers)]
+    numeric = {
+        i for i, col in enumerate(columns) if any(isinstance(r.get(col), (int, float)) for r in rows)
+    }
+
+    def fmt(line: list[str]) -> str:
+        return "  ".join(t.rjust(widths[i]) if i in numeric else t.ljust(widths[i]) for i, t in enumerate(line)).rstrip()
+
+    return "\n".join([fmt(headers), *(fmt(line) for line in cells)])
+
+
+def tensorboard_hint(path: str) -> str:
+    """The command that shows an experiment's scalars and hparams view."""
+    return f"tensorboard --logdir {path}"

@@ -1,0 +1,209 @@
+"""The Ray Tune function trainable around `nfnet.train.train`, and its ledger rows.
+
+`train_trial(config)` runs one trial: the config's keys that are `TrainConfig`
+fields become the trainer's config (other keys are ignored, so a search space may
+carry labels of its own), the trial's directory is the trainer's workdir, and
+every evaluation is reported to Tune with the trainer's checkpoint. A trial that
+Ray restarts after a failure resumes from its latest reported checkpoint, so it
+continues exactly where that checkpoint left off.
+
+What a trial reports is the trainer's metrics with two changes:
+- `done` (the trainer reached the end of its schedule) is reported as
+  `schedule_done`: Ray reads a reported `done=True` as "stop this trial now" and
+  would end the trainer before its final work (closing writers) is through, and
+  Ray overwrites `done` in the last result when the function returns anyway.
+- `best_val_loss`, the lowest held-out loss reported so far in this process.
+
+JAX and `nfnet.train` are imported inside `train_trial` only: the driver must not
+import JAX, or on a TPU host it would hold the chips the trials need.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from tuner.errors import TunerError
+from tuner.planner import parse_label
+
+# Metrics the trainer reports that are renamed on their way to Tune (see above).
+SCHEDULE_DONE = "schedule_done"
+BEST_VAL_LOSS = "best_val_loss"
+# A run counts as through its schedule when `progress` is this close to 1.
+_PROGRESS_TOLERANCE = 1e-6
+
+
+def _train_config(config: Mapping[str, Any], workdir: str, resume_from: str | None):
+    import dataclasses
+
+    from nfnet.checkpoint import CHECKPOINTS_SUBDIR, latest_checkpoint
+    from nfnet.train import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in config.items() if k in names}
+    # A restarted attempt on the same node may find a checkpoint written after the
+    # last one it reported; continuing from it is as exact and loses less.
+    resume = resume_from is None and latest_checkpoint(os.path.join(workdir, CHECKPOINTS_SUBDIR)) is not None
+    values.update(workdir=workdir, resume_from=resume_from, resume=resume, progress=False)
+    return TrainConfig(**values)
+
+
+def _apply_compilation_cache() -> None:
+    """Point JAX at the node's persistent compilation cache before it compiles anything."""
+    from tuner.experiment import compilation_cache_env
+
+    for name, value in compilation_cache_env().items():
+        os.environ.setdefault(name, value)
+    import jax
+
+    # The variables are read when jax is first imported; a worker that imported
+    # it earlier gets the same settings through jax.config.
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update(
+        "jax_persistent_cache_min_compile_time_secs",
+        float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+    )
+    jax.config.update(
+        "jax_persistent_cache_min_entry_size_bytes",
+        int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]),
+    )
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: train one NFNet and report every evaluation."""
+    from ray import tune
+
+    _apply_compilation_cache()
+    from nfnet.train import train
+
+    workdir = tune.get_context().get_trial_dir()
+    best = math.inf
+
+    def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        nonlocal best
+        out = dict(metrics)
+        out[SCHEDULE_DONE] = bool(out.pop("done", False))
+        loss = out.get("val_loss")
+        if loss is not None and math.isfinite(loss):
+            best = min(best, float(loss))
+        out[BEST_VAL_LOSS] = best if math.isfinite(best) else float("nan")
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(out, checkpoint=checkpoint)
+
+    restored = tune.get_checkpoint()
+    if restored is None:
+        train(_train_config(config, workdir, None), callback=report)
+        return
+    # Local storage hands over the checkpoint in place; a bucket's is downloaded
+    # and kept for the length of the run.
+    with restored.as_directory() as checkpoint_dir:
+        train(_train_config(config, workdir, checkpoint_dir), callback=report)
+
+
+def trial_resources(
+    variant: str, cpus_per_trial: float, tpu_chips: int | None = None, gpus: float | None = None
+) -> dict[str, float]:
+    """Resources for `tune.with_resources(train_trial, ...)`.
+
+    CPU is always included: with only custom resources Ray would give the trial no
+    CPU at all. The variant is checked here so a misspelt one fails before Ray starts.
+    """
+    from nfnet.errors import NFNetError
+    from nfnet.variants import get_variant
+
+    try:
+        get_variant(variant)
+    except NFNetError as exc:
+        raise TunerError(str(exc)) from exc
+    if not cpus_per_trial > 0:
+        raise TunerError(f"--cpus-per-trial must be positive, got {cpus_per_trial:g}")
+    resources: dict[str, float] = {"cpu": float(cpus_per_trial)}
+    if gpus:
+        resources["gpu"] = float(gpus)
+    if tpu_chips:
+        resources["TPU"] = float(tpu_chips)
+    return resources
+
+
+def trial_status(last_result: Mapping[str, Any]) -> str:
+    """`finished`, `diverged` or `stopped` (ended by the scheduler before its schedule did)."""
+    if last_result.get("diverged"):
+        return "diverged"
+    loss = last_result.get("val_loss")
+    if loss is not None and not math.isfinite(loss):
+        return "diverged"
+    if last_result.get(SCHEDULE_DONE):
+        return "finished"
+    progress = last_result.get("progress")
+    if progress is not None and progress >= 1.0 - _PROGRESS_TOLERANCE:
+        return "finished"
+    return "stopped"
+
+
+def _finite_min(*values: Any) -> float | None:
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return min(finite) if finite else None
+
+
+def _resolution(config: Mapping[str, Any], variant: str, width: float, depth: float) -> int | None:
+    if config.get("resolution"):
+        return int(config["resolution"])
+    from nfnet.errors import NFNetError
+    from nfnet.variants import get_variant
+
+    try:
+        return get_variant(variant, width, depth).train_resolution
+    except NFNetError:
+        return None
+
+
+def ledger_row(
+    trial_id: str,
+    experiment: str,
+    config: Mapping[str, Any],
+    last_result: Mapping[str, Any],
+    source: str,
+    status: str | None = None,
+    checkpoint_uri: str | None = None,
+    best_val_loss: float | None = None,
+) -> dict[str, Any]:
+    """A pre-training ledger row from a trial's config and its last reported result.
+
+    `status` defaults to `trial_status(last_result)`. The best loss is the lowest
+    of `best_val_loss` (the trial's whole history, e.g. Ray's metric analysis),
+    the result's running best and its last loss.
+    """
+    # The variant may carry its multipliers (`nano-w0.5`); the row keeps them apart.
+    variant, width, depth = parse_label(str(config["variant"]))
+    width *= float(config.get("width_mult", 1.0))
+    depth *= float(config.get("depth_mult", 1.0))
+    loss = last_result.get("val_loss")
+    device_seconds = last_result.get("device_seconds")
+    return {
+        "trial_id": trial_id,
+        "experiment": experiment,
+        "kind": "pretrain",
+        "parent_trial_id": None,
+        "variant": variant,
+        "width_mult": width,
+        "depth_mult": depth,
+        "params": None if last_result.get("params") is None else int(last_result["params"]),
+        "epochs": float(last_result.get("epochs") or config["epochs"]),
+        "lr": float(config["lr"]),
+        "batch_size": int(config.get("batch_size", 256)),
+        "dataset": config.get("dataset"),
+        "resolution": _resolution(config, variant, width, depth),
+        "seed": int(config.get("seed", 0)),
+        "final_val_loss": None if loss is None else float(loss),
+        "best_val_loss": _finite_min(best_val_loss, last_result.get(BEST_VAL_LOSS), loss),
+        "top1": None if last_result.get("val_top1") is None else float(last_result["val_top1"]),
+        "train_loss": None if last_result.get("train_loss") is None else float(last_result["train_loss"]),
+        "flops": None if last_result.get("flops") is None else float(last_result["flops"]),
+        "device_hours": None if device_seconds is None else float(device_seconds) / 3600.0,
+        "images_seen": None if last_result.get("images_seen") is None else int(last_result["images_seen"]),
+        "status": status or trial_status(last_result),
+        "source": source,
+        "checkpoint_uri": checkpoint_uri,
+    }
