@@ -41,6 +41,32 @@ def test_activations_grow_with_resolution_squared_and_depth():
     assert activation_elements(get_variant("F3"), 224) > 2 * large
 
 
+@pytest.mark.slow
+def test_activation_estimate_matches_xla_memory_analysis():
+    """ACTIVATION_COPIES: XLA's temporaries per extra example of a compiled training gradient."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from nfnet.model import NFNet
+
+    variant = get_variant("nano")
+    model = NFNet(variant, 10)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False)["params"]
+
+    def loss(p, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x, train=True), y).mean()
+
+    grad = jax.jit(jax.value_and_grad(loss))
+    temp = []
+    for batch in (8, 24):
+        compiled = grad.lower(params, jnp.zeros((batch, 32, 32, 3)), jnp.zeros((batch,), jnp.int32)).compile()
+        temp.append(compiled.memory_analysis().temp_size_in_bytes)
+    per_example = (temp[1] - temp[0]) / 16
+    estimate = estimate_device_memory(variant, 1, 1, resolution=32, dtype="float32", num_classes=10)
+    assert estimate.activation_bytes_per_example == pytest.approx(per_example, rel=0.25)
+
+
 def test_memory_estimate_is_replicated_state_plus_the_local_batch():
     f0 = get_variant("F0")
     one = estimate_device_memory(f0, 256, 4, resolution=224, dtype="bfloat16")
