@@ -10,7 +10,7 @@ Saves are atomic: orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it to
 `<step>` only when every item is complete (on local disks; on `gs://` a commit file
 marks completion). A crash mid-save leaves the previous checkpoint as the latest;
 the half-written temporary directory is never taken for a checkpoint and is removed
-by the next `CheckpointStore` opened on that directory.
+by the first save of the next `CheckpointStore` opened on that directory.
 """
 
 from __future__ import annotations
@@ -126,7 +126,8 @@ class CheckpointStore:
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, META))
 
     def steps(self) -> list[int]:
-        return sorted(self._manager.all_steps(read=True))
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> str:
         """Write the checkpoint of `step` and return its directory."""

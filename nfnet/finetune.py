@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,8 +86,8 @@ class FinetuneConfig:
 
 
 def default_resolution(pretrain_resolution: int) -> int:
-    """1.5x the pre-training resolution rounded to a multiple of 8 (32 -> 48, 224 -> 336)."""
-    return max(8, round(pretrain_resolution * RESOLUTION_FACTOR / 8) * 8)
+    """1.5x the pre-training resolution rounded (half up) to a multiple of 8 (24 -> 40, 32 -> 48, 224 -> 336)."""
+    return max(8, math.floor(pretrain_resolution * RESOLUTION_FACTOR / 8 + 0.5) * 8)
 
 
 def to_train_config(config: FinetuneConfig) -> TrainConfig:

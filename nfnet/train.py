@@ -485,8 +485,8 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
         # The optimizer state holds no parameter values yet (zero momentum), so it stays.
         params, _ = _load_init_params(init_path, state["params"], spec)
         state = dict(state, params=params)
-        if "ema" in state:
-            state["ema"] = params
+        if "ema" in state:  # its own buffers: the step donates the whole state
+            state["ema"] = jax.tree.map(jnp.copy, params)
         parent = _parent_info(init_path, init_meta)
 
     step_fn, flops_per_step = compile_train_step(spec, _abstract_key(state))

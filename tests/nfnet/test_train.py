@@ -43,7 +43,7 @@ def tiny(workdir, **overrides) -> TrainConfig:
 
 
 def run_cli(*args: str, module: str = "nfnet.train", env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+    full_env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO,
                           env=full_env, timeout=300)
 
@@ -264,14 +264,16 @@ def test_four_fake_devices_match_one_device(tmp_path):
 @pytest.mark.slow
 def test_loss_falls_on_a_fashion_mnist_subset(tmp_path):
     reports = []
-    summary = train(TrainConfig(variant="nano", dataset="fashion_mnist", epochs=3.0, lr=0.4, batch_size=64,
+    summary = train(TrainConfig(variant="nano", dataset="fashion_mnist", epochs=3.0, lr=0.1, batch_size=64,
                                 resolution=28, max_train_examples=1024, max_eval_examples=512, evals_per_run=3,
                                 workdir=str(tmp_path / "run"), progress=False),
                     callback=lambda m, c: reports.append(m))
     assert summary["status"] == "finished"
-    assert reports[-1]["train_loss"] < reports[0]["train_loss"] < math.log(10)
-    assert reports[-1]["val_loss"] < 0.8 * math.log(10)
-    assert reports[-1]["val_top1"] > 0.5
+    train_losses = [m["train_loss"] for m in reports]
+    val_losses = [m["val_loss"] for m in reports]
+    assert train_losses == sorted(train_losses, reverse=True) and train_losses[-1] < 0.75 * train_losses[0]
+    assert val_losses == sorted(val_losses, reverse=True) and val_losses[-1] < 0.7 * math.log(10)
+    assert reports[-1]["val_top1"] > 0.4  # chance is 0.1
 
 
 @pytest.mark.slow
