@@ -38,7 +38,7 @@ imports JAX or Ray (the driver must not touch a TPU).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -349,16 +349,37 @@ def placement_for_config(config: Mapping[str, Any], accelerator: str = "cpu", cp
     )
 
 
-def tune_trainable(train_fn: Any, placement: TrialPlacement) -> Any:
-    """`train_fn` wrapped for Tune with this placement's resources.
+def tune_trainable(
+    train_fn: Callable[[dict[str, Any]], None],
+    accelerator: str = "cpu",
+    cpus_per_trial: float = 1.0,
+    num_classes: int = DEFAULT_NUM_CLASSES,
+) -> Any:
+    """`train_fn` for Tune, each trial placed by its own config (`tune.with_resources`).
 
-    One-host placements run `train_fn` (tuner.trainable.train_trial) as it is; a
-    multi-host slice runs the trial through tuner.slice_trial.run_on_slice.
+    A sweep mixes variants, so every trial's placement is derived from its config:
+    one that fits a host runs `train_fn` (tuner.trainable.train_trial) in the trial;
+    one that needs a multi-host slice runs through tuner.slice_trial.run_on_slice.
+    The accelerator name is checked now, so a typo fails before Ray starts.
     """
     from ray import tune
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
 
-    if placement.is_slice:
-        from tuner.slice_trial import slice_trainable
+    placement_for_config({}, accelerator, cpus_per_trial, num_classes)
 
-        train_fn = slice_trainable(placement)
-    return tune.with_resources(train_fn, dict(placement.resources))
+    def resources(config: dict[str, Any]) -> Any:
+        placement = placement_for_config(config, accelerator, cpus_per_trial, num_classes)
+        return resource_dict_to_pg_factory(dict(placement.resources))
+
+    def trial(config: dict[str, Any]) -> None:
+        placement = placement_for_config(config, accelerator, cpus_per_trial, num_classes)
+        if placement.is_slice:
+            from tuner.slice_trial import run_on_slice
+
+            run_on_slice(config, placement)
+        else:
+            train_fn(config)
+
+    trial.__name__ = getattr(train_fn, "__name__", "train_trial")
+    trial.__qualname__ = trial.__name__
+    return tune.with_resources(trial, resources)
