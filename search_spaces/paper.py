@@ -1,7 +1,7 @@
 """The paper's study: NFNet F0, F1, F3, F3+, F7, F7+ × 0.25–8 epochs × LR 1.6·2^k ([P1] Fig. 2-3).
 
     python -m tuner.sweep --preset paper --grid --dataset parquet:gs://BUCKET/jft-shards \
-        --address auto --tpu-chips-per-trial 4 \
+        --address auto --accelerator tpu \
         --storage gs://BUCKET/nfscale/results --ledger gs://BUCKET/nfscale/ledger
 
 Cost: [P1] reports 0.4k TPU-v4 core-hours for F0 at 0.25 epochs and ~110k for F7+ at
@@ -29,7 +29,7 @@ PRESET = Preset(
     summary="[P1]'s grid: F0, F1, F3, F3+, F7, F7+ × 0.25-8 epochs × LR 1.6·2^k on JFT-like data",
     command=(
         "python -m tuner.sweep --preset paper --grid --dataset parquet:gs://BUCKET/jft-shards "
-        "--address auto --tpu-chips-per-trial 4 --storage gs://BUCKET/nfscale/results "
+        "--address auto --accelerator tpu --storage gs://BUCKET/nfscale/results "
         "--ledger gs://BUCKET/nfscale/ledger"
     ),
     cost="~3.6M TPU-v4 core-hours for the full grid (~0.6M per LR value)",

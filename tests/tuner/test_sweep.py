@@ -1,0 +1,268 @@
+"""`tuner.sweep`: the plan and its one-line errors (no Ray), and real local-Ray sweeps of
+the real trainable on tiny data: grouped ASHA stops a bad LR, the compute budget ends
+the sweep, promotion follows it, and an interrupted sweep resumes without re-running
+or re-recording finished trials."""
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+from ray import tune
+
+from search_spaces import Preset
+from tuner.errors import TunerError
+from tuner.ledger import Ledger
+from tuner.sweep import (
+    SETTINGS_FILE,
+    SweepOptions,
+    group_by_cell,
+    main,
+    parse_overrides,
+    plan_sweep,
+    run_sweep,
+    startup_points,
+)
+
+# base_lr(64) = 0.025: 0.2 learns on digits in 8 steps, 0.025 / 64 barely moves.
+GOOD_LR, BAD_LR = 0.2, 0.025 / 64
+
+
+def tiny_preset(**changes) -> Preset:
+    """nano on 512 digits at 16px, batch 64: 8 steps a run, evaluated at 1/2 and at the end."""
+    fields = dict(
+        name="tiny", summary="a test study", command="python -m tuner.sweep --preset tiny",
+        cost="a minute", variants=("nano",), epochs=(1,), lr_exponents=(-6, 1, 2, 3),
+        batch_size=64, dataset="digits", resolution=16,
+        overrides={"evals_per_run": 2, "max_train_examples": 512, "max_eval_examples": 128, "num_workers": 1},
+        num_samples=6, grace_period=0.5,
+    )
+    fields.update(changes)
+    return Preset(**fields)
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------- no Ray
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--preset", "nope"], "unknown preset 'nope'; known presets: paper, cpu-fashion, cpu-smoke"),
+        (["--budget-flops", "0"], "--budget-flops must be a positive number"),
+        (["--budget-device-hours", "-1"], "--budget-device-hours must be a positive number"),
+        (["--budget-flops", "1e12", "--budget-device-hours", "1"], "give one compute budget"),
+        (["--preset", "paper"], "placeholder dataset"),
+        (["--grid", "--num-samples", "3"], "drop --num-samples"),
+        (["--point", "nano,1,0.3"], "not on preset cpu-smoke's grid"),
+        (["--set", "max_train_exampels=10"], "unknown trainer setting(s) max_train_exampels"),
+        (["--set", "lr=0.1"], "may not change lr"),
+        (["--set", "evals_per_run=0"], "--evals-per-run must be >= 1"),
+        (["--then-finetune"], "needs --finetune-dataset"),
+        (["--num-samples", "0"], "--num-samples must be positive"),
+        (["--name", "a/b"], "experiment name"),
+    ],
+)
+def test_mistakes_are_one_line_errors_with_status_2(capsys, argv, message):
+    code, out, err = run_main(capsys, "--dry-run", *argv)
+    assert code == 2
+    assert err.startswith("error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_resume_with_nothing_to_resume_is_one_line(capsys, tmp_path):
+    code, _, err = run_main(capsys, "--resume", "--storage", str(tmp_path))
+    assert code == 2 and f"no sweep to resume under {tmp_path}" in err
+    code, _, err = run_main(capsys, "--resume", "--preset", "cpu-smoke", "--storage", str(tmp_path))
+    assert code == 2 and "no sweep of preset cpu-smoke to resume" in err
+
+
+def test_dry_run_json_is_the_plan(capsys, tmp_path):
+    code, out, _ = run_main(capsys, "--dry-run", "--json", "--preset", "cpu-smoke", "--dataset", "digits",
+                            "--storage", str(tmp_path), "--name", "s1", "--point", "micro,1,0.1",
+                            "--budget-flops", "5e11", "--cpus-per-trial", "2", "--set", "warmup_fraction=0.1")
+    assert code == 0
+    plan = json.loads(out)
+    assert plan["path"] == f"{tmp_path}/s1" and plan["mode"] == "optuna" and plan["num_samples"] == 8
+    assert plan["points"][0] == {"variant": "micro", "epochs": 1.0, "lr": 0.1}
+    cells = [(p["variant"], p["epochs"], p["lr"]) for p in plan["points"]]
+    assert len(cells) == plan["startup_trials"] == 4 and len(set(cells)) == 4
+    assert plan["budget"] == {"unit": "flops", "total": 5e11}
+    assert plan["resources_per_trial"] == {"nano": {"CPU": 2.0}, "micro": {"CPU": 2.0}}
+    assert plan["base_config"]["warmup_fraction"] == 0.1 and plan["base_config"]["dataset"] == "digits"
+    assert plan["space"] == {"variant": ["nano", "micro"], "epochs": [0.5, 1.0], "lr": [0.05, 0.1, 0.2]}
+    assert not (tmp_path / "s1").exists()
+
+
+def test_dry_run_grid_lists_every_cell(capsys):
+    code, out, _ = run_main(capsys, "--dry-run", "--grid", "--preset", "cpu-smoke", "--dataset", "digits")
+    assert code == 0
+    assert "search: grid, 12 trials" in out
+    assert out.count("  cell ") == 12
+
+
+def test_the_papers_sweep_places_each_variant_on_tpu_by_its_own_size(capsys):
+    code, out, _ = run_main(capsys, "--dry-run", "--json", "--preset", "paper", "--grid", "--accelerator", "tpu",
+                            "--dataset", "parquet:gs://bucket/jft-shards", "--cpus-per-trial", "8")
+    assert code == 0
+    plan = json.loads(out)
+    assert plan["num_samples"] == 216 and plan["base_config"]["dtype"] == "bfloat16"
+    placements = plan["placements"]
+    assert set(placements) == set(plan["resources_per_trial"]) == {"F0", "F1", "F3", "F3+", "F7", "F7+"}
+    # Batch 4096 of these does not fit one v4 host: each trial drives a whole slice,
+    # larger for larger variants, and each host gets the CPUs asked for.
+    chips = {label: int(re.search(r"(\d+) chips", text).group(1)) for label, text in placements.items()}
+    assert all("slice of" in text and "each host {CPU: 8, TPU: 4}" in text for text in placements.values())
+    assert chips["F0"] <= chips["F3"] <= chips["F7"] <= chips["F7+"] and chips["F0"] < chips["F7+"]
+    code, _, err = run_main(capsys, "--dry-run", "--accelerator", "abacus")
+    assert code == 2 and "unknown --accelerator 'abacus'" in err
+
+
+def test_preset_fallback_dataset_is_said(monkeypatch, tmp_path):
+    monkeypatch.setenv("NFSCALE_FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
+    plan = plan_sweep(SweepOptions(preset="cpu-smoke"), preset=None)
+    if plan.base_config["dataset"] == "digits":
+        assert plan.notes and "using digits instead" in plan.notes[0]
+    else:  # the Debian package is installed and found before the variable
+        assert not plan.notes
+
+
+def test_groups_keep_width_multipliers_apart():
+    a = group_by_cell({"variant": "nano", "width_mult": 1.0, "epochs": 1.0}, {"variant": "nano"})
+    b = group_by_cell({"variant": "nano", "width_mult": 2.0, "epochs": 1.0}, {"variant": "nano"})
+    assert a == ("nano", 1.0) and b == ("nano-w2", 1.0)
+    assert group_by_cell({"variant": "nano"}, None) is None
+
+
+def test_startup_points_are_distinct_seeded_and_skip_given_points():
+    preset = tiny_preset(lr_exponents=(0, 1, 2, 3), epochs=(0.5, 1))
+    given = [{"variant": "nano", "epochs": 1.0, "lr": 0.05}]
+    points = startup_points(preset, 5, seed=3, taken=given)
+    cells = [(p["variant"], p["epochs"], p["lr"]) for p in points]
+    assert len(set(cells)) == 5 and ("nano", 1.0, 0.05) not in cells
+    assert points == startup_points(preset, 5, seed=3, taken=given)
+    assert len(startup_points(preset, 50, seed=3, taken=given)) == 7
+
+
+def test_overrides_are_typed():
+    assert parse_overrides(["a=1", "b=0.5", "c=none", "d=true", "e=bfloat16", "f=1e-6"]) == {
+        "a": 1, "b": 0.5, "c": None, "d": True, "e": "bfloat16", "f": 1e-6}
+    with pytest.raises(TunerError, match="KEY=VALUE"):
+        parse_overrides(["oops"])
+
+
+# ---------------------------------------------------------------- real sweeps on local Ray
+
+
+@pytest.fixture
+def trial_env(tmp_path_factory, monkeypatch):
+    """Trials (Ray workers inherit the driver's environment) compile with most XLA
+    optimisations off and share one persistent compilation cache across this module."""
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "jax-cache"))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+
+
+def experiment_rows(ledger: Path, experiment: str) -> list[dict]:
+    rows = [r for r in Ledger(str(ledger)).read().to_pylist() if r["experiment"] == experiment]
+    return sorted(rows, key=lambda r: r["time"])
+
+
+def result_lines(experiment_path: Path) -> dict[str, int]:
+    """Trial id -> number of results Ray stored for it."""
+    out = {}
+    for result_file in experiment_path.glob("*/result.json"):
+        lines = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        if lines:
+            out[lines[0]["trial_id"]] = len(lines)
+    return out
+
+
+@pytest.mark.slow
+def test_sweep_stops_a_bad_lr_keeps_to_the_budget_and_promotes_the_best(trial_env, tmp_path):
+    budget = 9e9  # a full run here is ~4.6e9 training FLOPs: two full runs and a stopped one spend it
+    options = SweepOptions(
+        points=(f"nano,1,{GOOD_LR}", f"nano,1,{BAD_LR}"), budget_flops=budget, max_concurrent=1,
+        num_cpus=2, storage=str(tmp_path / "results"), ledger=str(tmp_path / "ledger"), name="budget",
+        then_finetune=True, finetune_dataset="digits", finetune_resolution=24, finetune_epochs=0.25,
+    )
+    result = run_sweep(options, preset=tiny_preset(), log=lambda *a: None)
+
+    rows = experiment_rows(tmp_path / "ledger", "budget")
+    assert len(rows) == len({r["trial_id"] for r in rows})
+    assert all(r["source"] == "sweep" and r["kind"] == "pretrain" for r in rows)
+    by_lr = {r["lr"]: r for r in rows}
+    # GroupedASHA: the bad LR, behind the good one at half its run, stops there.
+    assert by_lr[GOOD_LR]["status"] == "finished" and by_lr[GOOD_LR]["images_seen"] == 512
+    assert by_lr[BAD_LR]["status"] == "stopped" and by_lr[BAD_LR]["images_seen"] == 256
+    assert by_lr[BAD_LR]["final_val_loss"] > by_lr[GOOD_LR]["final_val_loss"]
+    # The budget ended the sweep: no trial started once it was spent (one at a time,
+    # so every trial before the last one ran with budget left), and trials stopped
+    # early counted only what they used.
+    flops = [r["flops"] for r in rows]
+    assert len(rows) < tiny_preset().num_samples
+    assert sum(flops[:-1]) < budget <= sum(flops)
+    assert result.flops == pytest.approx(sum(flops))
+    assert result.best["trial_id"] == min(
+        (r for r in rows if r["status"] == "finished"), key=lambda r: r["final_val_loss"])["trial_id"]
+    # --then-finetune promoted the best pre-training row.
+    assert len(result.finetune) == 1
+    finetune = result.finetune[0]
+    assert finetune["kind"] == "finetune" and finetune["source"] == "promote"
+    assert finetune["parent_trial_id"] == result.best["trial_id"]
+    assert finetune["dataset"] == "digits" and finetune["resolution"] == 24 and finetune["top1"] is not None
+    # What people look at: settings for --resume and TensorBoard event files per trial.
+    experiment = tmp_path / "results" / "budget"
+    assert json.loads((experiment / SETTINGS_FILE).read_text())["plan"]["budget"]["total"] == budget
+    assert len(list(experiment.glob("*/events.out.tfevents.*"))) == len(rows)
+
+
+class InterruptAfterFirstTrial(tune.Callback):
+    """Sends the driver SIGUSR1 (Ray Tune's "save and stop", like Ctrl-C) when the first
+    trial completes: a sweep whose driver goes away. Once only: the callback comes back
+    from the experiment on --resume, so a marker file says it has fired."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if not os.path.exists(self.marker):
+            Path(self.marker).write_text(trial.trial_id)
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_without_rerunning_or_rerecording(trial_env, tmp_path):
+    preset = tiny_preset(lr_exponents=(1, 2, 3))
+    marker = tmp_path / "interrupted"
+    common = dict(grid=True, max_concurrent=1, num_cpus=2, storage=str(tmp_path / "results"),
+                  ledger=str(tmp_path / "ledger"))
+    run_sweep(SweepOptions(name="resumable", **common), preset=preset,
+              callbacks=[InterruptAfterFirstTrial(str(marker))], log=lambda *a: None)
+    experiment = tmp_path / "results" / "resumable"
+    first = marker.read_text()
+    before_rows = experiment_rows(tmp_path / "ledger", "resumable")
+    before_results = result_lines(experiment)
+    assert [r["trial_id"] for r in before_rows] == [f"resumable/{first}"]
+    assert len(before_rows) < 3
+
+    # The same command with --resume finds the latest sweep of the preset.
+    result = run_sweep(SweepOptions(resume=True, **common), preset=preset, log=lambda *a: None)
+
+    rows = experiment_rows(tmp_path / "ledger", "resumable")
+    after_results = result_lines(experiment)
+    assert result.experiment == "resumable"
+    assert len(rows) == len({r["trial_id"] for r in rows}) == 3
+    # The grid's three cells, each once; the first trial's row is the one written before.
+    assert sorted(r["lr"] for r in rows) == pytest.approx(sorted(preset.lrs))
+    assert rows[0] == before_rows[0]
+    # The finished trial was not run again: Ray holds no new result for it.
+    assert after_results[first] == before_results[first]
+    assert set(after_results) == {r["trial_id"].split("/", 1)[1] for r in rows}

@@ -1,0 +1,452 @@
+"""`python -m tuner.promote`: fine-tune the best pre-trained checkpoints, recorded in the ledger.
+
+    python -m tuner.promote --dataset digits --resolution 48
+    python -m tuner.promote --dataset digits --resolution 48 --top-k 3 --lrs 0.05,0.1
+    python -m tuner.promote --dataset digits --budget-flops 1e12 --dry-run
+
+Candidates are the ledger's pre-training rows that finished (not stopped, not
+diverged) with a checkpoint, at or under the compute budget when one is given
+(per run, in FLOPs or device-hours); the `--top-k` with the lowest final held-out
+loss are promoted. Each is fine-tuned on `--dataset` with nfnet's fine-tuning recipe
+(new head, higher resolution, SAM, stochastic depth, dropout, EMA: see
+`nfnet.finetune`), as Ray Tune trials, at each of `--lrs` (default: the recipe's
+LR). Every fine-tuning trial is a ledger row of kind `finetune`, source `promote`,
+whose `parent_trial_id` is the pre-training row it started from, and whose `top1`
+is the fine-tuned accuracy. [P1] found fine-tuning favours slightly larger models
+with fewer epochs than the pre-training optimum: `--top-k` > 1 tests that.
+
+Losses are comparable only on one pre-training dataset: when the candidates come
+from several, `--pretrain-dataset` picks one. `tuner.sweep --then-finetune` calls
+`promote` on the sweep's own rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ray.tune import Callback
+
+from tuner.errors import TunerError
+from tuner.experiment import (
+    HParamsLoggerCallback,
+    ProgressPrinter,
+    connect,
+    experiment_dir,
+    results_table,
+    storage_path,
+    tensorboard_hint,
+    trial_row,
+)
+from tuner.ledger import Ledger, default_ledger_uri
+from tuner.placement import ACCELERATOR_HELP
+from tuner.planner import cell_label
+
+SOURCE = "promote"
+EXPERIMENT_PREFIX = "promote-"
+# Keys the trainable sets itself (workdir, resume) or that only the command line uses.
+_TRAINABLE_KEYS = frozenset({"workdir", "resume", "resume_from", "progress"})
+# Columns of the printed table of fine-tuning rows.
+TABLE_COLUMNS = ("variant", "epochs", "lr", "dataset", "resolution", "status", "top1", "final_val_loss",
+                 "parent_trial_id")
+
+
+@dataclass(frozen=True)
+class PromoteOptions:
+    """Everything `python -m tuner.promote` takes; the flags map one to one."""
+
+    dataset: str
+    resolution: int | None = None
+    eval_resolution: int | None = None
+    ledger: str | None = None
+    top_k: int = 1
+    budget_flops: float | None = None
+    budget_device_hours: float | None = None
+    experiment: str | None = None
+    pretrain_dataset: str | None = None
+    lrs: tuple[float, ...] = ()
+    epochs: float | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    data_dir: str | None = None
+    overrides: tuple[str, ...] = ()
+    address: str | None = None
+    num_cpus: int | None = None
+    storage: str | None = None
+    name: str | None = None
+    cpus_per_trial: float = 1.0
+    accelerator: str = "cpu"
+    max_concurrent: int | None = None
+    max_failures: int = 2
+    json: bool = False
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    experiment: str
+    path: str
+    candidates: list[dict[str, Any]]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- choosing candidates
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def select_candidates(
+    rows: Sequence[Mapping[str, Any]],
+    top_k: int = 1,
+    budget_flops: float | None = None,
+    budget_device_hours: float | None = None,
+    experiment: str | None = None,
+    pretrain_dataset: str | None = None,
+) -> list[dict[str, Any]]:
+    """The `top_k` finished pre-training rows with a checkpoint and the lowest final loss,
+    at or under the budget (a row whose compute is unknown is not under a budget)."""
+    if top_k < 1:
+        raise TunerError(f"--top-k must be at least 1, got {top_k}")
+    for flag, value in (("--budget-flops", budget_flops), ("--budget-device-hours", budget_device_hours)):
+        if value is not None and not (_finite(value) and value > 0):
+            raise TunerError(f"{flag} must be a positive number, got {value:g}")
+    if budget_flops is not None and budget_device_hours is not None:
+        raise TunerError("give one budget: --budget-flops or --budget-device-hours, not both")
+    pretrain = [dict(r) for r in rows if r.get("kind") == "pretrain"]
+    if experiment is not None:
+        pretrain = [r for r in pretrain if r.get("experiment") == experiment]
+    if pretrain_dataset is not None:
+        pretrain = [r for r in pretrain if r.get("dataset") == pretrain_dataset]
+    finished = [r for r in pretrain if r.get("status") == "finished" and _finite(r.get("final_val_loss"))]
+    with_checkpoint = [r for r in finished if r.get("checkpoint_uri")]
+    eligible = with_checkpoint
+    if budget_flops is not None:
+        eligible = [r for r in eligible if _finite(r.get("flops")) and r["flops"] <= budget_flops]
+    if budget_device_hours is not None:
+        eligible = [r for r in eligible if _finite(r.get("device_hours")) and r["device_hours"] <= budget_device_hours]
+    if not eligible:
+        where = f" of experiment {experiment}" if experiment else ""
+        budget = ""
+        if budget_flops is not None:
+            budget = f", {len(eligible)} of them within {budget_flops:g} FLOPs"
+        elif budget_device_hours is not None:
+            budget = f", {len(eligible)} of them within {budget_device_hours:g} device-hours"
+        raise TunerError(
+            f"no pre-training row to promote{where}: {len(pretrain)} pre-training rows, {len(finished)} finished, "
+            f"{len(with_checkpoint)} with a checkpoint{budget}; run tuner.sweep or tuner.lr_search first"
+            + (" or raise the budget" if budget else "")
+        )
+    datasets = sorted({str(r.get("dataset")) for r in eligible})
+    if len(datasets) > 1:
+        raise TunerError(
+            f"candidates were pre-trained on {', '.join(datasets)}, whose losses do not compare; "
+            "pass --pretrain-dataset to pick one"
+        )
+    eligible.sort(key=lambda r: (r["final_val_loss"], r["trial_id"]))
+    return eligible[:top_k]
+
+
+def checkpoint_exists(uri: str) -> bool:
+    """Whether a checkpoint directory is there (local path or gs://...)."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+        return fs.get_file_info(path).type == pafs.FileType.Directory
+    except (OSError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------- trial configs
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    from tuner.sweep import parse_overrides as parse
+
+    return parse(items)
+
+
+def finetune_config(candidate: Mapping[str, Any], options: PromoteOptions, lr: float | None) -> dict[str, Any]:
+    """The trainer fields of one fine-tuning trial from a candidate row (nfnet.finetune's recipe)."""
+    import nfnet.finetune as nffinetune
+    import nfnet.train as nftrain
+    from nfnet.errors import NFNetError
+
+    uri = candidate["checkpoint_uri"]
+    if not checkpoint_exists(uri):
+        raise TunerError(
+            f"checkpoint {uri} of pre-training trial {candidate['trial_id']} is missing; "
+            "restore it or promote another row (--experiment, --budget-*)"
+        )
+    fields = {"dataset": options.dataset, "seed": options.seed}
+    for name in ("resolution", "eval_resolution", "epochs", "batch_size", "data_dir"):
+        if getattr(options, name) is not None:
+            fields[name] = getattr(options, name)
+    if lr is not None:
+        fields["lr"] = lr
+    extra = parse_overrides(options.overrides)
+    finetune_fields = {f.name for f in dataclasses.fields(nffinetune.FinetuneConfig)}
+    fields.update({k: v for k, v in extra.items() if k in finetune_fields})
+    try:
+        config = dataclasses.asdict(nffinetune.to_train_config(
+            nffinetune.FinetuneConfig(init_from=uri, progress=False, **fields)))
+        config.update({k: v for k, v in extra.items() if k not in finetune_fields})
+        nftrain.validate(nftrain.TrainConfig(**config))
+    except NFNetError as exc:
+        raise TunerError(f"cannot fine-tune {candidate['trial_id']}: {exc}") from None
+    except TypeError as exc:
+        raise TunerError(f"bad trainer setting: {exc}") from None
+    return {k: v for k, v in config.items() if k not in _TRAINABLE_KEYS}
+
+
+def _from_parent(configs: Mapping[str, Mapping[str, Any]], key: str, spec: Any) -> Any:
+    return configs[spec.config.parent_trial_id][key]
+
+
+def param_space(configs: Mapping[str, Mapping[str, Any]], lrs: Sequence[float] | None) -> dict[str, Any]:
+    """A Tune space with one trial per (parent, lr): fields equal across parents are constants,
+    the rest follow the trial's parent."""
+    from ray import tune
+
+    first = next(iter(configs.values()))
+    space: dict[str, Any] = {"parent_trial_id": tune.grid_search(list(configs))}
+    for key in first:
+        values = [c[key] for c in configs.values()]
+        if key == "lr" and lrs:
+            space[key] = tune.grid_search(list(lrs))
+        elif all(v == values[0] for v in values):
+            space[key] = values[0]
+        else:
+            space[key] = tune.sample_from(functools.partial(_from_parent, dict(configs), key))
+    return space
+
+
+# ---------------------------------------------------------------- Ray
+
+
+class FinetuneLedgerCallback(Callback):
+    """Appends each fine-tuning trial's row (kind finetune, linked to its parent) when it ends.
+
+    Like `tuner.experiment.LedgerCallback`: a trial Ray retries is written once, with
+    its final outcome; an errored trial that reported is recorded as stopped.
+    """
+
+    def __init__(self, ledger: Ledger):
+        self.ledger = ledger
+
+    def _write(self, trial: Any, status: str | None = None) -> None:
+        row = trial_row(trial, SOURCE)
+        if row is None:
+            return
+        row.update(kind="finetune", parent_trial_id=trial.config.get("parent_trial_id"))
+        if status is not None and row["status"] != "diverged":
+            row["status"] = status
+        self.ledger.append([row])
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write(trial, status="stopped")
+
+
+class PromoteProgressPrinter(ProgressPrinter):
+    """Trials named by parent and LR; to stderr when stdout carries --json."""
+
+    def __init__(self, to_stderr: bool = False):
+        super().__init__()
+        self.to_stderr = to_stderr
+
+    def _print(self, text: str) -> None:
+        print(text, file=sys.stderr if self.to_stderr else sys.stdout, flush=True)
+
+    def _name(self, trial: Any) -> str:
+        return f"{trial.trial_id} from {trial.config.get('parent_trial_id')} lr={trial.config.get('lr', 0.0):g}"
+
+
+def _experiment_name(options: PromoteOptions) -> str:
+    if options.name:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", options.name):
+            raise TunerError(f"experiment name {options.name!r} may hold only letters, digits and . _ + -")
+        return options.name
+    dataset = re.sub(r"[^A-Za-z0-9]+", "_", options.dataset).strip("_") or "data"
+    return f"{EXPERIMENT_PREFIX}{dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def plan_promotion(options: PromoteOptions) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any]]:
+    """Candidates, one trial config per candidate, and each one's placement; no Ray."""
+    from tuner.placement import placement_for_config
+
+    if options.max_concurrent is not None and options.max_concurrent <= 0:
+        raise TunerError(f"--max-concurrent must be positive, got {options.max_concurrent}")
+    if options.max_failures < 0:
+        raise TunerError(f"--max-failures must be >= 0, got {options.max_failures}")
+    if options.lrs and any(not (_finite(lr) and lr > 0) for lr in options.lrs):
+        raise TunerError(f"--lrs must be positive numbers, got {list(options.lrs)}")
+    ledger = Ledger(options.ledger or default_ledger_uri())
+    candidates = select_candidates(
+        ledger.read().to_pylist(), options.top_k, options.budget_flops, options.budget_device_hours,
+        options.experiment, options.pretrain_dataset,
+    )
+    configs = {c["trial_id"]: finetune_config(c, options, options.lrs[0] if options.lrs else None)
+               for c in candidates}
+    placements = {trial_id: placement_for_config(config, options.accelerator, options.cpus_per_trial)
+                  for trial_id, config in configs.items()}
+    return candidates, configs, placements
+
+
+def promote(options: PromoteOptions, log: Callable[..., None] = print) -> PromoteResult:
+    """Fine-tune the best pre-trained checkpoints as Ray Tune trials; returns their ledger rows."""
+    from ray import tune
+
+    from tuner.placement import tune_trainable
+    from tuner.trainable import train_trial
+
+    candidates, configs, _ = plan_promotion(options)
+    name = _experiment_name(options)
+    storage = storage_path(options.storage)
+    path = experiment_dir(storage, name)
+    ledger_uri = options.ledger or default_ledger_uri()
+    for c in candidates:
+        log(f"promoting {c['trial_id']}: {cell_label(c['variant'], c['width_mult'], c['depth_mult'])} "
+            f"epochs={c['epochs']:g} lr={c['lr']:g} val_loss={c['final_val_loss']:.4g} ({c['checkpoint_uri']})")
+    lrs = list(options.lrs) or [next(iter(configs.values()))["lr"]]
+    log(f"fine-tuning on {options.dataset} at LR {', '.join(f'{lr:g}' for lr in lrs)}: "
+        f"{len(configs) * len(lrs)} trials in {path}")
+    connection = connect(options.address, num_cpus=options.num_cpus)
+    try:
+        tuner = tune.Tuner(
+            tune_trainable(train_trial, options.accelerator, options.cpus_per_trial),
+            param_space=param_space(configs, options.lrs),
+            tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                callbacks=[FinetuneLedgerCallback(Ledger(ledger_uri)), HParamsLoggerCallback(),
+                           PromoteProgressPrinter(to_stderr=options.json)],
+                failure_config=tune.FailureConfig(max_failures=options.max_failures),
+                verbose=0,
+            ),
+        )
+        results = tuner.fit()
+    finally:
+        connection.shutdown()
+    rows = [r for r in Ledger(ledger_uri).read().to_pylist() if r["experiment"] == name]
+    rows.sort(key=lambda r: (r["parent_trial_id"] or "", r["lr"]))
+    failed = [r for r in results if r.error is not None]
+    if rows:
+        log(results_table(rows, TABLE_COLUMNS))
+    if failed:
+        log(f"{len(failed)} fine-tuning trial(s) failed after their retries; see error.txt under {path}")
+    done = [r for r in rows if r["status"] == "finished" and _finite(r.get("top1"))]
+    if done:
+        best = max(done, key=lambda r: r["top1"])
+        log(f"best fine-tuned: {cell_label(best['variant'], best['width_mult'], best['depth_mult'])} "
+            f"from {best['parent_trial_id']} top1={best['top1']:.4g}")
+    log(f"ledger: {ledger_uri}")
+    log(f"TensorBoard: {tensorboard_hint(path)}")
+    return PromoteResult(name, path, candidates, rows)
+
+
+# ---------------------------------------------------------------- command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _lrs(text: str) -> tuple[float, ...]:
+    from tuner.sweep import _lrs as parse
+
+    return parse(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m tuner.promote",
+        description="Fine-tune the pre-trained checkpoints with the lowest held-out loss (within a budget) on a "
+        "target dataset, as Ray Tune trials; record each as a finetune row linked to its pre-training row.",
+    )
+    p.add_argument("--dataset", required=True, help="target dataset (e.g. digits, fashion_mnist, parquet:<uri>)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="fine-tuning resolution, above pre-training (default 1.5x it)")
+    p.add_argument("--eval-resolution", type=int, default=None)
+    p.add_argument("--ledger", default=None, help="ledger directory or gs://... (default $NFSCALE_LEDGER or results/ledger)")
+    p.add_argument("--top-k", type=int, default=1, help="promote this many checkpoints (lowest loss first)")
+    p.add_argument("--budget-flops", type=float, default=None, help="only runs that used at most this many FLOPs")
+    p.add_argument("--budget-device-hours", type=float, default=None,
+                   help="only runs that used at most this many device-hours")
+    p.add_argument("--experiment", default=None, help="only candidates from this experiment")
+    p.add_argument("--pretrain-dataset", default=None, help="only candidates pre-trained on this dataset")
+    p.add_argument("--lrs", type=_lrs, default=(), metavar="LR,LR",
+                   help="a small LR search: one trial per LR and candidate (default: the recipe's LR)")
+    p.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default: nfnet.finetune's)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a trainer field for every trial (repeatable), e.g. max_train_examples=512")
+    p.add_argument("--address", default=None, help="an existing Ray cluster (host:port or auto); default: local Ray")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
+    p.add_argument("--storage", default=None, help="experiment storage, a directory or gs://... (default results/)")
+    p.add_argument("--name", default=None, help="experiment name (default promote-<dataset>-<time>)")
+    p.add_argument("--accelerator", default="cpu", help=f"where trials run: {ACCELERATOR_HELP}")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (per host on a TPU slice)")
+    p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--max-failures", type=int, default=2)
+    p.add_argument("--json", action="store_true", help="print the result (or plan) as one JSON object on stdout")
+    p.add_argument("--dry-run", action="store_true", help="print the candidates and trial configs, run nothing")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    from tuner.sweep import json_row
+
+    args = build_parser().parse_args(argv)
+    values = vars(args)
+    values["overrides"] = tuple(values["overrides"])
+    options = PromoteOptions(**values)
+    log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if options.json else print
+    try:
+        if options.dry_run:
+            candidates, configs, placements = plan_promotion(options)
+            if options.json:
+                print(json.dumps({"candidates": [json_row(c) for c in candidates], "configs": configs,
+                                  "lrs": list(options.lrs),
+                                  "placements": {k: p.describe() for k, p in placements.items()},
+                                  "resources_per_trial": {k: p.resources for k, p in placements.items()}},
+                                 indent=1))
+            else:
+                for c in candidates:
+                    config = configs[c["trial_id"]]
+                    print(f"{c['trial_id']}: val_loss={c['final_val_loss']:.4g} -> fine-tune "
+                          + ", ".join(f"{k}={v}" for k, v in sorted(config.items())))
+                    print(f"  placement: {placements[c['trial_id']].describe()}")
+            return 0
+        result = promote(options, log=log)
+        if options.json:
+            print(json.dumps({"experiment": result.experiment, "path": result.path,
+                              "candidates": [json_row(c) for c in result.candidates],
+                              "rows": [json_row(r) for r in result.rows]}, indent=1))
+        return 0
+    except TunerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

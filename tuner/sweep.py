@@ -1,0 +1,824 @@
+"""`python -m tuner.sweep`: a compute-scaling study over variant × epoch budget × learning rate.
+
+    python -m tuner.sweep --preset cpu-smoke                 # minutes on a laptop CPU
+    python -m tuner.sweep --preset cpu-fashion --budget-device-hours 2
+    python -m tuner.sweep --preset paper --cpu --grid        # the paper's grid, CPU-sized
+    python -m tuner.sweep --preset cpu-smoke --resume        # continue the latest cpu-smoke sweep
+    python -m tuner.sweep --preset cpu-smoke --dry-run       # the plan, run nothing
+
+A sweep is one Ray Tune experiment: a searcher suggests cells (Optuna's TPE over the
+preset's categorical space, or `--grid`: every cell once through Optuna's grid
+sampler), `GroupedASHA` stops bad learning rates comparing only trials of the same
+(variant, epoch budget) at the same fraction of their own schedule, and a compute
+budget (`--budget-flops` / `--budget-device-hours`) starts no new trial once it is
+spent (trials stopped early count what they used). Every trial that ends is one
+ledger row (source `sweep`). `--resume` restores the experiment with
+`Tuner.restore`: finished trials are kept, unfinished ones continue from their
+checkpoints, the searcher continues its study and GroupedASHA rebuilds its rungs and
+the budget from the trials' stored results.
+
+The first trials of a searched sweep are distinct cells drawn at random (seeded)
+and enqueued, after any `--point`s: TPE's random start-up phase would otherwise
+repeat cells, and a repeated cell with the same seed is the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from search_spaces import CELL_KEYS, Preset, PresetSpace, get_preset, grid_space, parse_point
+from search_spaces.space import DistinctCellSampler, GridCellSampler
+from tuner.errors import TunerError
+from tuner.experiment import (
+    HParamsLoggerCallback,
+    LedgerCallback,
+    ProgressPrinter,
+    connect,
+    experiment_dir,
+    results_table,
+    storage_path,
+    tensorboard_hint,
+)
+from tuner.placement import ACCELERATOR_HELP
+from tuner.planner import cell_label
+
+DEFAULT_PRESET = "cpu-smoke"
+SOURCE = "sweep"
+METRIC, MODE = "val_loss", "min"
+# Written into the experiment directory; --resume reads it back.
+SETTINGS_FILE = "nfscale_sweep.json"
+EXPERIMENT_PREFIX = "sweep-"
+# TPE's random start-up phase: at most Optuna's default of 10 trials, and at most
+# half of a small sweep, so TPE gets to choose the rest.
+MAX_STARTUP = 10
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """Everything `python -m tuner.sweep` takes; the flags map one to one."""
+
+    preset: str | None = None
+    cpu: bool = False
+    grid: bool = False
+    num_samples: int | None = None
+    points: tuple[str, ...] = ()
+    budget_flops: float | None = None
+    budget_device_hours: float | None = None
+    max_concurrent: int | None = None
+    cpus_per_trial: float = 1.0
+    accelerator: str = "cpu"
+    max_failures: int = 2
+    resume: bool = False
+    name: str | None = None
+    address: str | None = None
+    num_cpus: int | None = None
+    storage: str | None = None
+    ledger: str | None = None
+    optuna_storage: str | None = None
+    study_name: str | None = None
+    seed: int = 0
+    dataset: str | None = None
+    data_dir: str | None = None
+    overrides: tuple[str, ...] = ()
+    then_finetune: bool = False
+    finetune_dataset: str | None = None
+    finetune_resolution: int | None = None
+    finetune_top_k: int = 1
+    finetune_lrs: tuple[float, ...] = ()
+    finetune_epochs: float | None = None
+    json: bool = False
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep resolved from its options: what runs, where, with what."""
+
+    preset: Preset
+    experiment: str
+    storage: str
+    base_config: dict[str, Any]
+    mode: str  # "optuna" or "grid"
+    num_samples: int
+    points: list[dict[str, Any]]
+    startup: int
+    accelerator: str
+    cpus_per_trial: float
+    placements: dict[str, Any]  # variant label -> tuner.placement.TrialPlacement
+    max_concurrent: int | None
+    budget: tuple[str, float] | None
+    ledger: str
+    optuna_storage: str | None
+    study_name: str
+    seed: int
+    max_failures: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        return experiment_dir(self.storage, self.experiment)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "preset": self.preset.name,
+            "experiment": self.experiment,
+            "path": self.path,
+            "mode": self.mode,
+            "num_samples": self.num_samples,
+            "points": self.points,
+            "startup_trials": self.startup,
+            "space": grid_space(self.preset),
+            "cells": len(self.preset.cells()),
+            "base_config": self.base_config,
+            "accelerator": self.accelerator,
+            "cpus_per_trial": self.cpus_per_trial,
+            "placements": {label: p.describe() for label, p in self.placements.items()},
+            "resources_per_trial": {label: p.resources for label, p in self.placements.items()},
+            "max_concurrent": self.max_concurrent,
+            "budget": None if self.budget is None else {"unit": self.budget[0], "total": self.budget[1]},
+            "ledger": self.ledger,
+            "optuna_storage": self.optuna_storage,
+            "study_name": self.study_name,
+            "seed": self.seed,
+            "max_failures": self.max_failures,
+            "scheduler": {
+                "grace_period": self.preset.grace_period,
+                "reduction_factor": self.preset.reduction_factor,
+            },
+            "notes": self.notes,
+        }
+
+    def describe(self) -> str:
+        budget = "none" if self.budget is None else f"{self.budget[1]:g} {self.budget[0]}"
+        lines = [
+            self.preset.describe(),
+            f"experiment {self.experiment} at {self.path}",
+            f"search: {self.mode}, {self.num_samples} trials"
+            + (f" ({self.startup} distinct start-up cells, then TPE)" if self.mode == "optuna" else ""),
+            f"scheduler: GroupedASHA per (variant, epochs), rungs from {self.preset.grace_period:g} of each run, "
+            f"reduction factor {self.preset.reduction_factor:g}",
+            f"compute budget: {budget}; concurrency: {self.max_concurrent or 'as resources allow'}; "
+            f"retries: {self.max_failures}",
+            *(f"placement: {p.describe()}" for p in self.placements.values()),
+            f"ledger: {self.ledger}",
+            "trainer: " + ", ".join(f"{k}={v}" for k, v in sorted(self.base_config.items())),
+        ]
+        if self.optuna_storage:
+            lines.append(f"optuna study {self.study_name} in {self.optuna_storage}")
+        for point in self.points:
+            lines.append(f"  start point: {point['variant']} epochs={point['epochs']:g} lr={point['lr']:g}")
+        lines.extend(f"note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What a sweep did: its ledger rows, the best one, the compute used."""
+
+    plan_json: dict[str, Any]
+    experiment: str
+    path: str
+    rows: list[dict[str, Any]]
+    trials: int
+    flops: float
+    device_hours: float
+    budget: tuple[str, float] | None
+    finetune: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        done = [r for r in self.rows if r["status"] == "finished" and _finite(r.get("final_val_loss"))]
+        return min(done, key=lambda r: r["final_val_loss"]) if done else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "experiment": self.experiment,
+            "path": self.path,
+            "trials": self.trials,
+            "flops": self.flops,
+            "device_hours": self.device_hours,
+            "budget": None if self.budget is None else {"unit": self.budget[0], "total": self.budget[1]},
+            "best": None if self.best is None else json_row(self.best),
+            "rows": [json_row(r) for r in self.rows],
+            "ledger": self.plan_json.get("ledger"),
+            "tensorboard": tensorboard_hint(self.path),
+            "finetune": [json_row(r) for r in self.finetune],
+        }
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def json_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A ledger row as JSON can carry it: times as ISO text, NaN/inf losses as null."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, float) and not math.isfinite(value):
+            value = None
+        out[key] = value
+    return out
+
+
+def group_by_cell(config: Mapping[str, Any], result: Mapping[str, Any] | None) -> tuple[str, float] | None:
+    """GroupedASHA's group: (variant label with multipliers, epoch budget), from the config.
+
+    The trainer reports the bare variant name, so `nano` and `nano-w2` would share
+    rungs if grouped by the result; the config keeps the multipliers.
+    """
+    if config.get("variant") is None or config.get("epochs") is None:
+        return None
+    label = cell_label(str(config["variant"]), float(config.get("width_mult", 1.0)),
+                       float(config.get("depth_mult", 1.0)))
+    return label, float(config["epochs"])
+
+
+def parse_value(text: str) -> Any:
+    """A --set value: int, float, bool, none, or the text itself."""
+    lowered = text.strip().lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """`["max_train_examples=2048", "dtype=bfloat16"]` -> trainer field overrides."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TunerError(f"--set takes KEY=VALUE (a TrainConfig field), got {item!r}")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def startup_points(preset: Preset, count: int, seed: int, taken: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`count` distinct cells drawn at random (seeded), none of them already in `taken`."""
+    seen = {(p["variant"], p["epochs"], p["lr"]) for p in taken}
+    cells = [(c.label, c.epochs, c.lr) for c in preset.cells()]
+    random.Random(seed).shuffle(cells)
+    fresh = [c for c in cells if c not in seen][: max(count, 0)]
+    return [{"variant": v, "epochs": e, "lr": lr} for v, e, lr in fresh]
+
+
+def default_experiment_name(preset: Preset, now: datetime | None = None) -> str:
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return f"{EXPERIMENT_PREFIX}{preset.name}-{stamp}"
+
+
+def _check_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+        raise TunerError(f"experiment name {name!r} may hold only letters, digits and . _ + -")
+    return name
+
+
+def _budget(options: SweepOptions) -> tuple[str, float] | None:
+    """(unit, total), checked here so that a mistake fails before Ray starts."""
+    if options.budget_flops is None and options.budget_device_hours is None:
+        return None
+    if options.budget_flops is not None and options.budget_device_hours is not None:
+        raise TunerError("give one compute budget: --budget-flops or --budget-device-hours, not both")
+    if options.budget_flops is not None:
+        if not (math.isfinite(options.budget_flops) and options.budget_flops > 0):
+            raise TunerError(f"--budget-flops must be a positive number, got {options.budget_flops:g}")
+        return "flops", float(options.budget_flops)
+    if not (math.isfinite(options.budget_device_hours) and options.budget_device_hours > 0):
+        raise TunerError(f"--budget-device-hours must be a positive number, got {options.budget_device_hours:g}")
+    return "device_hours", float(options.budget_device_hours)
+
+
+def _make_budget(budget: tuple[str, float] | None):
+    from tuner.schedulers import ComputeBudget
+
+    if budget is None:
+        return None
+    unit, total = budget
+    return ComputeBudget(flops=total) if unit == "flops" else ComputeBudget(device_hours=total)
+
+
+def check_trainer_config(config: Mapping[str, Any]) -> None:
+    """Every key a TrainConfig field and every value one a run can start with.
+
+    Imports nfnet.train (and so JAX) but initialises no JAX backend: the driver
+    holds no accelerator.
+    """
+    import nfnet.train as nftrain
+    from nfnet.errors import NFNetError
+
+    names = {f.name for f in dataclasses.fields(nftrain.TrainConfig)}
+    unknown = sorted(set(config) - names)
+    if unknown:
+        raise TunerError(
+            f"unknown trainer setting(s) {', '.join(unknown)}; TrainConfig fields are {', '.join(sorted(names))}"
+        )
+    try:
+        nftrain.validate(nftrain.TrainConfig(**config))
+    except NFNetError as exc:
+        raise TunerError(str(exc)) from None
+    except TypeError as exc:
+        raise TunerError(f"bad trainer setting: {exc}") from None
+
+
+def _dataset_choice(preset: Preset, options: SweepOptions) -> tuple[str, str | None]:
+    """The dataset to train on, and a note when the preset's fallback replaced it."""
+    if options.dataset:
+        return options.dataset, None
+    if preset.dataset_required:
+        raise TunerError(
+            f"preset {preset.name} names a placeholder dataset ({preset.dataset}); "
+            "pass --dataset parquet:<uri of your image shards> (or run its CPU form with --cpu)"
+        )
+    if preset.fallback_dataset is None:
+        return preset.dataset, None
+    from nfnet.data import load_dataset
+    from nfnet.errors import NFNetError
+
+    try:
+        load_dataset(preset.dataset, "test", data_dir=options.data_dir)
+    except NFNetError as exc:
+        return preset.fallback_dataset, (
+            f"dataset {preset.dataset} is not available here ({exc}); using {preset.fallback_dataset} instead"
+        )
+    return preset.dataset, None
+
+
+def plan_sweep(options: SweepOptions, preset: Preset | None = None, now: datetime | None = None) -> SweepPlan:
+    """Resolve options (and an optional Preset object, which wins over --preset) into a plan.
+
+    Every mistake a user can make in the flags is raised here, before Ray starts.
+    """
+    from tuner.ledger import default_ledger_uri
+    from tuner.placement import placement_for_config
+
+    if preset is None:
+        preset = get_preset(options.preset or DEFAULT_PRESET, cpu=options.cpu)
+    elif options.cpu:
+        preset = preset.cpu()
+    budget = _budget(options)
+    if options.num_samples is not None and options.num_samples <= 0:
+        raise TunerError(f"--num-samples must be positive, got {options.num_samples}")
+    if options.max_concurrent is not None and options.max_concurrent <= 0:
+        raise TunerError(f"--max-concurrent must be positive, got {options.max_concurrent}")
+    if options.max_failures < 0:
+        raise TunerError(f"--max-failures must be >= 0, got {options.max_failures}")
+    if options.grid and options.points:
+        raise TunerError("--grid runs every cell once; drop --point (start points are for Optuna sweeps)")
+    if options.grid and options.num_samples is not None:
+        raise TunerError(f"--grid runs all {len(preset.cells())} cells; drop --num-samples")
+    if options.then_finetune and not options.finetune_dataset:
+        raise TunerError("--then-finetune needs --finetune-dataset (e.g. digits)")
+    if options.finetune_top_k < 1:
+        raise TunerError(f"--finetune-top-k must be at least 1, got {options.finetune_top_k}")
+
+    dataset, note = _dataset_choice(preset, options)
+    base = preset.base_config(dataset=dataset, data_dir=options.data_dir, seed=options.seed)
+    base.update(parse_overrides(options.overrides))
+    taken = sorted(set(base) & set(CELL_KEYS))
+    if taken:
+        raise TunerError(f"--set may not change {', '.join(taken)}: the search space sets them per trial")
+    base["progress"] = False
+    first = preset.cells()[0]
+    check_trainer_config({**base, **first.config()})
+
+    # Every variant's trials are placed by their own config (largest epochs and LR
+    # change nothing in the placement): TPU hosts or whole slices for big variants.
+    placements = {}
+    for cell in preset.cells():
+        if cell.label not in placements:
+            placements[cell.label] = placement_for_config({**base, **cell.config()}, options.accelerator,
+                                                          options.cpus_per_trial)
+
+    points = [parse_point(text, preset) for text in options.points]
+    if options.grid:
+        mode, num_samples, startup = "grid", len(preset.cells()), 0
+    else:
+        mode = "optuna"
+        num_samples = options.num_samples or preset.num_samples
+        startup = min(MAX_STARTUP, max(1, num_samples // 2))
+        points = points + startup_points(preset, startup - len(points), options.seed, points)
+    name = _check_name(options.name) if options.name else default_experiment_name(preset, now)
+    notes = [note] if note else []
+    return SweepPlan(
+        preset=preset,
+        experiment=name,
+        storage=storage_path(options.storage),
+        base_config=base,
+        mode=mode,
+        num_samples=num_samples,
+        points=points,
+        startup=startup,
+        accelerator=options.accelerator,
+        cpus_per_trial=options.cpus_per_trial,
+        placements=placements,
+        max_concurrent=options.max_concurrent,
+        budget=budget,
+        ledger=options.ledger or default_ledger_uri(),
+        optuna_storage=options.optuna_storage,
+        study_name=options.study_name or name,
+        seed=options.seed,
+        max_failures=options.max_failures,
+        notes=notes,
+    )
+
+
+# ---------------------------------------------------------------- Ray parts
+
+
+def _optuna_storage(url: str | None):
+    if not url:
+        return None
+    import optuna
+
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:  # Optuna raises ValueError, ImportError or SQLAlchemy errors
+        raise TunerError(f"cannot open Optuna storage {url}: {exc}; give e.g. sqlite:///results/optuna.db") from None
+
+
+def make_searcher(plan: SweepPlan):
+    """Ray's OptunaSearch over the preset's space: seeded TPE, or the grid sampler for --grid."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    if plan.mode == "grid":
+        sampler: optuna.samplers.BaseSampler = GridCellSampler(plan.preset, seed=plan.seed)
+    else:
+        # Optuna 5's TPE is multivariate with constant liar by default (concurrent trials);
+        # the wrapper keeps it from proposing a cell some trial already holds.
+        sampler = DistinctCellSampler(
+            optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=plan.startup), seed=plan.seed
+        )
+    return OptunaSearch(
+        space=PresetSpace(plan.preset),
+        metric=METRIC,
+        mode=MODE,
+        points_to_evaluate=plan.points or None,
+        sampler=sampler,
+        study_name=plan.study_name,
+        storage=_optuna_storage(plan.optuna_storage),
+    )
+
+
+def make_scheduler(plan: SweepPlan):
+    from tuner.schedulers import GroupedASHA
+
+    return GroupedASHA(
+        grace_period=plan.preset.grace_period,
+        reduction_factor=plan.preset.reduction_factor,
+        group_key=group_by_cell,
+        budget=_make_budget(plan.budget),
+    )
+
+
+def _trainable(accelerator: str, cpus_per_trial: float):
+    """The trainable with each trial placed by its own config (tuner.placement)."""
+    from tuner.placement import tune_trainable
+    from tuner.trainable import train_trial
+
+    return tune_trainable(train_trial, accelerator, cpus_per_trial)
+
+
+def trial_name(trial: Any) -> str:
+    """`<id> nano e1 lr=0.1`: a trial named by its cell in the progress output."""
+    key = group_by_cell(trial.config, None)
+    if key is None:
+        return trial.trial_id
+    return f"{trial.trial_id} {key[0]} e{key[1]:g} lr={float(trial.config.get('lr', 0.0)):g}"
+
+
+def trial_dirname(trial: Any) -> str:
+    """`nano-e1-lr0.1-<id>`: short directory names (Ray's default lists every config key)."""
+    key = group_by_cell(trial.config, None)
+    if key is None:
+        return trial.trial_id
+    return f"{key[0]}-e{key[1]:g}-lr{float(trial.config.get('lr', 0.0)):g}-{trial.trial_id}"
+
+
+class SweepProgressPrinter(ProgressPrinter):
+    """One line per evaluation, trials named by cell; to stderr when stdout carries --json.
+
+    Holds no stream (it is pickled with the experiment and comes back on --resume).
+    """
+
+    def __init__(self, to_stderr: bool = False):
+        super().__init__()
+        self.to_stderr = to_stderr
+
+    def _print(self, text: str) -> None:
+        print(text, file=sys.stderr if self.to_stderr else sys.stdout, flush=True)
+
+    def _name(self, trial: Any) -> str:
+        return trial_name(trial)
+
+
+def _write_settings(plan: SweepPlan, options: SweepOptions) -> None:
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(plan.path) if "://" in plan.path else (pafs.LocalFileSystem(), plan.path)
+    fs.create_dir(path, recursive=True)
+    settings = {"plan": plan.to_json(), "options": dataclasses.asdict(options),
+                "created": datetime.now().isoformat()}
+    with fs.open_output_stream(f"{path}/{SETTINGS_FILE}") as f:
+        f.write(json.dumps(settings, indent=1, default=str).encode())
+
+
+def read_settings(path: str) -> dict[str, Any] | None:
+    """The settings a sweep wrote into its experiment directory; None when there are none."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, base = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+        with fs.open_input_stream(f"{base}/{SETTINGS_FILE}") as f:
+            return json.loads(f.read().decode())
+    except (OSError, ValueError):
+        return None
+
+
+def find_experiment(storage: str, name: str | None, preset: str | None) -> str:
+    """The experiment directory to resume: `name` under `storage`, or the latest sweep there
+    (of `preset`, when given)."""
+    import pyarrow.fs as pafs
+
+    if name:
+        path = experiment_dir(storage, _check_name(name))
+        if read_settings(path) is None:
+            raise TunerError(f"no sweep to resume at {path}; check --storage and --name")
+        return path
+    try:
+        fs, base = pafs.FileSystem.from_uri(storage) if "://" in storage else (pafs.LocalFileSystem(), storage)
+        listing = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    except OSError as exc:
+        raise TunerError(f"cannot list {storage}: {exc}") from None
+    found = []
+    for info in listing:
+        if info.type != pafs.FileType.Directory:
+            continue
+        path = experiment_dir(storage, info.base_name)
+        settings = read_settings(path)
+        if settings is not None and (preset is None or settings["plan"]["preset"] == preset):
+            found.append((settings.get("created", ""), info.base_name, path))
+    if found:
+        return max(found)[2]
+    which = f" of preset {preset}" if preset else ""
+    raise TunerError(f"no sweep{which} to resume under {storage}; start one without --resume, or pass --name")
+
+
+def _grid_usage(results: Iterable[Any]) -> tuple[int, float, float]:
+    trials = flops = seconds = 0.0
+    for result in results:
+        metrics = result.metrics or {}
+        if not metrics:
+            continue
+        trials += 1
+        flops += float(metrics.get("flops") or 0.0)
+        seconds += float(metrics.get("device_seconds") or 0.0)
+    return int(trials), flops, seconds / 3600.0
+
+
+def _experiment_rows(ledger_uri: str, experiment: str) -> list[dict[str, Any]]:
+    from tuner.ledger import Ledger, sort_rows
+
+    rows = [r for r in Ledger(ledger_uri).read().to_pylist() if r["experiment"] == experiment]
+    return sort_rows(rows)
+
+
+def _run_config(plan: SweepPlan, callbacks: Sequence[Any], quiet: bool):
+    from ray import tune
+
+    from tuner.ledger import Ledger
+
+    return tune.RunConfig(
+        name=plan.experiment,
+        storage_path=plan.storage,
+        callbacks=[LedgerCallback(Ledger(plan.ledger), source=SOURCE), HParamsLoggerCallback(),
+                   SweepProgressPrinter(to_stderr=quiet), *callbacks],
+        failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+        verbose=0,
+    )
+
+
+def run_sweep(
+    options: SweepOptions,
+    preset: Preset | None = None,
+    callbacks: Sequence[Any] = (),
+    log=print,
+) -> SweepResult:
+    """Run (or with `options.resume`, continue) a sweep; returns its rows and compute.
+
+    `preset` overrides `options.preset` with a Preset object; `callbacks` are extra
+    Ray Tune callbacks (they are pickled with the experiment and come back on resume).
+    """
+    from ray import tune
+
+    if options.resume:
+        target = preset.name if preset is not None else (
+            get_preset(options.preset, cpu=options.cpu).name if options.preset else None)
+        path = find_experiment(storage_path(options.storage), options.name, target)
+        plan_json = read_settings(path)["plan"]
+        log(f"resuming sweep {plan_json['experiment']} at {path}")
+        connection = connect(options.address, num_cpus=options.num_cpus)
+        try:
+            tuner = tune.Tuner.restore(path, trainable=_trainable(plan_json["accelerator"], plan_json["cpus_per_trial"]),
+                                       resume_unfinished=True)
+            return _finish(plan_json, path, tuner.fit(), options, log)
+        finally:
+            connection.shutdown()
+
+    plan = plan_sweep(options, preset)
+    log(plan.describe())
+    connection = connect(options.address, num_cpus=options.num_cpus)
+    try:
+        _write_settings(plan, options)
+        tuner = tune.Tuner(
+            _trainable(plan.accelerator, plan.cpus_per_trial),
+            param_space=dict(plan.base_config),
+            tune_config=tune.TuneConfig(
+                metric=METRIC,
+                mode=MODE,
+                search_alg=make_searcher(plan),
+                scheduler=make_scheduler(plan),
+                num_samples=plan.num_samples,
+                max_concurrent_trials=plan.max_concurrent,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=_run_config(plan, callbacks, quiet=options.json),
+        )
+        results = tuner.fit()
+        return _finish(plan.to_json(), plan.path, results, options, log)
+    finally:
+        connection.shutdown()
+
+
+def _finish(plan_json: dict[str, Any], path: str, results: Any, options: SweepOptions, log) -> SweepResult:
+    experiment = plan_json["experiment"]
+    trials, flops, device_hours = _grid_usage(results)
+    rows = _experiment_rows(plan_json["ledger"], experiment)
+    budget = None if plan_json["budget"] is None else (plan_json["budget"]["unit"], plan_json["budget"]["total"])
+    errors = [r for r in results if r.error is not None]
+    finetune: list[dict[str, Any]] = []
+    if options.then_finetune:
+        from tuner.promote import PromoteOptions, promote
+
+        finetune = promote(
+            PromoteOptions(
+                dataset=options.finetune_dataset,
+                resolution=options.finetune_resolution,
+                ledger=plan_json["ledger"],
+                experiment=experiment,
+                top_k=options.finetune_top_k,
+                lrs=tuple(options.finetune_lrs),
+                epochs=options.finetune_epochs,
+                address=options.address,
+                storage=options.storage,
+                cpus_per_trial=options.cpus_per_trial,
+                max_failures=options.max_failures,
+                seed=options.seed,
+                data_dir=options.data_dir,
+            ),
+            log=log,
+        ).rows
+    result = SweepResult(plan_json, experiment, path, rows, trials, flops, device_hours, budget, finetune)
+    if rows:
+        log(results_table(rows))
+    used = flops if budget is None or budget[0] == "flops" else device_hours
+    log(f"{trials} trials, {flops:.4g} FLOPs, {device_hours:.4g} device-hours"
+        + ("" if budget is None else f" (budget {used:.4g} of {budget[1]:.4g} {budget[0]})"))
+    if errors:
+        log(f"{len(errors)} trial(s) failed after their retries; see error.txt in their directories under {path}")
+    if result.best is not None:
+        best = result.best
+        log(f"best: {cell_label(best['variant'], best['width_mult'], best['depth_mult'])} epochs={best['epochs']:g} "
+            f"lr={best['lr']:g} val_loss={best['final_val_loss']:.4g}")
+    log(f"ledger: {plan_json['ledger']}")
+    log(f"TensorBoard: {tensorboard_hint(path)}")
+    return result
+
+
+# ---------------------------------------------------------------- command line
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a flag mistake as one `error: ...` line, exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _lrs(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+        raise argparse.ArgumentTypeError(f"learning rates must be positive numbers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m tuner.sweep",
+        description="A compute-scaling study over variant × epoch budget × learning rate: Optuna (TPE) "
+        "suggests cells of a preset, GroupedASHA stops bad LRs within each (variant, epochs), a compute "
+        "budget ends the sweep, every trial is a ledger row.",
+    )
+    p.add_argument("--preset", default=None,
+                   help=f"a preset name (paper, cpu-fashion, cpu-smoke; default {DEFAULT_PRESET}) or your own "
+                   "as package.module[:ATTR] / file.py[:ATTR]")
+    p.add_argument("--cpu", action="store_true", help="run the preset's CPU form (small variants, small data)")
+    p.add_argument("--grid", action="store_true", help="run every cell of the preset once (Optuna's grid sampler)")
+    p.add_argument("--num-samples", type=int, default=None, help="trials of a searched sweep (default: the preset's)")
+    p.add_argument("--point", dest="points", action="append", default=[], metavar="VARIANT,EPOCHS,LR",
+                   help="a cell to try first (repeatable), e.g. nano,1,0.1")
+    p.add_argument("--budget-flops", type=float, default=None, help="total training FLOPs of the sweep")
+    p.add_argument("--budget-device-hours", type=float, default=None, help="total device-hours of the sweep")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at a time (default: as resources allow)")
+    p.add_argument("--accelerator", default="cpu", help=f"where trials run: {ACCELERATOR_HELP}")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (per host on a TPU slice)")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial, from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the latest sweep of --preset under --storage (or --name)")
+    p.add_argument("--name", default=None, help="experiment name (default sweep-<preset>-<time>)")
+    p.add_argument("--address", default=None, help="an existing Ray cluster (host:port or auto); default: local Ray")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
+    p.add_argument("--storage", default=None, help="experiment storage, a directory or gs://... (default results/)")
+    p.add_argument("--ledger", default=None, help="ledger directory or gs://... (default $NFSCALE_LEDGER or results/ledger)")
+    p.add_argument("--optuna-storage", default=None, metavar="URL",
+                   help="keep the Optuna study in this database (e.g. sqlite:///results/optuna.db)")
+    p.add_argument("--study-name", default=None, help="Optuna study name (default: the experiment name); "
+                   "an existing study of that name in --optuna-storage is continued")
+    p.add_argument("--seed", type=int, default=0, help="seeds the sampler, the start-up cells and every trial")
+    p.add_argument("--dataset", default=None, help="replace the preset's dataset (e.g. digits, parquet:gs://...)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a TrainConfig field for every trial (repeatable), e.g. max_train_examples=2048")
+    p.add_argument("--then-finetune", action="store_true", help="promote the best checkpoints to fine-tuning after")
+    p.add_argument("--finetune-dataset", default=None)
+    p.add_argument("--finetune-resolution", type=int, default=None)
+    p.add_argument("--finetune-top-k", type=int, default=1)
+    p.add_argument("--finetune-lrs", type=_lrs, default=(), metavar="LR,LR")
+    p.add_argument("--finetune-epochs", type=float, default=None)
+    p.add_argument("--json", action="store_true", help="print the plan or the result as one JSON object on stdout")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (space, start points, resources), run nothing")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> SweepOptions:
+    values = vars(args).copy()
+    for key in ("points", "overrides"):
+        values[key] = tuple(values[key])
+    values["finetune_lrs"] = tuple(values["finetune_lrs"])
+    return SweepOptions(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = options_from_args(build_parser().parse_args(argv))
+    log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if options.json else print
+    try:
+        if options.dry_run:
+            if options.resume:
+                raise TunerError("--dry-run plans a new sweep; drop --resume")
+            plan = plan_sweep(options)
+            if options.json:
+                print(json.dumps(plan.to_json(), indent=1))
+            else:
+                print(plan.describe())
+                if plan.mode == "grid":
+                    for cell in plan.preset.cells():
+                        print(f"  cell {cell.label} epochs={cell.epochs:g} lr={cell.lr:g}")
+            return 0
+        result = run_sweep(options, log=log)
+        if options.json:
+            print(json.dumps(result.to_json(), indent=1))
+        return 0
+    except TunerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
