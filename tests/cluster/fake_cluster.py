@@ -8,6 +8,8 @@ TPU VM (no TPU exists here): `TPU: 4`, the slice's name as a resource,
 `ray.io/tpu-pod-type`, which Ray Train's slice reservation selects by, and the
 environment GKE gives a TPU pod (`TPU_NAME`, `TPU_WORKER_ID`), from which Ray reads
 the name of the slice it reserved.
+Every raylet listens on its own loopback address (127.0.0.2, 127.0.0.3, ...), like
+separate machines: the `node_ip` Tune reports with every result names a trial's host.
 
 Authentication is chosen deliberately: token mode, as on the real clusters
 (cluster/README.md), with a token made for the test (`RAY_AUTH_MODE=token`,
@@ -22,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import socket
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -54,10 +55,9 @@ def tpu_hosts(accelerator_type: str, slice_name: str, cpus: int) -> list[dict[st
     return nodes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def node_ip(index: int) -> str:
+    """The loopback address of the `index`-th raylet of a fake cluster (the head keeps its own)."""
+    return f"127.0.0.{index + 2}"
 
 
 def auth_env() -> dict[str, str]:
@@ -66,13 +66,11 @@ def auth_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def fake_cluster(nodes: Sequence[Mapping[str, Any]], env: Mapping[str, str] | None = None,
-                 dashboard: bool = False) -> Iterator[Any]:
+def fake_cluster(nodes: Sequence[Mapping[str, Any]], env: Mapping[str, str] | None = None) -> Iterator[Any]:
     """A head that takes no work plus one raylet per entry of `nodes`; shut down on exit.
 
     `env` is set in this process while the cluster lives (raylets and their workers
-    inherit it) and restored afterwards. `dashboard` starts the head's dashboard on a
-    free port (Ray's state API, `ray.util.state`, answers through it).
+    inherit it) and restored afterwards.
     """
     from ray._private.authentication_test_utils import reset_auth_token_state
     from ray.cluster_utils import Cluster
@@ -83,13 +81,12 @@ def fake_cluster(nodes: Sequence[Mapping[str, Any]], env: Mapping[str, str] | No
             mp.setenv(key, value)
         mp.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
         reset_auth_token_state()
-        head = {"num_cpus": HEAD_CPUS, "object_store_memory": OBJECT_STORE_BYTES, "include_dashboard": dashboard}
-        if dashboard:
-            head["dashboard_port"] = free_port()
-        cluster = Cluster(initialize_head=True, head_node_args=head)
+        cluster = Cluster()
         try:
-            for node in nodes:
-                cluster.add_node(object_store_memory=OBJECT_STORE_BYTES, **node)
+            cluster.add_node(num_cpus=HEAD_CPUS, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False)
+            for i, node in enumerate(nodes):
+                args = {"node_ip_address": node_ip(i), "object_store_memory": OBJECT_STORE_BYTES, **node}
+                cluster.add_node(**args)
             cluster.wait_for_nodes()
             yield cluster
         finally:
