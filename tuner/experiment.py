@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import ray
 from ray.tune import Callback
@@ -152,6 +152,9 @@ def connect(
         configure_logging=True,
     )
     if address is None:
+        # Ray turns on token authentication for the instance it starts and says so
+        # at WARNING; for an in-process instance that only this driver uses it is noise.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **common)
         return RayConnection(None, started=True)
     target = _resolve_auto() if address == "auto" else address
@@ -163,6 +166,16 @@ def connect(
             f"cannot join the Ray cluster at {address}: {exc}; check that its Ray version matches ({ray.__version__})"
         ) from None
     return RayConnection(target, started=False)
+
+
+def quiet_tune_output() -> None:
+    """Make `RunConfig(verbose=0)` silent: Ray's newer console output still prints a header.
+
+    That header also names the driver's staging directory as the TensorBoard log
+    directory, which is not where the logs end up; the commands print their own.
+    Call before `Tuner.fit`.
+    """
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
 
 
 # ---------------------------------------------------------------- storage, names, cache
@@ -315,14 +328,18 @@ class HParamsLoggerCallback(TBXLoggerCallback):
 
 
 class ProgressPrinter(Callback):
-    """One line per evaluation and per ended trial, instead of Tune's status table."""
+    """One line per evaluation and per ended trial, instead of Tune's status table.
 
-    def __init__(self, stream: TextIO | None = None, label_key: str = "lr"):
-        self.stream = stream
+    Holds no stream, only where to print (it is pickled with the experiment):
+    stderr when stdout carries a command's JSON.
+    """
+
+    def __init__(self, to_stderr: bool = False, label_key: str = "lr"):
+        self.to_stderr = to_stderr
         self.label_key = label_key
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream or sys.stdout, flush=True)
+        print(text, file=sys.stderr if self.to_stderr else sys.stdout, flush=True)
 
     def _name(self, trial: Any) -> str:
         value = trial.config.get(self.label_key)

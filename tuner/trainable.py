@@ -13,6 +13,9 @@ What a trial reports is the trainer's metrics with two changes:
   would end the trainer before its final work (closing writers) is through, and
   Ray overwrites `done` in the last result when the function returns anyway.
 - `best_val_loss`, the lowest held-out loss reported so far in this process.
+- `compile_seconds` and `compile_cache_hits`: time JAX spent tracing, lowering and
+  compiling (or fetching from the persistent cache) in this process so far, and
+  how many programs came from the cache: the compile overhead a trial carries.
 
 JAX and `nfnet.train` are imported inside `train_trial` only: the driver must not
 import JAX, or on a TPU host it would hold the chips the trials need.
@@ -31,6 +34,16 @@ from tuner.planner import parse_label
 # Metrics the trainer reports that are renamed on their way to Tune (see above).
 SCHEDULE_DONE = "schedule_done"
 BEST_VAL_LOSS = "best_val_loss"
+FAST_COMPILE = "fast_compile"
+COMPILE_SECONDS = "compile_seconds"
+COMPILE_CACHE_HITS = "compile_cache_hits"
+# JAX's monitoring events for the stages of turning a function into an executable.
+_COMPILE_EVENTS = frozenset({
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+})
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 # A run counts as through its schedule when `progress` is this close to 1.
 _PROGRESS_TOLERANCE = 1e-6
 
@@ -71,15 +84,54 @@ def _apply_compilation_cache() -> None:
     )
 
 
+class CompileClock:
+    """Adds up JAX's compile events while active (a context manager over jax.monitoring)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.cache_hits = 0
+
+    def _duration(self, event: str, duration: float, **kwargs: Any) -> None:
+        if event in _COMPILE_EVENTS:
+            self.seconds += duration
+
+    def _event(self, event: str, **kwargs: Any) -> None:
+        if event == _CACHE_HIT_EVENT:
+            self.cache_hits += 1
+
+    def __enter__(self) -> CompileClock:
+        import jax.monitoring
+
+        jax.monitoring.register_event_duration_secs_listener(self._duration)
+        jax.monitoring.register_event_listener(self._event)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import jax.monitoring
+
+        jax.monitoring.unregister_event_duration_listener(self._duration)
+        jax.monitoring.unregister_event_listener(self._event)
+
+
 def train_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: train one NFNet and report every evaluation."""
+    """Ray Tune function trainable: train one NFNet and report every evaluation.
+
+    `config["fast_compile"]` (not a TrainConfig field) turns most of XLA's
+    optimizations off: compiles several times faster, steps run somewhat slower,
+    which pays on a CPU when compilation is most of a short run.
+    """
     from ray import tune
 
     _apply_compilation_cache()
+    if config.get(FAST_COMPILE):
+        import jax
+
+        jax.config.update("jax_disable_most_optimizations", True)
     from nfnet.train import train
 
     workdir = tune.get_context().get_trial_dir()
     best = math.inf
+    clock = CompileClock()
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         nonlocal best
@@ -89,17 +141,20 @@ def train_trial(config: dict[str, Any]) -> None:
         if loss is not None and math.isfinite(loss):
             best = min(best, float(loss))
         out[BEST_VAL_LOSS] = best if math.isfinite(best) else float("nan")
+        out[COMPILE_SECONDS] = clock.seconds
+        out[COMPILE_CACHE_HITS] = clock.cache_hits
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(out, checkpoint=checkpoint)
 
     restored = tune.get_checkpoint()
-    if restored is None:
-        train(_train_config(config, workdir, None), callback=report)
-        return
-    # Local storage hands over the checkpoint in place; a bucket's is downloaded
-    # and kept for the length of the run.
-    with restored.as_directory() as checkpoint_dir:
-        train(_train_config(config, workdir, checkpoint_dir), callback=report)
+    with clock:
+        if restored is None:
+            train(_train_config(config, workdir, None), callback=report)
+            return
+        # Local storage hands over the checkpoint in place; a bucket's is downloaded
+        # and kept for the length of the run.
+        with restored.as_directory() as checkpoint_dir:
+            train(_train_config(config, workdir, checkpoint_dir), callback=report)
 
 
 def trial_resources(
@@ -140,6 +195,17 @@ def trial_status(last_result: Mapping[str, Any]) -> str:
     if progress is not None and progress >= 1.0 - _PROGRESS_TOLERANCE:
         return "finished"
     return "stopped"
+
+
+def dataset_label(dataset: str | None, max_train_examples: int | None = None) -> str | None:
+    """The ledger's dataset: the spec, as `spec[n]` when training used a fixed n-example subset.
+
+    The trainer names its subsets the same way. A cell trained on a subset is a
+    different cell, so the planner never lets it bound runs on the whole dataset.
+    """
+    if dataset is None or not max_train_examples:
+        return dataset
+    return f"{dataset}[{int(max_train_examples)}]"
 
 
 def _finite_min(*values: Any) -> float | None:
@@ -193,7 +259,7 @@ def ledger_row(
         "epochs": float(last_result.get("epochs") or config["epochs"]),
         "lr": float(config["lr"]),
         "batch_size": int(config.get("batch_size", 256)),
-        "dataset": config.get("dataset"),
+        "dataset": dataset_label(config.get("dataset"), config.get("max_train_examples")),
         "resolution": _resolution(config, variant, width, depth),
         "seed": int(config.get("seed", 0)),
         "final_val_loss": None if loss is None else float(loss),
