@@ -1,13 +1,14 @@
 """Fine-tune a pre-trained NFNet on a new dataset: `finetune(config)` and `python -m nfnet.finetune`.
 
 The demo moves between two real datasets with different label sets, pre-training
-at 32px and fine-tuning at 48px (about 5 minutes in all on a 2-core CPU):
+at 32px and fine-tuning at 48px (5-10 minutes in all on a 2-core CPU):
 
     python -m nfnet.train --variant nano --dataset fashion_mnist --epochs 0.25 \\
         --lr 0.4 --batch-size 256 --resolution 32 --workdir runs/pretrain
     python -m nfnet.finetune --from runs/pretrain --dataset digits --resolution 48 \\
         --workdir runs/finetune
 
+The fine-tuning run (113 steps) reaches a digits top-1 near 0.74 for raw and EMA weights.
 `--from` takes a checkpoint directory, or a pre-training workdir (its latest checkpoint).
 The variant and its multipliers come from the checkpoint; every parameter but the
 classifier is loaded, and the classifier is new, sized to the new dataset's classes.

@@ -1,6 +1,6 @@
 """Train one NFNet: `train(config, callback)` and `python -m nfnet.train`.
 
-    python -m nfnet.train --variant nano --epochs 0.25 --lr 0.1 --batch-size 256 \\
+    python -m nfnet.train --variant nano --epochs 0.25 --lr 0.4 --batch-size 256 \\
         --dataset fashion_mnist --resolution 32 --workdir runs/nano-fashion
 
 prints a progress bar on stderr and one JSON summary line on stdout, and leaves
@@ -8,8 +8,10 @@ TensorBoard events in `<workdir>/tensorboard`, orbax checkpoints in
 `<workdir>/checkpoints/<step>` and the summary in `<workdir>/summary.json`.
 `--resume` continues the run in `--workdir` exactly where its last checkpoint left it
 (the other flags default to the checkpoint's); `--resume-from <checkpoint dir>` does
-the same from a given checkpoint. On a 2-core CPU the command above takes about
-two minutes. The demo continues with `python -m nfnet.finetune` (see there).
+the same from a given checkpoint. The command above (59 steps, 8 evaluations over the
+10k test images) takes 2-6 minutes on a 2-core CPU depending on what else runs there,
+and reaches a held-out loss near 0.9 (top-1 ~0.67). The demo continues with
+`python -m nfnet.finetune` (see there).
 
 The recipe is [P1]'s pre-training recipe (nfnet/optim.py): SGD with Nesterov
 momentum, AGC, coupled weight decay, warmup (a fraction of the run) and cosine decay
@@ -324,7 +326,8 @@ def compile_train_step(spec: StepSpec, state_shapes: Any) -> tuple[Any, float]:
     return compiled, compiled_flops(compiled) * spec.mesh.size
 
 
-def _abstract_key(state: dict) -> Any:
+def abstract_state_key(state: dict) -> Any:
+    """A hashable description of the state's shapes, dtypes and shardings (the compile cache key)."""
     leaves, treedef = jax.tree.flatten(jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state))
     return treedef, tuple(leaves)
@@ -489,7 +492,7 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
             state["ema"] = jax.tree.map(jnp.copy, params)
         parent = _parent_info(init_path, init_meta)
 
-    step_fn, flops_per_step = compile_train_step(spec, _abstract_key(state))
+    step_fn, flops_per_step = compile_train_step(spec, abstract_state_key(state)) if start < total else (None, 0.0)
 
     main_process = jax.process_index() == 0
     os.makedirs(config.workdir, exist_ok=True)
@@ -504,7 +507,8 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
     n_train, batch = len(train_ds), config.batch_size
     checkpoint_dir = resume_path  # the run's latest checkpoint
     eval_steps = set(evals)
-    metrics: dict[str, Any] = {}
+    # A run resumed at its last step trains no further: its summary is the saved one.
+    metrics: dict[str, Any] = dict(resume_meta.get("metrics") or {}) if resume_meta else {}
     since_eval: list[dict] = []
     diverged = False
     interval_start, interval_first = time.perf_counter(), start

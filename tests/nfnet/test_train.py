@@ -286,6 +286,11 @@ def test_command_line_trains_and_resumes_from_the_workdir(tmp_path):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["status"] == "finished" and summary["steps"] == 2
     assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+    # Resuming a finished run trains no further and reports the same result.
+    proc = run_cli("--workdir", workdir, "--resume", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert again["status"] == "finished" and again["steps"] == 2 and again["val_loss"] == summary["val_loss"]
     # A finished run resumed with a larger budget is refused: the schedule would differ.
     proc = run_cli("--workdir", workdir, "--resume", "--epochs", "2")
     assert proc.returncode == 2 and "epochs=1.0 in the checkpoint" in proc.stderr

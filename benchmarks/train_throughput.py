@@ -1,0 +1,97 @@
+"""Training-step throughput of an NFNet on whatever `jax.devices()` is: images/s, FLOP/s, step time.
+
+    .venv/bin/python benchmarks/train_throughput.py                          # small, 32px, batch 256
+    .venv/bin/python benchmarks/train_throughput.py --variant nano --steps 20
+    .venv/bin/python benchmarks/train_throughput.py --variant F0 --resolution 192 --batch-size 128 --dtype bfloat16
+
+The step is the trainer's own (nfnet.train: forward, backward, AGC, weight decay,
+Nesterov SGD, clip fraction), compiled once ahead of time and sharded over every local
+device; batches are random arrays already on the devices, so the figures are of the
+model and optimizer alone (benchmarks/data_throughput.py measures the input side).
+Step time is the median of `--steps` timed steps after `--warmup` untimed ones, each
+waited on; FLOPs per step come from XLA's cost analysis of the compiled step (the
+number the trainer accounts compute with), so achieved FLOP/s = FLOPs / step time.
+Results go in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from nfnet.errors import NFNetError
+from nfnet.optim import OptimConfig
+from nfnet.train import DATA_AXIS, DTYPES, StepSpec, abstract_state_key, compile_train_step, init_state
+from nfnet.variants import get_variant
+
+
+def measure(variant: str, batch_size: int, resolution: int, steps: int, warmup: int, dtype: str,
+            num_classes: int = 10) -> dict:
+    """Compile the train step and time it; returns the figures as a dict."""
+    devices = jax.devices()
+    if batch_size % len(devices):
+        raise NFNetError(f"batch size {batch_size} does not divide over {len(devices)} devices")
+    if dtype not in DTYPES:
+        raise NFNetError(f"--dtype must be one of {', '.join(DTYPES)}")
+    if steps < 1 or warmup < 0:
+        raise NFNetError("need --steps >= 1 and --warmup >= 0")
+    spec = StepSpec(variant=get_variant(variant), num_classes=num_classes, dtype=dtype, stochdepth_rate=0.0,
+                    dropout_rate=0.0, label_smoothing=0.0,
+                    optim=OptimConfig(lr=0.1, total_steps=10 * (steps + warmup)), sam_rho=0.0, sam_fraction=0.2,
+                    ema_decay=0.0, mesh=Mesh(np.array(devices), (DATA_AXIS,)), batch_size=batch_size,
+                    resolution=resolution, eval_resolution=resolution)
+    state = init_state(spec, 0)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    step, flops = compile_train_step(spec, abstract_state_key(state))
+    compile_s = time.perf_counter() - start
+    rng = np.random.default_rng(0)
+    batch = (jax.device_put(rng.standard_normal((batch_size, resolution, resolution, 3), np.float32),
+                            spec.batch_sharding),
+             jax.device_put(rng.integers(0, num_classes, batch_size).astype(np.int32), spec.batch_sharding))
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        state, out = step(state, batch)
+        jax.block_until_ready((state, out))
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    step_s = statistics.median(times)
+    return {
+        "variant": variant, "resolution": resolution, "batch_size": batch_size, "dtype": dtype,
+        "devices": f"{len(devices)} x {devices[0].device_kind}", "compile_s": compile_s, "step_s": step_s,
+        "images_per_s": batch_size / step_s, "flops_per_step": flops, "flop_per_s": flops / step_s,
+        "loss": float(out["loss"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="small")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    args = parser.parse_args(argv)
+    try:
+        r = measure(args.variant, args.batch_size, args.resolution, args.steps, args.warmup, args.dtype)
+    except NFNetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{r['variant']} {r['resolution']}px batch {r['batch_size']} {r['dtype']} on {r['devices']}: "
+          f"{r['images_per_s']:,.0f} images/s, step {r['step_s'] * 1e3:,.1f} ms (median of {args.steps}), "
+          f"{r['flops_per_step'] / 1e9:,.2f} GFLOP/step, {r['flop_per_s'] / 1e9:,.1f} GFLOP/s achieved, "
+          f"compile {r['compile_s']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
