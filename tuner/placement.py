@@ -1,9 +1,10 @@
 """Where one trial runs and what it asks Ray for, derived from the variant and the flags.
 
-    placement = trial_placement("F3", accelerator="tpu", batch_size=4096, dtype="bfloat16")
+    placement = trial_placement("F3", accelerator="tpu", cpus_per_trial=8, batch_size=4096,
+                                resolution=224, dtype="bfloat16")
     placement.describe()
-    # 'F3 on v4-64 (slice of 8 hosts, 2x4x4, 32 chips): trial {CPU: 1}, each host
-    #  {CPU: 8, TPU: 4}; ~19.1 GiB per chip of 28.8 GiB usable'
+    # 'F3 on v4-128 (slice of 16 hosts, 4x4x4, 64 chips): trial {CPU: 1}, each host
+    #  {CPU: 8, TPU: 4}; ~22.7 GiB per device of 28.8 GiB usable'
 
 `--accelerator` takes `cpu`, `gpu`, `tpu` (the smallest TPU v4 slice the trial
 fits on) or a TPU v4 slice type (`v4-8`, `v4-32`, ...). What a trial occupies, as

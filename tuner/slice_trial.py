@@ -65,15 +65,28 @@ def tune_metrics(metrics: Mapping[str, Any], best_val_loss: float) -> tuple[dict
 def train_on_host(loop_config: dict[str, Any]) -> None:
     """Ray Train's per-worker loop: this host's share of one data-parallel run.
 
-    `loop_config` holds `train` (TrainConfig fields; `workdir` shared by all hosts).
-    Every host reports every evaluation (Ray Train needs the same number of reports
-    from each worker); Tune sees rank 0's.
+    `loop_config` holds `train`, the trial's config (TrainConfig fields, `workdir`
+    shared by all hosts, and tuner.trainable's `fast_compile`). Every host reports
+    every evaluation (Ray Train needs the same number of reports from each worker);
+    Tune sees rank 0's, with the same keys tuner.trainable.train_trial reports.
     """
     import dataclasses
 
-    import jax
     import ray.train
 
+    from tuner.trainable import (
+        COMPILE_CACHE_HITS,
+        COMPILE_SECONDS,
+        FAST_COMPILE,
+        CompileClock,
+        _apply_compilation_cache,
+    )
+
+    _apply_compilation_cache()
+    import jax
+
+    if loop_config["train"].get(FAST_COMPILE):
+        jax.config.update("jax_disable_most_optimizations", True)
     from nfnet.checkpoint import CHECKPOINTS_SUBDIR, latest_checkpoint
     from nfnet.train import TrainConfig, train
 
@@ -83,15 +96,19 @@ def train_on_host(loop_config: dict[str, Any]) -> None:
     resume = latest_checkpoint(os.path.join(workdir, CHECKPOINTS_SUBDIR)) is not None
     config = TrainConfig(**{**values, "resume": resume, "resume_from": None, "progress": False})
     best = math.inf
+    clock = CompileClock()
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         nonlocal best
         out, best = tune_metrics(metrics, best)
+        out[COMPILE_SECONDS] = clock.seconds
+        out[COMPILE_CACHE_HITS] = clock.cache_hits
         out[CHECKPOINT_DIR] = checkpoint_dir
         out[PROCESSES] = jax.process_count()
         ray.train.report(out)
 
-    train(config, callback=report)
+    with clock:
+        train(config, callback=report)
 
 
 def shared_trial_dir() -> str:

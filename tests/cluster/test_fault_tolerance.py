@@ -1,0 +1,175 @@
+"""Preemption and restarts: a killed trial resumes from its checkpoint; a killed driver resumes.
+
+Both run `python -m tuner.sweep` as a subprocess joined to a real multi-node Ray
+cluster on this machine (a head that takes no trials and two fake TPU v4-8 hosts,
+tests/cluster/fake_cluster.py), two trials of nano in different (variant, epochs)
+groups so GroupedASHA never stops one for the other.
+
+- Worker: once a trial has checkpointed, its process (the Tune trial actor, found
+  by the `pid` Tune reports with every result) is killed with SIGKILL, as a
+  preempted host would lose it. Tune retries it (`--max-failures`) from its latest
+  checkpoint, the trainer resumes exactly there, and the sweep ends with every
+  trial in the ledger once.
+- Driver: the sweep's own process is killed with SIGKILL after the first
+  checkpoint (its trials die with it); `--resume` restores the experiment and
+  finishes it, again with every trial in the ledger once.
+
+A trial that resumed, not restarted, reports under a new pid steps that continue
+after its last checkpoint; a restart from scratch would report the first
+evaluation's step again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fake_cluster import client_env, fake_cluster, tpu_hosts
+from tuner.ledger import Ledger
+
+pytestmark = pytest.mark.slow
+
+PRESET = "cpu-smoke"
+# Two cells of the preset's grid in different ASHA groups.
+POINTS = ["nano,1,0.1", "nano,0.5,0.1"]
+# About 48 (24) steps at batch 32 on 1536 digits at 32px, an evaluation and checkpoint
+# every 6 (3) steps: long enough after the first checkpoint to be killed mid-run.
+OVERRIDES = ["batch_size=32", "max_train_examples=1536", "max_eval_examples=64", "evals_per_run=8",
+             "resolution=32", "eval_resolution=32"]
+RUN_TIMEOUT_S = 900
+KILL_TIMEOUT_S = 600
+
+
+def sweep_command(tmp_path: Path, name: str, address: str, *extra: str) -> list[str]:
+    cmd = [sys.executable, "-m", "tuner.sweep", "--preset", PRESET, "--dataset", "digits", "--name", name,
+           "--num-samples", str(len(POINTS)), "--address", address, "--storage", str(tmp_path / "results"),
+           "--ledger", str(tmp_path / "ledger"), "--accelerator", "v4-8", "--cpus-per-trial", "1",
+           "--max-failures", "2", *extra]
+    for point in POINTS:
+        cmd += ["--point", point]
+    for item in OVERRIDES:
+        cmd += ["--set", item]
+    return cmd
+
+
+def results_of(trial_dir: Path) -> list[dict]:
+    path = trial_dir / "result.json"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for_first_checkpoint(experiment: Path, driver: subprocess.Popen) -> tuple[Path, int]:
+    """(trial directory, trial actor pid) of the first trial that reports a checkpoint."""
+    deadline = time.monotonic() + KILL_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if driver.poll() is not None:
+            out, _ = driver.communicate()
+            pytest.fail(f"the sweep ended before any trial checkpointed:\n{out[-3000:]}")
+        for checkpoint in sorted(experiment.glob("*/checkpoint_000000")):
+            results = results_of(checkpoint.parent)
+            if results and not results[-1].get("schedule_done"):
+                return checkpoint.parent, int(results[-1]["pid"])
+        time.sleep(0.2)
+    pytest.fail("no trial checkpointed in time")
+
+
+def wait_until_gone(pid: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"process {pid} outlived its driver")
+
+
+def finish(proc: subprocess.Popen) -> str:
+    try:
+        out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def assert_resumed(trial_dir: Path, killed_pid: int) -> None:
+    """The trial continued from a checkpoint under a new process and ran to its end."""
+    results = results_of(trial_dir)
+    steps = [r["step"] for r in results]
+    before = [r["step"] for r in results if r["pid"] == killed_pid]
+    after = [r["step"] for r in results if r["pid"] != killed_pid]
+    assert before and after, results
+    assert len({r["pid"] for r in results if r["pid"] != killed_pid}) == 1
+    # Continued after the last reported checkpoint: no evaluation repeated, none from scratch.
+    assert steps == sorted(set(steps)) and min(after) > max(before), steps
+    assert results[-1]["progress"] == pytest.approx(1.0) and results[-1]["schedule_done"] is True
+
+
+def assert_ledger_once(tmp_path: Path, name: str) -> list[dict]:
+    experiment = tmp_path / "results" / name
+    trial_ids = {f"{name}/{results_of(d)[0]['trial_id']}" for d in experiment.iterdir()
+                 if d.is_dir() and results_of(d)}
+    rows = [r for r in Ledger(str(tmp_path / "ledger")).read().to_pylist() if r["experiment"] == name]
+    ids = [r["trial_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == len(POINTS)
+    assert set(ids) == trial_ids
+    assert all(r["status"] == "finished" for r in rows), rows
+    return rows
+
+
+def fake_hosts() -> list[dict]:
+    return tpu_hosts("v4-8", "host-a", cpus=1) + tpu_hosts("v4-8", "host-b", cpus=1)
+
+
+CLUSTER_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
+
+
+def test_killed_trial_resumes_from_its_checkpoint(tmp_path):
+    name = "ft-worker"
+    with fake_cluster(fake_hosts(), env=CLUSTER_ENV) as cluster:
+        driver = subprocess.Popen(sweep_command(tmp_path, name, cluster.address), env=client_env(),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            trial_dir, pid = wait_for_first_checkpoint(tmp_path / "results" / name, driver)
+            os.kill(pid, signal.SIGKILL)
+            finish(driver)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+    assert_resumed(trial_dir, pid)
+    assert_ledger_once(tmp_path, name)
+
+
+def test_killed_driver_resumes_with_resume(tmp_path):
+    name = "ft-driver"
+    with fake_cluster(fake_hosts(), env=CLUSTER_ENV) as cluster:
+        driver = subprocess.Popen(sweep_command(tmp_path, name, cluster.address), env=client_env(),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            trial_dir, pid = wait_for_first_checkpoint(tmp_path / "results" / name, driver)
+            driver.send_signal(signal.SIGKILL)
+            driver.wait()
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+        # Ray ends the trials of a driver that died; they must be gone before the resume.
+        wait_until_gone(pid)
+        resumed = subprocess.Popen(sweep_command(tmp_path, name, cluster.address, "--resume"), env=client_env(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out = finish(resumed)
+    assert f"resuming sweep {name}" in out
+    assert_resumed(trial_dir, pid)
+    assert_ledger_once(tmp_path, name)
