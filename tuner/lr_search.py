@@ -143,18 +143,26 @@ class SearchResult:
     extended: bool
     wall_seconds: float
     failed: list[str] = field(default_factory=list)
+    extension_dir: str | None = None  # the third trial's experiment, when --extend ran one
 
     @property
     def chosen_lr(self) -> float | None:
         return self.decision.winner
 
-    def to_dict(self) -> dict[str, Any]:
+    @property
+    def tensorboard(self) -> str:
         from tuner.experiment import tensorboard_hint
 
+        if self.extension_dir is None:
+            return tensorboard_hint(self.experiment_dir)
+        return f"tensorboard --logdir_spec two:{self.experiment_dir},third:{self.extension_dir}"
+
+    def to_dict(self) -> dict[str, Any]:
         return {
             "search": self.search.to_dict(),
             "experiment": self.experiment,
             "experiment_dir": self.experiment_dir,
+            "extension_dir": self.extension_dir,
             "trials": self.trials,
             "decision": self.decision.to_dict(),
             "chosen_lr": self.chosen_lr,
@@ -162,7 +170,7 @@ class SearchResult:
             "extended": self.extended,
             "failed": self.failed,
             "ledger": self.search.ledger_uri,
-            "tensorboard": tensorboard_hint(self.experiment_dir),
+            "tensorboard": self.tensorboard,
             "wall_seconds": self.wall_seconds,
         }
 
@@ -371,6 +379,13 @@ def _run_trials(
     return _rows_from_results(tuner.fit(), name)
 
 
+def extension_lr(decision: Decision, extend: bool) -> float | None:
+    """The third trial's LR: one grid step below the winner, when asked for and the win was wide."""
+    if extend and decision.wide_margin and decision.suggest_extension is not None:
+        return decision.suggest_extension
+    return None
+
+
 def _decide(rows: list[dict[str, Any]], margin: float) -> Decision:
     return decide([(r["lr"], r["final_val_loss"], r["status"]) for r in rows if r["status"] != "stopped"], margin)
 
@@ -398,12 +413,13 @@ def run_search(search: SearchPlan, log: Callable[[str], None] = print, to_stderr
         if not any(r["status"] != "stopped" for r in rows):
             raise TunerError(f"no trial of {name} finished; see {', '.join(failed) or path}")
         decision = _decide(rows, o.margin)
-        extended = False
-        if o.extend and decision.wide_margin and decision.suggest_extension is not None:
-            third = decision.suggest_extension
+        extended, extension_dir = False, None
+        third = extension_lr(decision, o.extend)
+        if third is not None:
             log(f"{decision.message}; --extend: running a third trial at lr {third:g}")
             more, more_failed = _run_trials(search, [third], f"{name}-extend", storage, to_stderr)
             rows, failed, extended = rows + more, failed + more_failed, True
+            extension_dir = experiment_dir(storage, f"{name}-extend")
             decision = _decide(rows, o.margin)
     recorded = None
     if decision.winner is not None:
@@ -419,6 +435,7 @@ def run_search(search: SearchPlan, log: Callable[[str], None] = print, to_stderr
         extended=extended,
         wall_seconds=time.perf_counter() - start,
         failed=failed,
+        extension_dir=extension_dir,
     )
 
 
@@ -448,7 +465,7 @@ def describe_plan(search: SearchPlan) -> list[str]:
 
 
 def describe_result(result: SearchResult) -> list[str]:
-    from tuner.experiment import results_table, tensorboard_hint
+    from tuner.experiment import results_table
 
     lines = ["", "results:", results_table(result.trials), ""]
     d = result.decision
@@ -464,8 +481,8 @@ def describe_result(result: SearchResult) -> list[str]:
     for path in result.failed:
         lines.append(f"failed trial: {path}")
     lines += [
-        f"TensorBoard logs: {result.experiment_dir}",
-        f"  {tensorboard_hint(result.experiment_dir)}",
+        f"TensorBoard logs: {', '.join(filter(None, (result.experiment_dir, result.extension_dir)))}",
+        f"  {result.tensorboard}",
         f"took {result.wall_seconds:.0f}s",
     ]
     return lines

@@ -1,0 +1,263 @@
+"""`python -m tuner.lr_search`: plans on hand-built ledgers (no Ray), its errors, and one real search.
+
+The end-to-end test starts Ray in-process and trains nano twice on a 256-example
+subset of scikit-learn's digits: two trials, one ledger row, TensorBoard event
+files with the hparams view, and the chosen LR one of the two planned.
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from tuner.errors import TunerError
+from tuner.ledger import Ledger
+from tuner.lr_search import (
+    DEFAULT_EPOCHS,
+    LRSearchOptions,
+    extension_lr,
+    fast_compile,
+    main,
+    plan_search,
+    trial_config,
+)
+from tuner.planner import base_lr, decide
+from tuner.trainable import FAST_COMPILE
+
+NANO_PARAMS = 117350  # nano with a 10-way head
+
+
+def row(trial_id, variant="nano", epochs=0.5, lr=0.1, loss=1.0, batch_size=256, dataset="digits", status="finished",
+        params=NANO_PARAMS, **over):
+    out = dict(trial_id=trial_id, kind="pretrain", variant=variant, epochs=epochs, lr=lr, final_val_loss=loss,
+               batch_size=batch_size, dataset=dataset, status=status, params=params, source="lr_search")
+    out.update(over)
+    return out
+
+
+def trial_hparams(experiment: Path) -> list[dict]:
+    """Each trial directory's TensorBoard hparams, as TensorBoard's own reader finds them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    found = []
+    for trial_dir in sorted(p for p in experiment.iterdir() if p.is_dir()):
+        hparams = {}
+        for path in sorted(trial_dir.glob("events.out.tfevents.*")):
+            acc = EventAccumulator(str(path))
+            acc.Reload()
+            assert "ray/tune/val_loss" in acc.Tags()["scalars"]
+            content = acc.PluginTagToContent("hparams")
+            start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+            for key, value in start.session_start_info.hparams.items():
+                hparams[key] = value.string_value if value.HasField("string_value") else value.number_value
+        if hparams:
+            found.append(hparams)
+    return found
+
+
+def run_main(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    return Ledger(tmp_path / "ledger")
+
+
+# ---------------------------------------------------------------- plans, no Ray
+
+
+def test_dry_run_json_on_an_empty_ledger_prints_one_object_and_starts_nothing(capsys, ledger):
+    code, out, err = run_main(capsys, "--dataset", "digits", "--ledger", ledger.uri, "--dry-run", "--json")
+    assert code == 0
+    plan = json.loads(out)  # stdout holds the JSON object and nothing else
+    assert plan["dry_run"] is True and plan["variant"] == "nano" and plan["dataset"] == "digits"
+    assert plan["lrs"] == [base_lr(128), base_lr(128) / 2] == [0.05, 0.025]
+    assert plan["epochs"] == DEFAULT_EPOCHS["digits"] and plan["params"] == NANO_PARAMS
+    assert plan["plan"]["binding_cell"] is None and "no prior cell" in plan["plan"]["reason"]
+    assert "trials: lr 0.05 and 0.025" in err
+    assert not ray.is_initialized()
+    assert len(ledger.read()) == 0
+
+
+def test_dry_run_names_the_cells_that_bound_the_lrs(capsys, ledger):
+    ledger.append([
+        # nano at 0.25 epochs, tuned at batch 256: optimum 0.05 (0.025 at batch 128).
+        row("a", epochs=0.25, lr=0.05, loss=0.9),
+        row("b", epochs=0.25, lr=0.1, loss=1.1),
+        # nano at 1 epoch, tuned at batch 128: optimum 0.1 (a looser bound).
+        row("c", epochs=1.0, lr=0.1, loss=0.8, batch_size=128),
+        # Not bounding: longer, larger, another dataset, stopped, and a training subset.
+        row("d", epochs=8.0, lr=0.00625, loss=0.5),
+        row("e", variant="micro", lr=0.0125, loss=0.7, params=10 * NANO_PARAMS),
+        row("f", lr=0.0125, loss=0.2, dataset="fashion_mnist"),
+        row("g", lr=0.00625, loss=0.1, status="stopped"),
+        row("h", lr=0.00625, loss=0.1, dataset="digits[256]"),
+    ])
+    code, out, _ = run_main(capsys, "--dataset", "digits", "--epochs", "2", "--ledger", ledger.uri, "--dry-run")
+    assert code == 0
+    assert "ledger: " + ledger.uri + " (8 rows)" in out
+    assert "bound: nano at 0.25 epochs: lr 0.05 at batch 256 -> 0.025 at batch 128  <- binds" in out
+    assert "bound: nano at 1 epochs: lr 0.1 at batch 128 -> 0.1 at batch 128" in out
+    assert out.count("bound:") == 2
+    assert "trials: lr 0.025 and 0.0125" in out
+
+
+def test_a_training_subset_is_its_own_cell(capsys, ledger):
+    ledger.append([row("h", epochs=1.0, lr=0.0125, loss=0.1, dataset="digits[256]"), row("i", epochs=1.0, lr=0.2)])
+    code, out, _ = run_main(capsys, "--dataset", "digits", "--epochs", "1", "--max-train-examples", "256",
+                            "--ledger", ledger.uri, "--dry-run", "--json")
+    plan = json.loads(out)
+    assert plan["dataset"] == "digits[256]"
+    # Only the subset's row bounds it (0.0125 at batch 256 -> 0.00625 at 128); the subset cell is tuned already.
+    assert plan["lrs"] == [0.00625, 0.003125]
+    assert plan["plan"]["already_tuned"] is True
+
+
+def test_extend_says_what_the_third_trial_would_be(capsys, ledger):
+    code, out, _ = run_main(capsys, "--dataset", "digits", "--ledger", ledger.uri, "--dry-run", "--extend")
+    assert code == 0
+    assert "--extend: a third trial at lr 0.0125 if lr 0.025 wins by a wide margin" in out
+
+
+def test_extension_runs_only_when_asked_and_the_lower_lr_wins_wide():
+    wide = decide([(0.05, 1.5, "finished"), (0.025, 1.0, "finished")])
+    close = decide([(0.05, 1.01, "finished"), (0.025, 1.0, "finished")])
+    upper_wins = decide([(0.05, 1.0, "finished"), (0.025, 1.5, "finished")])
+    assert extension_lr(wide, extend=True) == 0.0125
+    assert extension_lr(wide, extend=False) is None
+    assert extension_lr(close, extend=True) is None
+    assert extension_lr(upper_wins, extend=True) is None
+    diverged_upper = decide([(0.05, math.inf, "diverged"), (0.025, 1.0, "finished")])
+    assert extension_lr(diverged_upper, extend=True) == 0.0125
+
+
+def test_default_falls_back_to_digits_when_fashion_mnist_is_missing(capsys, ledger, tmp_path, monkeypatch):
+    monkeypatch.setenv("NFSCALE_FASHION_MNIST_DIR", str(tmp_path / "empty"))
+    code, out, err = run_main(capsys, "--ledger", ledger.uri, "--dry-run", "--json")
+    assert code == 0
+    plan = json.loads(out)
+    assert plan["dataset"] == "digits" and plan["epochs"] == DEFAULT_EPOCHS["digits"]
+    assert any("using scikit-learn's digits" in note for note in plan["notes"])
+    assert "note: Fashion-MNIST is not installed" in err
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs dataset-fashion-mnist")
+def test_default_uses_fashion_mnist_when_installed(capsys, ledger):
+    code, out, _ = run_main(capsys, "--ledger", ledger.uri, "--dry-run", "--json")
+    plan = json.loads(out)
+    assert plan["dataset"] == "fashion_mnist" and plan["epochs"] == DEFAULT_EPOCHS["fashion_mnist"]
+    assert plan["notes"] == []
+
+
+def test_trial_config_holds_trainer_fields_and_compiles_fast_only_on_local_cpus(ledger):
+    search = plan_search(LRSearchOptions(dataset="digits", ledger=ledger.uri, max_train_examples=256))
+    config = trial_config(search, 0.05)
+    assert config["variant"] == "nano" and config["lr"] == 0.05 and config["max_train_examples"] == 256
+    assert config["epochs"] == DEFAULT_EPOCHS["digits"] and "resolution" not in config
+    assert config[FAST_COMPILE] is True
+    assert fast_compile(LRSearchOptions(address="auto")) is False
+    assert fast_compile(LRSearchOptions(tpu_chips=4)) is False
+    assert fast_compile(LRSearchOptions(address="auto", fast_compile=True)) is True
+    assert fast_compile(LRSearchOptions(fast_compile=False)) is False
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--variant", "F99"], "error: unknown variant 'F99'"),
+        (["--epochs", "0"], "error: --epochs must be > 0"),
+        (["--epochs", "-1"], "error: --epochs must be > 0"),
+        (["--batch-size", "0"], "error: --batch-size must be an integer >= 1"),
+        (["--dataset", "nosuch"], "error: "),
+        (["--experiment-name", "a/b"], "error: --experiment-name must be"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(capsys, ledger, args, message):
+    code, out, err = run_main(capsys, "--dataset", "digits", "--ledger", ledger.uri, *args)
+    assert code == 2
+    assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err
+    assert not ray.is_initialized()
+
+
+def test_a_corrupt_ledger_is_a_one_line_error(capsys, ledger):
+    ledger.append([row("a")])
+    Path(ledger.path, "part-99999999-garbage.parquet").write_bytes(b"not parquet at all")
+    code, out, err = run_main(capsys, "--dataset", "digits", "--ledger", ledger.uri, "--dry-run")
+    assert code == 2
+    assert err.startswith("error: cannot read ledger file") and err.count("\n") == 1
+
+
+def test_an_unreachable_address_fails_fast(capsys, ledger, tmp_path):
+    start = time.perf_counter()
+    code, out, err = run_main(capsys, "--dataset", "digits", "--ledger", ledger.uri, "--storage",
+                              str(tmp_path / "results"), "--address", "127.0.0.1:1")
+    assert time.perf_counter() - start < 20  # planning included; the connection itself fails in well under a second
+    assert code == 2
+    assert err.startswith("error: cannot reach a Ray cluster at 127.0.0.1:1") and "ray start --head" in err
+    assert not ray.is_initialized()
+    assert len(ledger.read()) == 0
+
+
+def test_plan_search_raises_the_package_error(ledger):
+    with pytest.raises(TunerError, match="unknown variant"):
+        plan_search(LRSearchOptions(variant="nope", dataset="digits", ledger=ledger.uri))
+
+
+# ---------------------------------------------------------------- end to end, with Ray
+
+
+@pytest.mark.slow
+def test_lr_search_end_to_end_records_the_winner(capsys, ledger, tmp_path, monkeypatch):
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax-cache"))
+    storage = tmp_path / "results"
+    try:
+        code, out, err = run_main(
+            capsys, "--dataset", "digits", "--epochs", "1", "--batch-size", "32", "--max-train-examples", "256",
+            "--max-eval-examples", "128", "--evals-per-run", "2", "--ledger", ledger.uri, "--storage", str(storage),
+            "--num-cpus", "2", "--experiment-name", "e2e", "--json",
+        )
+    finally:
+        ray.shutdown()
+    assert code == 0, err
+    result = json.loads(out)
+    planned = result["search"]["lrs"]
+    assert planned == [0.0125, 0.00625]  # no prior cell: 1.6 at 4096 scaled to batch 32
+    assert len(result["trials"]) == 2 and {t["lr"] for t in result["trials"]} == set(planned)
+    assert all(t["status"] == "finished" for t in result["trials"])
+    assert result["chosen_lr"] in planned
+    best = min(result["trials"], key=lambda t: t["final_val_loss"])
+    assert result["chosen_lr"] == best["lr"]
+
+    rows = ledger.read().to_pylist()
+    assert len(rows) == 1  # two trials, one ledger row: the cell's optimum
+    recorded = rows[0]
+    assert recorded["trial_id"] == result["recorded_trial_id"] and recorded["trial_id"].startswith("e2e/")
+    assert recorded["lr"] == result["chosen_lr"] and recorded["status"] == "finished"
+    assert recorded["source"] == "lr_search" and recorded["dataset"] == "digits[256]"
+    assert recorded["variant"] == "nano" and recorded["epochs"] == 1.0 and recorded["batch_size"] == 32
+    assert recorded["images_seen"] == 256 and recorded["params"] == NANO_PARAMS
+    assert recorded["flops"] > 0 and recorded["device_hours"] > 0
+    assert Path(recorded["checkpoint_uri"]).is_dir()
+
+    # TensorBoard: one log directory for the experiment, hparams by variant, epochs and LR.
+    assert result["tensorboard"] == f"tensorboard --logdir {storage / 'e2e'}"
+    hparams = trial_hparams(storage / "e2e")
+    assert sorted(h["lr"] for h in hparams) == sorted(planned)
+    assert all(h["variant"] == "nano" and h["epochs"] == 1.0 and h["dataset"] == "digits" for h in hparams)
+    assert "chosen lr: " in err and "tensorboard --logdir" in err
+
+    # The cell now counts as tuned: planning it again says so and bounds by its optimum.
+    code, out, _ = run_main(capsys, "--dataset", "digits", "--epochs", "1", "--batch-size", "32",
+                            "--max-train-examples", "256", "--ledger", ledger.uri, "--dry-run", "--json")
+    again = json.loads(out)
+    assert again["plan"]["already_tuned"] is True and again["lrs"][0] == result["chosen_lr"]
