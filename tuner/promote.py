@@ -41,6 +41,7 @@ from tuner.experiment import (
     ProgressPrinter,
     connect,
     experiment_dir,
+    quiet_tune_output,
     results_table,
     storage_path,
     tensorboard_hint,
@@ -49,6 +50,8 @@ from tuner.experiment import (
 from tuner.ledger import Ledger, default_ledger_uri
 from tuner.placement import ACCELERATOR_HELP
 from tuner.planner import cell_label
+from tuner.sweep import json_row, parse_lrs, parse_overrides, use_fast_compile
+from tuner.trainable import FAST_COMPILE
 
 SOURCE = "promote"
 EXPERIMENT_PREFIX = "promote-"
@@ -84,6 +87,7 @@ class PromoteOptions:
     name: str | None = None
     cpus_per_trial: float = 1.0
     accelerator: str = "cpu"
+    fast_compile: bool | None = None
     max_concurrent: int | None = None
     max_failures: int = 2
     json: bool = False
@@ -170,10 +174,6 @@ def checkpoint_exists(uri: str) -> bool:
 # ---------------------------------------------------------------- trial configs
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    from tuner.sweep import parse_overrides as parse
-
-    return parse(items)
 
 
 def finetune_config(candidate: Mapping[str, Any], options: PromoteOptions, lr: float | None) -> dict[str, Any]:
@@ -206,7 +206,10 @@ def finetune_config(candidate: Mapping[str, Any], options: PromoteOptions, lr: f
         raise TunerError(f"cannot fine-tune {candidate['trial_id']}: {exc}") from None
     except TypeError as exc:
         raise TunerError(f"bad trainer setting: {exc}") from None
-    return {k: v for k, v in config.items() if k not in _TRAINABLE_KEYS}
+    out = {k: v for k, v in config.items() if k not in _TRAINABLE_KEYS}
+    if use_fast_compile(options.fast_compile, options.address, options.accelerator):
+        out[FAST_COMPILE] = True
+    return out
 
 
 def _from_parent(configs: Mapping[str, Mapping[str, Any]], key: str, spec: Any) -> Any:
@@ -312,6 +315,7 @@ def promote(options: PromoteOptions, log: Callable[..., None] = print) -> Promot
     from tuner.placement import tune_trainable
     from tuner.trainable import train_trial
 
+    quiet_tune_output()
     candidates, configs, _ = plan_promotion(options)
     name = _experiment_name(options)
     storage = storage_path(options.storage)
@@ -367,12 +371,6 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _lrs(text: str) -> tuple[float, ...]:
-    from tuner.sweep import _lrs as parse
-
-    return parse(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m tuner.promote",
@@ -390,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only runs that used at most this many device-hours")
     p.add_argument("--experiment", default=None, help="only candidates from this experiment")
     p.add_argument("--pretrain-dataset", default=None, help="only candidates pre-trained on this dataset")
-    p.add_argument("--lrs", type=_lrs, default=(), metavar="LR,LR",
+    p.add_argument("--lrs", type=parse_lrs, default=(), metavar="LR,LR",
                    help="a small LR search: one trial per LR and candidate (default: the recipe's LR)")
     p.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default: nfnet.finetune's)")
     p.add_argument("--batch-size", type=int, default=None)
@@ -404,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="experiment name (default promote-<dataset>-<time>)")
     p.add_argument("--accelerator", default="cpu", help=f"where trials run: {ACCELERATOR_HELP}")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (per host on a TPU slice)")
+    compile_mode = p.add_mutually_exclusive_group()
+    compile_mode.add_argument("--fast-compile", dest="fast_compile", action="store_true", default=None,
+                              help="XLA with most optimisations off (default for CPU trials of a local Ray)")
+    compile_mode.add_argument("--full-compile", dest="fast_compile", action="store_false",
+                              help="XLA's full optimisations (default on clusters and accelerators)")
     p.add_argument("--max-concurrent", type=int, default=None)
     p.add_argument("--max-failures", type=int, default=2)
     p.add_argument("--json", action="store_true", help="print the result (or plan) as one JSON object on stdout")
@@ -413,8 +416,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     import json
-
-    from tuner.sweep import json_row
 
     args = build_parser().parse_args(argv)
     values = vars(args)

@@ -45,12 +45,14 @@ from tuner.experiment import (
     ProgressPrinter,
     connect,
     experiment_dir,
+    quiet_tune_output,
     results_table,
     storage_path,
     tensorboard_hint,
 )
 from tuner.placement import ACCELERATOR_HELP
 from tuner.planner import cell_label
+from tuner.trainable import FAST_COMPILE
 
 DEFAULT_PRESET = "cpu-smoke"
 SOURCE = "sweep"
@@ -77,6 +79,7 @@ class SweepOptions:
     max_concurrent: int | None = None
     cpus_per_trial: float = 1.0
     accelerator: str = "cpu"
+    fast_compile: bool | None = None
     max_failures: int = 2
     resume: bool = False
     name: str | None = None
@@ -318,6 +321,15 @@ def _make_budget(budget: tuple[str, float] | None):
     return ComputeBudget(flops=total) if unit == "flops" else ComputeBudget(device_hours=total)
 
 
+def use_fast_compile(fast_compile: bool | None, address: str | None, accelerator: str) -> bool:
+    """XLA's quick compile (most optimisations off) unless told otherwise: on by default for
+    CPU trials of a local Ray, where compiling is most of a short run; off on clusters
+    and accelerators, where the full compile pays for itself."""
+    if fast_compile is not None:
+        return fast_compile
+    return address is None and accelerator.strip().lower() == "cpu"
+
+
 def check_trainer_config(config: Mapping[str, Any]) -> None:
     """Every key a TrainConfig field and every value one a run can start with.
 
@@ -401,6 +413,8 @@ def plan_sweep(options: SweepOptions, preset: Preset | None = None, now: datetim
     base["progress"] = False
     first = preset.cells()[0]
     check_trainer_config({**base, **first.config()})
+    if use_fast_compile(options.fast_compile, options.address, options.accelerator):
+        base[FAST_COMPILE] = True
 
     # Every variant's trials are placed by their own config (largest epochs and LR
     # change nothing in the placement): TPU hosts or whole slices for big variants.
@@ -472,15 +486,34 @@ def make_searcher(plan: SweepPlan):
         sampler = DistinctCellSampler(
             optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=plan.startup), seed=plan.seed
         )
+    storage = _optuna_storage(plan.optuna_storage)
+    # Continuing a stored study: its cells are known already, so no start point repeats one.
+    known = _study_cells(storage, plan.study_name) if storage is not None else set()
+    points = [p for p in plan.points if (p["variant"], p["epochs"], p["lr"]) not in known]
     return OptunaSearch(
         space=PresetSpace(plan.preset),
         metric=METRIC,
         mode=MODE,
-        points_to_evaluate=plan.points or None,
+        points_to_evaluate=points or None,
         sampler=sampler,
         study_name=plan.study_name,
-        storage=_optuna_storage(plan.optuna_storage),
+        storage=storage,
     )
+
+
+def _study_cells(storage: Any, study_name: str) -> set[tuple[Any, Any, Any]]:
+    """(variant, epochs, lr) of every trial a stored study holds; empty for a new study."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return set()
+    return {
+        (t.params["variant"], t.params["epochs"], t.params["lr"])
+        for t in study.get_trials(deepcopy=False)
+        if {"variant", "epochs", "lr"} <= set(t.params)
+    }
 
 
 def make_scheduler(plan: SweepPlan):
@@ -640,6 +673,7 @@ def run_sweep(
         path = find_experiment(storage_path(options.storage), options.name, target)
         plan_json = read_settings(path)["plan"]
         log(f"resuming sweep {plan_json['experiment']} at {path}")
+        quiet_tune_output()
         connection = connect(options.address, num_cpus=options.num_cpus)
         try:
             tuner = tune.Tuner.restore(path, trainable=_trainable(plan_json["accelerator"], plan_json["cpus_per_trial"]),
@@ -650,6 +684,7 @@ def run_sweep(
 
     plan = plan_sweep(options, preset)
     log(plan.describe())
+    quiet_tune_output()
     connection = connect(options.address, num_cpus=options.num_cpus)
     try:
         _write_settings(plan, options)
@@ -674,39 +709,18 @@ def run_sweep(
 
 
 def _finish(plan_json: dict[str, Any], path: str, results: Any, options: SweepOptions, log) -> SweepResult:
+    """Print what the sweep did (table, compute, best cell, where things are), then promote."""
     experiment = plan_json["experiment"]
     trials, flops, device_hours = _grid_usage(results)
     rows = _experiment_rows(plan_json["ledger"], experiment)
     budget = None if plan_json["budget"] is None else (plan_json["budget"]["unit"], plan_json["budget"]["total"])
-    errors = [r for r in results if r.error is not None]
-    finetune: list[dict[str, Any]] = []
-    if options.then_finetune:
-        from tuner.promote import PromoteOptions, promote
-
-        finetune = promote(
-            PromoteOptions(
-                dataset=options.finetune_dataset,
-                resolution=options.finetune_resolution,
-                ledger=plan_json["ledger"],
-                experiment=experiment,
-                top_k=options.finetune_top_k,
-                lrs=tuple(options.finetune_lrs),
-                epochs=options.finetune_epochs,
-                address=options.address,
-                storage=options.storage,
-                cpus_per_trial=options.cpus_per_trial,
-                max_failures=options.max_failures,
-                seed=options.seed,
-                data_dir=options.data_dir,
-            ),
-            log=log,
-        ).rows
-    result = SweepResult(plan_json, experiment, path, rows, trials, flops, device_hours, budget, finetune)
+    result = SweepResult(plan_json, experiment, path, rows, trials, flops, device_hours, budget)
     if rows:
         log(results_table(rows))
     used = flops if budget is None or budget[0] == "flops" else device_hours
     log(f"{trials} trials, {flops:.4g} FLOPs, {device_hours:.4g} device-hours"
         + ("" if budget is None else f" (budget {used:.4g} of {budget[1]:.4g} {budget[0]})"))
+    errors = [r for r in results if r.error is not None]
     if errors:
         log(f"{len(errors)} trial(s) failed after their retries; see error.txt in their directories under {path}")
     if result.best is not None:
@@ -715,7 +729,30 @@ def _finish(plan_json: dict[str, Any], path: str, results: Any, options: SweepOp
             f"lr={best['lr']:g} val_loss={best['final_val_loss']:.4g}")
     log(f"ledger: {plan_json['ledger']}")
     log(f"TensorBoard: {tensorboard_hint(path)}")
-    return result
+    if not options.then_finetune:
+        return result
+    from tuner.promote import PromoteOptions, promote
+
+    promoted = promote(
+        PromoteOptions(
+            dataset=options.finetune_dataset,
+            resolution=options.finetune_resolution,
+            ledger=plan_json["ledger"],
+            experiment=experiment,
+            top_k=options.finetune_top_k,
+            lrs=tuple(options.finetune_lrs),
+            epochs=options.finetune_epochs,
+            address=options.address,
+            storage=options.storage,
+            accelerator=options.accelerator,
+            cpus_per_trial=options.cpus_per_trial,
+            fast_compile=options.fast_compile,
+            max_failures=options.max_failures,
+            seed=options.seed,
+        ),
+        log=log,
+    )
+    return dataclasses.replace(result, finetune=promoted.rows)
 
 
 # ---------------------------------------------------------------- command line
@@ -729,7 +766,8 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _lrs(text: str) -> tuple[float, ...]:
+def parse_lrs(text: str) -> tuple[float, ...]:
+    """`0.05,0.1` -> (0.05, 0.1): an argparse type for LR lists."""
     try:
         values = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
@@ -759,6 +797,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at a time (default: as resources allow)")
     p.add_argument("--accelerator", default="cpu", help=f"where trials run: {ACCELERATOR_HELP}")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (per host on a TPU slice)")
+    compile_mode = p.add_mutually_exclusive_group()
+    compile_mode.add_argument("--fast-compile", dest="fast_compile", action="store_true", default=None,
+                              help="XLA with most optimisations off: faster compiles, slower steps "
+                              "(default for CPU trials of a local Ray)")
+    compile_mode.add_argument("--full-compile", dest="fast_compile", action="store_false",
+                              help="XLA's full optimisations (default on clusters and accelerators)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial, from its last checkpoint")
     p.add_argument("--resume", action="store_true",
                    help="continue the latest sweep of --preset under --storage (or --name)")
@@ -780,7 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-dataset", default=None)
     p.add_argument("--finetune-resolution", type=int, default=None)
     p.add_argument("--finetune-top-k", type=int, default=1)
-    p.add_argument("--finetune-lrs", type=_lrs, default=(), metavar="LR,LR")
+    p.add_argument("--finetune-lrs", type=parse_lrs, default=(), metavar="LR,LR")
     p.add_argument("--finetune-epochs", type=float, default=None)
     p.add_argument("--json", action="store_true", help="print the plan or the result as one JSON object on stdout")
     p.add_argument("--dry-run", action="store_true", help="print the plan (space, start points, resources), run nothing")

@@ -113,7 +113,7 @@ def test_dry_run_shows_the_finetuning_config_from_the_checkpoint(capsys, tmp_pat
     assert code == 0
     assert "real: val_loss=" in out
     for expected in ("init_from=" + pretrained["checkpoint_dir"], "resolution=24", "variant=nano",
-                     "sam_rho=0.05", "dropout_rate=0.25", "max_train_examples=128"):
+                     "sam_rho=0.05", "dropout_rate=0.25", "max_train_examples=128", "fast_compile=True"):
         assert expected in out
     code = main(["--dataset", "digits", "--ledger", str(ledger), "--dry-run", "--resolution", "16"])
     assert code == 2 and "must be higher than the pre-training resolution 16" in capsys.readouterr().err
@@ -121,7 +121,6 @@ def test_dry_run_shows_the_finetuning_config_from_the_checkpoint(capsys, tmp_pat
 
 @pytest.mark.slow
 def test_promotion_finetunes_the_best_checkpoint_into_a_linked_row(tmp_path, pretrained, monkeypatch):
-    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax-cache"))
     ledger = tmp_path / "ledger"
     Ledger(str(ledger)).append([

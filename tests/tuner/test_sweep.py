@@ -3,6 +3,7 @@ the real trainable on tiny data: grouped ASHA stops a bad LR, the compute budget
 the sweep, promotion follows it, and an interrupted sweep resumes without re-running
 or re-recording finished trials."""
 
+import dataclasses
 import json
 import os
 import re
@@ -97,6 +98,10 @@ def test_dry_run_json_is_the_plan(capsys, tmp_path):
     assert plan["budget"] == {"unit": "flops", "total": 5e11}
     assert plan["resources_per_trial"] == {"nano": {"CPU": 2.0}, "micro": {"CPU": 2.0}}
     assert plan["base_config"]["warmup_fraction"] == 0.1 and plan["base_config"]["dataset"] == "digits"
+    # CPU trials of a local Ray compile with most XLA optimisations off, unless told not to.
+    assert plan["base_config"]["fast_compile"] is True
+    code, out, _ = run_main(capsys, "--dry-run", "--json", "--full-compile")
+    assert code == 0 and "fast_compile" not in json.loads(out)["base_config"]
     assert plan["space"] == {"variant": ["nano", "micro"], "epochs": [0.5, 1.0], "lr": [0.05, 0.1, 0.2]}
     assert not (tmp_path / "s1").exists()
 
@@ -163,9 +168,8 @@ def test_overrides_are_typed():
 
 @pytest.fixture
 def trial_env(tmp_path_factory, monkeypatch):
-    """Trials (Ray workers inherit the driver's environment) compile with most XLA
-    optimisations off and share one persistent compilation cache across this module."""
-    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
+    """Trials share one persistent compilation cache across this module (Ray's workers
+    get it through the job's environment); local CPU sweeps compile fast by default."""
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "jax-cache"))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
 
@@ -266,3 +270,27 @@ def test_an_interrupted_sweep_resumes_without_rerunning_or_rerecording(trial_env
     # The finished trial was not run again: Ray holds no new result for it.
     assert after_results[first] == before_results[first]
     assert set(after_results) == {r["trial_id"].split("/", 1)[1] for r in rows}
+
+
+def test_an_optuna_storage_keeps_the_study_to_inspect_and_continue(tmp_path):
+    import optuna
+
+    from tuner.sweep import make_searcher
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    options = SweepOptions(optuna_storage=url, study_name="study", num_samples=4, name="first")
+    first = make_searcher(plan_sweep(options, preset=tiny_preset()))
+    seen = []
+    for trial_id in ("a", "b", "c"):
+        config = first.suggest(trial_id)
+        seen.append((config["variant"], config["epochs"], config["lr"]))
+        first.on_trial_complete(trial_id, {"val_loss": config["lr"], "training_iteration": 2})
+    study = optuna.load_study(study_name="study", storage=url)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert [(t.params["variant"], t.params["epochs"], t.params["lr"]) for t in study.trials] == seen
+    # A later sweep naming the same study continues it: TPE sees the earlier trials,
+    # and neither its start points nor TPE repeat a cell while unseen ones remain.
+    later = make_searcher(plan_sweep(dataclasses.replace(options, name="second"), preset=tiny_preset()))
+    config = later.suggest("d")
+    assert (config["variant"], config["epochs"], config["lr"]) not in seen
+    assert len(optuna.load_study(study_name="study", storage=url).trials) == 4
