@@ -15,7 +15,9 @@ spent (trials stopped early count what they used). Every trial that ends is one
 ledger row (source `sweep`). `--resume` restores the experiment with
 `Tuner.restore`: finished trials are kept, unfinished ones continue from their
 checkpoints, the searcher continues its study and GroupedASHA rebuilds its rungs and
-the budget from the trials' stored results.
+the budget from the trials' stored results. A resumed sweep runs as it was started
+(preset, budget, searcher, ledger and placement come from the experiment directory);
+only --address, --storage/--name/--preset (which sweep) and the fine-tuning flags apply.
 
 The first trials of a searched sweep are distinct cells drawn at random (seeded)
 and enqueued, after any `--point`s: TPE's random start-up phase would otherwise
@@ -805,7 +807,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="XLA's full optimisations (default on clusters and accelerators)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial, from its last checkpoint")
     p.add_argument("--resume", action="store_true",
-                   help="continue the latest sweep of --preset under --storage (or --name)")
+                   help="continue the latest sweep (of --preset, if given) under --storage, or --name; "
+                   "it runs with the settings it was started with")
     p.add_argument("--name", default=None, help="experiment name (default sweep-<preset>-<time>)")
     p.add_argument("--address", default=None, help="an existing Ray cluster (host:port or auto); default: local Ray")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
