@@ -9,7 +9,8 @@ Nesterov SGD, clip fraction), compiled once ahead of time and sharded over every
 device; batches are random arrays already on the devices, so the figures are of the
 model and optimizer alone (benchmarks/data_throughput.py measures the input side).
 Step time is the median of `--steps` timed steps after `--warmup` untimed ones, each
-waited on; FLOPs per step come from XLA's cost analysis of the compiled step (the
+waited on (the process's CPU time per step is printed too: on a shared machine it
+shows how much of the wall time was spent computing); FLOPs per step come from XLA's cost analysis of the compiled step (the
 number the trainer accounts compute with), so achieved FLOP/s = FLOPs / step time.
 Results go in docs/benchmarks.md.
 """
@@ -56,17 +57,20 @@ def measure(variant: str, batch_size: int, resolution: int, steps: int, warmup: 
     batch = (jax.device_put(rng.standard_normal((batch_size, resolution, resolution, 3), np.float32),
                             spec.batch_sharding),
              jax.device_put(rng.integers(0, num_classes, batch_size).astype(np.int32), spec.batch_sharding))
-    times = []
+    times, cpu_times = [], []
     for i in range(warmup + steps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         state, out = step(state, batch)
         jax.block_until_ready((state, out))
         if i >= warmup:
             times.append(time.perf_counter() - t)
+            cpu_times.append(time.process_time() - c)
     step_s = statistics.median(times)
+    cpu_s = statistics.median(cpu_times)
     return {
         "variant": variant, "resolution": resolution, "batch_size": batch_size, "dtype": dtype,
         "devices": f"{len(devices)} x {devices[0].device_kind}", "compile_s": compile_s, "step_s": step_s,
+        "step_cpu_s": cpu_s,
         "images_per_s": batch_size / step_s, "flops_per_step": flops, "flop_per_s": flops / step_s,
         "loss": float(out["loss"]),
     }
@@ -89,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{r['variant']} {r['resolution']}px batch {r['batch_size']} {r['dtype']} on {r['devices']}: "
           f"{r['images_per_s']:,.0f} images/s, step {r['step_s'] * 1e3:,.1f} ms (median of {args.steps}), "
           f"{r['flops_per_step'] / 1e9:,.2f} GFLOP/step, {r['flop_per_s'] / 1e9:,.1f} GFLOP/s achieved, "
-          f"compile {r['compile_s']:.1f} s")
+          f"compile {r['compile_s']:.1f} s; CPU time {r['step_cpu_s']:,.2f} s/step "
+          f"({r['flops_per_step'] / r['step_cpu_s'] / 1e9:,.1f} GFLOP per CPU-second)")
     return 0
 
 
