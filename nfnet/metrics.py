@@ -52,7 +52,8 @@ class MetricWriter:
         if enabled:
             from tensorboardX import SummaryWriter
 
-            os.makedirs(logdir, exist_ok=True)
+            if "://" not in logdir:  # tensorboardX writes gs:// itself
+                os.makedirs(logdir, exist_ok=True)
             self._writer = SummaryWriter(logdir=logdir)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -495,7 +496,7 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
     step_fn, flops_per_step = compile_train_step(spec, abstract_state_key(state)) if start < total else (None, 0.0)
 
     main_process = jax.process_index() == 0
-    os.makedirs(config.workdir, exist_ok=True)
+    epath.Path(config.workdir).mkdir(parents=True, exist_ok=True)  # local or gs://
     store = CheckpointStore(checkpoint_root)
     if resume_meta is not None:
         stale = store.delete_after(start)
@@ -614,8 +615,7 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
     if parent is not None:
         summary["parent"] = parent
     if main_process:
-        with open(os.path.join(config.workdir, "summary.json"), "w") as f:
-            json.dump(json_safe(summary), f, indent=1)
+        (epath.Path(config.workdir) / "summary.json").write_text(json.dumps(json_safe(summary), indent=1))
     return summary
 
 
