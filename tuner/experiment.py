@@ -138,12 +138,14 @@ def connect(
 ) -> RayConnection:
     """Start Ray in-process (`address` None) or join the cluster at `address` (`auto` allowed).
 
-    Trials get `env_vars` (by default `compilation_cache_env()`) through the job's
-    runtime environment. If Ray is already initialised in this process it is used
-    as it is and left running.
+    With no address, $RAY_ADDRESS (set for drivers of Ray jobs) is joined when
+    set. Trials get `env_vars` (by default `compilation_cache_env()`) through the
+    job's runtime environment. If Ray is already initialised in this process it
+    is used as it is and left running.
     """
     if ray.is_initialized():
-        return RayConnection(address, started=False)
+        return RayConnection(ray.get_runtime_context().gcs_address, started=False)
+    address = address or os.environ.get("RAY_ADDRESS") or None
     env = dict(compilation_cache_env() if env_vars is None else env_vars)
     common: dict[str, Any] = dict(
         runtime_env={"env_vars": env},

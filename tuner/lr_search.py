@@ -13,12 +13,15 @@ cell's optimum and is recorded as ONE ledger row (source `lr_search`): the row
 the planner reads as the cell's tuned LR. The other trial stays in the Ray
 results and TensorBoard. With `--extend`, when the lower LR wins by a wide margin
 (the paper's slow-fall assumption may be breaking) a third trial at a quarter
-of the bound runs, and the best of the three is recorded.
+of the bound runs, and the best of the three is recorded. A pair in which a trial
+does not finish (it failed for good after its retries, or was interrupted)
+records nothing and exits with status 1: one trial is not a search.
 
 With no arguments it runs the embedded default: Ray in-process, `nano` on
 Fashion-MNIST (scikit-learn's digits when the Debian package is missing) for a
-fraction of an epoch at batch 128; about 3 minutes on a 2-core CPU, most of it
-compilation (a second run reuses the persistent compilation cache).
+fraction of an epoch at batch 128: about 2 minutes on a 2-core CPU, 1 minute when
+the persistent compilation cache already holds its programs, and up to 5 when other
+work shares the cores (docs/benchmarks.md, "Tuner overhead").
 """
 
 from __future__ import annotations
@@ -76,22 +79,10 @@ class LRSearchOptions:
     gpus_per_trial: float | None = None
     tpu_chips: int | None = None
     experiment_name: str | None = None
-    fast_compile: bool | None = None
+    fast_compile: bool = False
     extend: bool = False
     margin: float = WIDE_MARGIN
     max_failures: int = 2
-
-
-def fast_compile(options: LRSearchOptions) -> bool:
-    """XLA's quick compile for trials on this machine's CPU, unless the options say otherwise.
-
-    A short CPU run spends most of its time compiling (nano's training step: ~100 s
-    optimised on a busy 2-core machine, ~25 s with most optimisations off, for steps
-    ~1.5x slower); on a cluster or an accelerator the full compile pays for itself.
-    """
-    if options.fast_compile is not None:
-        return options.fast_compile
-    return options.address is None and not options.gpus_per_trial and not options.tpu_chips
 
 
 @dataclass(frozen=True)
@@ -138,16 +129,17 @@ class SearchResult:
     experiment: str
     experiment_dir: str
     trials: list[dict[str, Any]]
-    decision: Decision
+    decision: Decision | None  # None when a planned trial did not complete: nothing is decided
     recorded: dict[str, Any] | None
     extended: bool
     wall_seconds: float
     failed: list[str] = field(default_factory=list)
     extension_dir: str | None = None  # the third trial's experiment, when --extend ran one
+    incomplete: list[float] = field(default_factory=list)
 
     @property
     def chosen_lr(self) -> float | None:
-        return self.decision.winner
+        return self.decision.winner if self.decision else None
 
     @property
     def tensorboard(self) -> str:
@@ -164,11 +156,12 @@ class SearchResult:
             "experiment_dir": self.experiment_dir,
             "extension_dir": self.extension_dir,
             "trials": self.trials,
-            "decision": self.decision.to_dict(),
+            "decision": self.decision.to_dict() if self.decision else None,
             "chosen_lr": self.chosen_lr,
             "recorded_trial_id": self.recorded["trial_id"] if self.recorded else None,
             "extended": self.extended,
             "failed": self.failed,
+            "incomplete_lrs": self.incomplete,
             "ledger": self.search.ledger_uri,
             "tensorboard": self.tensorboard,
             "wall_seconds": self.wall_seconds,
@@ -292,7 +285,7 @@ def trial_config(search: SearchPlan, lr: Any) -> dict[str, Any]:
         "seed": o.seed,
         "evals_per_run": o.evals_per_run,
     }
-    if fast_compile(o):
+    if o.fast_compile:
         config[FAST_COMPILE] = True
     optional = {
         "data_dir": o.data_dir,
@@ -386,6 +379,12 @@ def extension_lr(decision: Decision, extend: bool) -> float | None:
     return None
 
 
+def incomplete_lrs(lrs: list[float], rows: list[dict[str, Any]]) -> list[float]:
+    """LRs whose trial did not reach the end of its schedule (failed for good, or interrupted)."""
+    complete = {r["lr"] for r in rows if r["status"] != "stopped"}
+    return [lr for lr in lrs if lr not in complete]
+
+
 def _decide(rows: list[dict[str, Any]], margin: float) -> Decision:
     return decide([(r["lr"], r["final_val_loss"], r["status"]) for r in rows if r["status"] != "stopped"], margin)
 
@@ -407,22 +406,24 @@ def run_search(search: SearchPlan, log: Callable[[str], None] = print, to_stderr
     path = experiment_dir(storage, name)
     lrs = list(search.plan.lrs)
     with connect(o.address, num_cpus=o.num_cpus) as connection:
-        where = f"joined the Ray cluster at {connection.address}" if o.address else "started Ray in-process"
+        where = "started Ray in-process" if connection.started else f"joined the Ray cluster at {connection.address}"
         log(f"{where}; running {len(lrs)} trials at once ({o.cpus_per_trial:g} CPU each) in {path}")
         rows, failed = _run_trials(search, lrs, name, storage, to_stderr)
-        if not any(r["status"] != "stopped" for r in rows):
-            raise TunerError(f"no trial of {name} finished; see {', '.join(failed) or path}")
-        decision = _decide(rows, o.margin)
+        incomplete = incomplete_lrs(lrs, rows)
+        decision = None if incomplete else _decide(rows, o.margin)
         extended, extension_dir = False, None
-        third = extension_lr(decision, o.extend)
+        third = extension_lr(decision, o.extend) if decision else None
         if third is not None:
             log(f"{decision.message}; --extend: running a third trial at lr {third:g}")
             more, more_failed = _run_trials(search, [third], f"{name}-extend", storage, to_stderr)
             rows, failed, extended = rows + more, failed + more_failed, True
             extension_dir = experiment_dir(storage, f"{name}-extend")
-            decision = _decide(rows, o.margin)
+            if incomplete_lrs([third], more):
+                incomplete.append(third)  # the two-trial decision stands
+            else:
+                decision = _decide(rows, o.margin)
     recorded = None
-    if decision.winner is not None:
+    if decision is not None and decision.winner is not None:
         recorded = next(r for r in rows if r["lr"] == decision.winner and r["status"] != "stopped")
         Ledger(search.ledger_uri).append([recorded])
     return SearchResult(
@@ -436,6 +437,7 @@ def run_search(search: SearchPlan, log: Callable[[str], None] = print, to_stderr
         wall_seconds=time.perf_counter() - start,
         failed=failed,
         extension_dir=extension_dir,
+        incomplete=incomplete,
     )
 
 
@@ -457,8 +459,8 @@ def describe_plan(search: SearchPlan) -> list[str]:
             f"  bound: {cell.variant} at {cell.epochs:g} epochs: lr {cell.lr:g} at batch {cell.batch_size} "
             f"-> {cell.transferred_lr:g} at batch {o.batch_size}{mark}"
         )
-    mode = "fast compile" if fast_compile(o) else "full compile"
-    lines.append(f"trials: lr {' and '.join(f'{lr:g}' for lr in p.lrs)} ({mode})")
+    mode = " (XLA fast compile)" if o.fast_compile else ""
+    lines.append(f"trials: lr {' and '.join(f'{lr:g}' for lr in p.lrs)}{mode}")
     if o.extend:
         lines.append(f"--extend: a third trial at lr {p.upper_bound / 4:g} if lr {p.upper_bound / 2:g} wins by a wide margin")
     return lines
@@ -469,7 +471,10 @@ def describe_result(result: SearchResult) -> list[str]:
 
     lines = ["", "results:", results_table(result.trials), ""]
     d = result.decision
-    if d.winner is None:
+    if d is None:
+        missing = ", ".join(f"{lr:g}" for lr in result.incomplete)
+        lines.append(f"nothing recorded: the trial(s) at lr {missing} did not finish; rerun the search")
+    elif d.winner is None:
         lines.append(f"no LR chosen: {d.message}; nothing recorded")
     else:
         lines.append(f"chosen lr: {d.winner:g} (val_loss {d.winner_loss:.4g})")
@@ -477,6 +482,8 @@ def describe_result(result: SearchResult) -> list[str]:
             lines.append(f"note: {d.message}; rerun with --extend to try it")
         elif d.wide_margin:
             lines.append(f"note: {d.message}")
+        if result.incomplete:
+            lines.append(f"note: the third trial at lr {result.incomplete[-1]:g} did not finish")
         lines.append(f"recorded in ledger {result.search.ledger_uri} as {result.recorded['trial_id']}")
     for path in result.failed:
         lines.append(f"failed trial: {path}")
@@ -531,12 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, default=None)
     p.add_argument("--tpu-chips", type=int, default=None, help="TPU chips per trial")
     p.add_argument("--experiment-name", default=None, help="default: lr_search-<variant>-e<epochs>-<time>")
-    compile_mode = p.add_mutually_exclusive_group()
-    compile_mode.add_argument("--fast-compile", dest="fast_compile", action="store_true", default=None,
-                              help="XLA with most optimizations off: faster compiles, slower steps "
-                              "(default when trials run on this machine's CPU)")
-    compile_mode.add_argument("--full-compile", dest="fast_compile", action="store_false",
-                              help="XLA's full optimization (default on a cluster or with accelerators)")
+    p.add_argument("--fast-compile", action="store_true",
+                   help="XLA with most optimizations off: compiles ~2x faster, steps run ~2x slower; "
+                   "pays only for very short CPU runs (see docs/benchmarks.md)")
     p.add_argument("--extend", action="store_true",
                    help="run a third trial at a quarter of the bound when the lower LR wins by a wide margin")
     p.add_argument("--margin", type=float, default=WIDE_MARGIN, help="relative loss gap that counts as a wide margin")
@@ -579,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         log(line)
     if args.json:
         print(json.dumps(_json_safe({"dry_run": False, **result.to_dict()})))
-    return 0
+    return 1 if result.decision is None else 0
 
 
 if __name__ == "__main__":

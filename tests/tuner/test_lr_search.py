@@ -19,7 +19,7 @@ from tuner.lr_search import (
     DEFAULT_EPOCHS,
     LRSearchOptions,
     extension_lr,
-    fast_compile,
+    incomplete_lrs,
     main,
     plan_search,
     trial_config,
@@ -138,6 +138,13 @@ def test_extension_runs_only_when_asked_and_the_lower_lr_wins_wide():
     assert extension_lr(diverged_upper, extend=True) == 0.0125
 
 
+def test_a_pair_is_complete_only_when_both_trials_ended_their_schedule():
+    rows = [{"lr": 0.1, "status": "finished"}, {"lr": 0.05, "status": "stopped"}]
+    assert incomplete_lrs([0.1, 0.05], rows) == [0.05]
+    assert incomplete_lrs([0.1, 0.05], rows[:1]) == [0.05]  # a trial that never reported
+    assert incomplete_lrs([0.1, 0.05], [{"lr": 0.1, "status": "diverged"}, {"lr": 0.05, "status": "finished"}]) == []
+
+
 def test_default_falls_back_to_digits_when_fashion_mnist_is_missing(capsys, ledger, tmp_path, monkeypatch):
     monkeypatch.setenv("NFSCALE_FASHION_MNIST_DIR", str(tmp_path / "empty"))
     code, out, err = run_main(capsys, "--ledger", ledger.uri, "--dry-run", "--json")
@@ -156,16 +163,14 @@ def test_default_uses_fashion_mnist_when_installed(capsys, ledger):
     assert plan["notes"] == []
 
 
-def test_trial_config_holds_trainer_fields_and_compiles_fast_only_on_local_cpus(ledger):
+def test_trial_config_holds_trainer_fields(ledger):
     search = plan_search(LRSearchOptions(dataset="digits", ledger=ledger.uri, max_train_examples=256))
     config = trial_config(search, 0.05)
     assert config["variant"] == "nano" and config["lr"] == 0.05 and config["max_train_examples"] == 256
     assert config["epochs"] == DEFAULT_EPOCHS["digits"] and "resolution" not in config
-    assert config[FAST_COMPILE] is True
-    assert fast_compile(LRSearchOptions(address="auto")) is False
-    assert fast_compile(LRSearchOptions(tpu_chips=4)) is False
-    assert fast_compile(LRSearchOptions(address="auto", fast_compile=True)) is True
-    assert fast_compile(LRSearchOptions(fast_compile=False)) is False
+    assert FAST_COMPILE not in config
+    fast = plan_search(LRSearchOptions(dataset="digits", ledger=ledger.uri, fast_compile=True))
+    assert trial_config(fast, 0.05)[FAST_COMPILE] is True
 
 
 # ---------------------------------------------------------------- errors
@@ -224,7 +229,7 @@ def test_lr_search_end_to_end_records_the_winner(capsys, ledger, tmp_path, monke
         code, out, err = run_main(
             capsys, "--dataset", "digits", "--epochs", "1", "--batch-size", "32", "--max-train-examples", "256",
             "--max-eval-examples", "128", "--evals-per-run", "2", "--ledger", ledger.uri, "--storage", str(storage),
-            "--num-cpus", "2", "--experiment-name", "e2e", "--json",
+            "--num-cpus", "2", "--experiment-name", "e2e", "--fast-compile", "--json",
         )
     finally:
         ray.shutdown()
