@@ -19,8 +19,8 @@ records nothing and exits with status 1: one trial is not a search.
 
 With no arguments it runs the embedded default: Ray in-process, `nano` on
 Fashion-MNIST (scikit-learn's digits when the Debian package is missing) for a
-fraction of an epoch at batch 128: about 2 minutes on a 2-core CPU, 1 minute when
-the persistent compilation cache already holds its programs, and up to 5 when other
+fraction of an epoch at batch 128: 1 min 20 s on a quiet 2-core CPU (40 s when
+the persistent compilation cache already holds its programs), up to 5 min when other
 work shares the cores (docs/benchmarks.md, "Tuner overhead").
 """
 
