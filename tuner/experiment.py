@@ -147,6 +147,10 @@ def connect(
         return RayConnection(ray.get_runtime_context().gcs_address, started=False)
     address = address or os.environ.get("RAY_ADDRESS") or None
     env = dict(compilation_cache_env() if env_vars is None else env_vars)
+    if address is not None and env_vars is None and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        # Each node of a cluster keeps the cache under its own home directory,
+        # which the trainable resolves there; the driver's path may not exist on it.
+        env.pop("JAX_COMPILATION_CACHE_DIR")
     common: dict[str, Any] = dict(
         runtime_env={"env_vars": env},
         logging_level=logging.WARNING,
