@@ -3,7 +3,7 @@
     python -m tuner.lr_search                                  # the embedded default
     python -m tuner.lr_search --variant micro --epochs 0.25 --dry-run
     python -m tuner.lr_search --variant F0 --epochs 1 --batch-size 4096 --dataset parquet:gs://bucket/imagenet \\
-        --address auto --storage gs://bucket/nfscale --ledger gs://bucket/nfscale/ledger --cpus-per-trial 8 --tpu-chips 4
+        --address auto --storage gs://bucket/nfscale --ledger gs://bucket/nfscale/ledger --cpus-per-trial 8 --accelerator tpu
 
 For a target cell (variant, epoch budget) the planner (`tuner.planner`) reads the
 ledger and bounds the optimal LR from above by the smallest tuned optimum among
@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuner.errors import TunerError
+from tuner.placement import ACCELERATOR_HELP
 from tuner.planner import WIDE_MARGIN, Decision, Plan, cell_label, decide, parse_label, plan
 from tuner.trainable import FAST_COMPILE
 
@@ -76,8 +77,7 @@ class LRSearchOptions:
     address: str | None = None
     num_cpus: int | None = None
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None
-    tpu_chips: int | None = None
+    accelerator: str = "cpu"
     experiment_name: str | None = None
     fast_compile: bool = False
     extend: bool = False
@@ -106,6 +106,13 @@ class SearchPlan:
     def label(self) -> str:
         return cell_label(self.variant, self.width_mult, self.depth_mult)
 
+    def placement(self) -> Any:
+        """Where each trial runs and what it asks Ray for (tuner.placement.TrialPlacement)."""
+        from tuner.placement import placement_for_config
+
+        return placement_for_config(trial_config(self, self.plan.lrs[0]), self.options.accelerator,
+                                    self.options.cpus_per_trial)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "variant": self.label,
@@ -118,6 +125,7 @@ class SearchPlan:
             "ledger_rows": self.ledger_rows,
             "notes": list(self.notes),
             "plan": self.plan.to_dict(),
+            "placement": self.placement().to_dict(),
         }
 
 
@@ -350,13 +358,13 @@ def _run_trials(
     from ray import tune
 
     from tuner.experiment import HParamsLoggerCallback, ProgressPrinter, quiet_tune_output
-    from tuner.trainable import train_trial, trial_resources
+    from tuner.placement import tune_trainable
+    from tuner.trainable import train_trial
 
     o = search.options
-    resources = trial_resources(search.label, o.cpus_per_trial, o.tpu_chips, o.gpus_per_trial)
     quiet_tune_output()
     tuner = tune.Tuner(
-        tune.with_resources(train_trial, resources),
+        tune_trainable(train_trial, o.accelerator, o.cpus_per_trial),
         param_space=trial_config(search, tune.grid_search(lrs)),
         tune_config=tune.TuneConfig(metric="val_loss", mode="min", max_concurrent_trials=len(lrs)),
         run_config=tune.RunConfig(
@@ -459,6 +467,7 @@ def describe_plan(search: SearchPlan) -> list[str]:
             f"  bound: {cell.variant} at {cell.epochs:g} epochs: lr {cell.lr:g} at batch {cell.batch_size} "
             f"-> {cell.transferred_lr:g} at batch {o.batch_size}{mark}"
         )
+    lines.append(f"placement: {search.placement().describe()}")
     mode = " (XLA fast compile)" if o.fast_compile else ""
     lines.append(f"trials: lr {' and '.join(f'{lr:g}' for lr in p.lrs)}{mode}")
     if o.extend:
@@ -535,8 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="an existing Ray cluster (host:port or auto); default: Ray in-process")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the in-process Ray (default: all)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=None)
-    p.add_argument("--tpu-chips", type=int, default=None, help="TPU chips per trial")
+    p.add_argument("--accelerator", default="cpu", help=f"where trials run: {ACCELERATOR_HELP}")
     p.add_argument("--experiment-name", default=None, help="default: lr_search-<variant>-e<epochs>-<time>")
     p.add_argument("--fast-compile", action="store_true",
                    help="XLA with most optimizations off: compiles ~2x faster, steps run ~2x slower; "

@@ -79,10 +79,10 @@ def train_on_host(loop_config: dict[str, Any]) -> None:
         COMPILE_SECONDS,
         FAST_COMPILE,
         CompileClock,
-        _apply_compilation_cache,
+        apply_compilation_cache,
     )
 
-    _apply_compilation_cache()
+    apply_compilation_cache()
     import jax
 
     if loop_config["train"].get(FAST_COMPILE):

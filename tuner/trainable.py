@@ -63,7 +63,7 @@ def _train_config(config: Mapping[str, Any], workdir: str, resume_from: str | No
     return TrainConfig(**values)
 
 
-def _apply_compilation_cache() -> None:
+def apply_compilation_cache() -> None:
     """Point JAX at the node's persistent compilation cache before it compiles anything."""
     from tuner.experiment import compilation_cache_env
 
@@ -122,7 +122,7 @@ def train_trial(config: dict[str, Any]) -> None:
     """
     from ray import tune
 
-    _apply_compilation_cache()
+    apply_compilation_cache()
     if config.get(FAST_COMPILE):
         import jax
 
@@ -155,31 +155,6 @@ def train_trial(config: dict[str, Any]) -> None:
         # and kept for the length of the run.
         with restored.as_directory() as checkpoint_dir:
             train(_train_config(config, workdir, checkpoint_dir), callback=report)
-
-
-def trial_resources(
-    variant: str, cpus_per_trial: float, tpu_chips: int | None = None, gpus: float | None = None
-) -> dict[str, float]:
-    """Resources for `tune.with_resources(train_trial, ...)`.
-
-    CPU is always included: with only custom resources Ray would give the trial no
-    CPU at all. The variant is checked here so a misspelt one fails before Ray starts.
-    """
-    from nfnet.errors import NFNetError
-    from nfnet.variants import get_variant
-
-    try:
-        get_variant(variant)
-    except NFNetError as exc:
-        raise TunerError(str(exc)) from exc
-    if not cpus_per_trial > 0:
-        raise TunerError(f"--cpus-per-trial must be positive, got {cpus_per_trial:g}")
-    resources: dict[str, float] = {"cpu": float(cpus_per_trial)}
-    if gpus:
-        resources["gpu"] = float(gpus)
-    if tpu_chips:
-        resources["TPU"] = float(tpu_chips)
-    return resources
 
 
 def trial_status(last_result: Mapping[str, Any]) -> str:

@@ -27,7 +27,7 @@ EXPERIMENT = "lr-multinode"
 SEARCH_FLAGS = [
     "--variant", "nano", "--epochs", "1", "--dataset", "digits", "--batch-size", "32", "--resolution", "16",
     "--max-train-examples", "128", "--max-eval-examples", "64", "--evals-per-run", "2",
-    "--cpus-per-trial", "1", "--tpu-chips", "4",
+    "--cpus-per-trial", "1", "--accelerator", "v4-8",
 ]
 TIMEOUT_S = 900
 

@@ -109,6 +109,22 @@ def test_dry_run_names_the_cells_that_bound_the_lrs(capsys, ledger):
     assert "trials: lr 0.025 and 0.0125" in out
 
 
+def test_dry_run_prints_each_trials_placement_derived_from_the_variant(capsys, ledger):
+    code, out, err = run_main(capsys, "--dataset", "digits", "--ledger", ledger.uri, "--dry-run", "--json")
+    assert code == 0 and json.loads(out)["placement"]["kind"] == "cpu"
+    assert "placement: " in err
+    code, out, _ = run_main(capsys, "--dataset", "digits", "--variant", "F0", "--batch-size", "256",
+                            "--accelerator", "v4-8", "--ledger", ledger.uri, "--dry-run", "--json")
+    placement = json.loads(out)["placement"]
+    assert code == 0 and placement["kind"] == "tpu-host"
+    assert placement["resources"]["TPU"] == 4 and placement["resources"]["TPU-v4-8-head"] == 1
+    code, out, _ = run_main(capsys, "--dataset", "digits", "--variant", "F3", "--batch-size", "4096",
+                            "--accelerator", "tpu", "--ledger", ledger.uri, "--dry-run", "--json")
+    placement = json.loads(out)["placement"]
+    assert code == 0 and placement["kind"] == "tpu-slice" and placement["hosts"] > 1
+    assert placement["worker_resources"]["TPU"] == 4
+
+
 def test_a_training_subset_is_its_own_cell(capsys, ledger):
     ledger.append([row("h", epochs=1.0, lr=0.0125, loss=0.1, dataset="digits[256]"), row("i", epochs=1.0, lr=0.2)])
     code, out, _ = run_main(capsys, "--dataset", "digits", "--epochs", "1", "--max-train-examples", "256",
@@ -185,6 +201,7 @@ def test_trial_config_holds_trainer_fields(ledger):
         (["--batch-size", "0"], "error: --batch-size must be an integer >= 1"),
         (["--dataset", "nosuch"], "error: "),
         (["--experiment-name", "a/b"], "error: --experiment-name must be"),
+        (["--accelerator", "v9-8"], "error: unknown --accelerator 'v9-8'"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(capsys, ledger, args, message):

@@ -42,7 +42,6 @@ from tuner.trainable import (
     dataset_label,
     ledger_row,
     train_trial,
-    trial_resources,
     trial_status,
 )
 
@@ -133,16 +132,6 @@ def test_dataset_label():
     assert dataset_label("digits") == "digits"
     assert dataset_label("digits", 512) == "digits[512]"
     assert dataset_label(None, 512) is None
-
-
-def test_trial_resources_always_ask_for_cpu():
-    assert trial_resources("nano", 1) == {"cpu": 1.0}
-    assert trial_resources("F0", 4, tpu_chips=4) == {"cpu": 4.0, "TPU": 4.0}
-    assert trial_resources("F0-w0.5", 2, gpus=0.5) == {"cpu": 2.0, "gpu": 0.5}
-    with pytest.raises(TunerError, match="unknown variant"):
-        trial_resources("F99", 1)
-    with pytest.raises(TunerError, match="cpus-per-trial"):
-        trial_resources("nano", 0)
 
 
 def test_compile_clock_counts_compiles_and_nothing_after_exit():
