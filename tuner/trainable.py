@@ -246,5 +246,6 @@ def ledger_row(
         "images_seen": None if last_result.get("images_seen") is None else int(last_result["images_seen"]),
         "status": status or trial_status(last_result),
         "source": source,
-        "checkpoint_uri": checkpoint_uri,
+        # Slice trials keep their checkpoints in the shared workdir and report where.
+        "checkpoint_uri": checkpoint_uri or last_result.get("checkpoint_dir"),
     }
