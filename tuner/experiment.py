@@ -282,8 +282,12 @@ class LedgerCallback(Callback):
         self.ledger = ledger
         self.source = source
 
+    def make_row(self, trial: Any) -> dict[str, Any] | None:
+        """The trial's ledger row (None for a trial that never reported)."""
+        return trial_row(trial, self.source)
+
     def _write(self, trial: Any, status: str | None = None) -> None:
-        row = trial_row(trial, self.source)
+        row = self.make_row(trial)
         if row is None:
             return
         if status is not None and row["status"] != "diverged":

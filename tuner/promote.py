@@ -33,11 +33,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ray.tune import Callback
-
 from tuner.errors import TunerError
 from tuner.experiment import (
     HParamsLoggerCallback,
+    LedgerCallback,
     ProgressPrinter,
     connect,
     experiment_dir,
@@ -237,30 +236,17 @@ def param_space(configs: Mapping[str, Mapping[str, Any]], lrs: Sequence[float] |
 # ---------------------------------------------------------------- Ray
 
 
-class FinetuneLedgerCallback(Callback):
-    """Appends each fine-tuning trial's row (kind finetune, linked to its parent) when it ends.
-
-    Like `tuner.experiment.LedgerCallback`: a trial Ray retries is written once, with
-    its final outcome; an errored trial that reported is recorded as stopped.
-    """
+class FinetuneLedgerCallback(LedgerCallback):
+    """`LedgerCallback` whose rows are fine-tuning rows linked to their pre-training parent."""
 
     def __init__(self, ledger: Ledger):
-        self.ledger = ledger
+        super().__init__(ledger, SOURCE)
 
-    def _write(self, trial: Any, status: str | None = None) -> None:
+    def make_row(self, trial: Any) -> dict[str, Any] | None:
         row = trial_row(trial, SOURCE)
-        if row is None:
-            return
-        row.update(kind="finetune", parent_trial_id=trial.config.get("parent_trial_id"))
-        if status is not None and row["status"] != "diverged":
-            row["status"] = status
-        self.ledger.append([row])
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._write(trial)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._write(trial, status="stopped")
+        if row is not None:
+            row.update(kind="finetune", parent_trial_id=trial.config.get("parent_trial_id"))
+        return row
 
 
 class PromoteProgressPrinter(ProgressPrinter):
