@@ -36,8 +36,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import jax
-
 from nfnet.checkpoint import read_meta, resolve_checkpoint
 from nfnet.errors import NFNetError
 from nfnet.train import (
@@ -45,8 +43,8 @@ from nfnet.train import (
     FlagParser,
     add_config_flags,
     config_from_args,
-    print_summary,
     resume_base,
+    run_command,
     train,
 )
 
@@ -151,14 +149,7 @@ def config_from_finetune_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        summary = train(config_from_finetune_args(args))
-    except NFNetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if jax.process_index() == 0:
-        print_summary(summary)
-    return 0
+    return run_command(lambda: config_from_finetune_args(args))
 
 
 if __name__ == "__main__":

@@ -709,17 +709,22 @@ def print_summary(summary: dict) -> None:
     print(json.dumps(json_safe(summary)), flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_command(make_config: Callable[[], TrainConfig]) -> int:
+    """Train the config a command line makes: one-line error and exit 2 on a user
+    mistake, else the JSON summary line from the first process."""
     try:
-        config = config_from_args(args, resume_base(args))
-        summary = train(config)
+        summary = train(make_config())
     except NFNetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if jax.process_index() == 0:
         print_summary(summary)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(lambda: config_from_args(args, resume_base(args)))
 
 
 if __name__ == "__main__":

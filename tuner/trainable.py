@@ -28,7 +28,6 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from tuner.errors import TunerError
 from tuner.planner import parse_label
 
 # Metrics the trainer reports that are renamed on their way to Tune (see above).
