@@ -39,16 +39,17 @@ pytestmark = pytest.mark.slow
 PRESET = "cpu-smoke"
 # Two cells of the preset's grid in different ASHA groups.
 POINTS = ["nano,1,0.1", "nano,0.5,0.1"]
-# About 48 (24) steps at batch 32 on 1536 digits at 32px, an evaluation and checkpoint
-# every 6 (3) steps: long enough after the first checkpoint to be killed mid-run.
-OVERRIDES = ["batch_size=32", "max_train_examples=1536", "max_eval_examples=64", "evals_per_run=8",
+# 128 (64) steps at batch 32 on 4096 Fashion-MNIST images at 32px, an evaluation and
+# checkpoint every 16 (8) steps: long enough after the first checkpoint to be killed
+# mid-run even on a quiet machine (a 1437-image digits run ended in ~5 s, too soon).
+OVERRIDES = ["batch_size=32", "max_train_examples=4096", "max_eval_examples=64", "evals_per_run=8",
              "resolution=32", "eval_resolution=32"]
 RUN_TIMEOUT_S = 900
 KILL_TIMEOUT_S = 600
 
 
 def sweep_command(tmp_path: Path, name: str, address: str, *extra: str) -> list[str]:
-    cmd = [sys.executable, "-m", "tuner.sweep", "--preset", PRESET, "--dataset", "digits", "--name", name,
+    cmd = [sys.executable, "-m", "tuner.sweep", "--preset", PRESET, "--dataset", "fashion_mnist", "--name", name,
            "--num-samples", str(len(POINTS)), "--address", address, "--storage", str(tmp_path / "results"),
            "--ledger", str(tmp_path / "ledger"), "--accelerator", "v4-8", "--cpus-per-trial", "1",
            "--max-failures", "2", *extra]
