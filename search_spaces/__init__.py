@@ -7,6 +7,7 @@ it and what it costs:
 
 - `paper`: [P1]'s grid (F0 ... F7+ × 0.25-8 epochs × 1.6·2^k) on JFT-like shards.
 - `cpu-fashion`: a CPU-scale study on Fashion-MNIST.
+- `cpu-scaling`: the documented CPU-scale reproduction (a full grid, every run to its end).
 - `cpu-smoke`: minutes on a CPU; exercises searcher, scheduler, budget and ledger.
 
 `get_preset(name)` finds a registered preset by name, or one of your own given as
@@ -24,7 +25,7 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from search_spaces import cpu_fashion, cpu_smoke, paper
+from search_spaces import cpu_fashion, cpu_scaling, cpu_smoke, paper
 from search_spaces.preset import CELL_KEYS, Cell, Preset, base_lr, split_label
 from search_spaces.space import (
     PARAM_NAMES,
@@ -37,7 +38,7 @@ from search_spaces.space import (
 )
 from tuner.errors import TunerError
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (paper.PRESET, cpu_fashion.PRESET, cpu_smoke.PRESET)}
+PRESETS: dict[str, Preset] = {p.name: p for p in (paper.PRESET, cpu_fashion.PRESET, cpu_scaling.PRESET, cpu_smoke.PRESET)}
 DEFAULT_ATTR = "PRESET"
 
 __all__ = [

@@ -28,7 +28,7 @@ from tuner.planner import snap_to_grid
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 MODULES = {"paper": "search_spaces.paper", "cpu-fashion": "search_spaces.cpu_fashion",
-           "cpu-smoke": "search_spaces.cpu_smoke"}
+           "cpu-scaling": "search_spaces.cpu_scaling", "cpu-smoke": "search_spaces.cpu_smoke"}
 ALL_FORMS = [(name, cpu) for name in known_presets() for cpu in (False, True)]
 
 
