@@ -4,7 +4,7 @@
 # resumes from Ray's experiment state, the LR walk skips cells its ledger already
 # holds, and finished stages are not repeated.
 #
-#     bash benchmarks/cpu_scaling_study.sh            # everything, ~1.5 h on 2 cores
+#     bash benchmarks/cpu_scaling_study.sh            # everything, about 1.5 h on 2 cores
 #     STUDY_DIR=elsewhere bash benchmarks/cpu_scaling_study.sh
 #
 # Stages: (1) the full grid with tuner.sweep, (2) tuner.lr_search walked through
@@ -35,6 +35,30 @@ fi
 # (2) The two-trial LR search, cell by cell, smallest model and shortest budget first;
 # each cell's bound comes from the cells the walk has already tuned (its own ledger).
 # The trials use the grid's trainer settings, so a found LR's loss is the grid's.
+# The walk is anchored as the paper's was: the smallest model at the shortest budget
+# is tuned by a full sweep (here, the grid's own runs of that cell, imported), and
+# every later cell gets two trials. `tuner.lr_audit` also replays the walk without
+# the anchor (the paper's 1.6 at batch 4096 as the first bound) at no compute.
+if [ ! -d "$WALK_LEDGER" ]; then
+    stamp "walk: anchor ${VARIANTS[0]} at ${EPOCHS[0]} epochs from the grid"
+    "$PY" -m tuner.ledger show --ledger "$GRID_LEDGER" --kind pretrain --json |
+        "$PY" -c '
+import csv, json, sys
+variant, epochs = sys.argv[1], float(sys.argv[2])
+rows = [r for r in json.load(sys.stdin) if r["variant"] == variant and r["epochs"] == epochs
+        and r["status"] == "finished"]
+if not rows:
+    sys.exit(f"error: the grid ledger has no finished {variant} run at {epochs:g} epochs to anchor the walk")
+cols = ["variant", "width_mult", "depth_mult", "params", "epochs", "lr", "batch_size", "dataset",
+        "val_loss", "top1", "compute"]
+out = csv.writer(sys.stdout)
+out.writerow(cols)
+for r in rows:
+    out.writerow([r["variant"], r["width_mult"], r["depth_mult"], r["params"], r["epochs"], r["lr"],
+                  r["batch_size"], r["dataset"], r["final_val_loss"], r["top1"], r["flops"]])
+' "${VARIANTS[0]}" "${EPOCHS[0]}" > "$OUT/walk-anchor.csv"
+    "$PY" -m tuner.ledger import "$OUT/walk-anchor.csv" --ledger "$WALK_LEDGER" --source grid-anchor
+fi
 for variant in "${VARIANTS[@]}"; do
     for epochs in "${EPOCHS[@]}"; do
         common=(--variant "$variant" --epochs "$epochs" --batch-size 128 --resolution 16
