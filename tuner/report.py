@@ -3,11 +3,16 @@ summary from a ledger or a CSV of runs.
 
     python -m tuner.report --ledger results/ledger --out report/
     python -m tuner.report --csv runs.csv --out report/ --json > fit.json
+    python -m tuner.report --ledger results/study/grid-ledger --lr-search-ledger results/study/walk-ledger --out report/
 
 Held-out loss is each run's *final* validation loss (ledger `final_val_loss`): the
 paper reports the loss at the end of each epoch budget's cosine schedule, and the
 best-seen loss of a run can come from mid-schedule. Compute is training FLOPs (ledger
 `flops`). Diverged and early-stopped runs are left out of the fits and LR table.
+
+When some (variant, epochs) cell was run at 2 or more LRs the rows are taken for a
+grid, and the summary ends with `tuner.lr_audit`'s replay of the two-trial LR
+search on it; `--lr-search-ledger` adds the audit of a real walk's rows.
 """
 
 from __future__ import annotations
@@ -24,10 +29,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from tuner.errors import TunerError
 from tuner.ledger import Ledger
-from tuner.planner import cell_label
+from tuner.lr_audit import (
+    Audit,
+    audit,
+    audit_json,
+    grid_cells,
+    read_search_rows,
+    replay,
+    section_markdown,
+    summary_sentence,
+)
+from tuner.planner import cell_label, parse_label
 from tuner.scaling import (
     BootstrapCI,
     ComputeOptimal,
@@ -44,8 +60,8 @@ from tuner.scaling import (
 )
 
 REQUIRED_CSV_COLUMNS = ("variant", "epochs", "compute", "val_loss")
-OPTIONAL_NUMERIC_COLUMNS = ("lr", "top1", "params")
-OPTIONAL_TEXT_COLUMNS = ("kind", "trial_id", "parent_trial_id", "status")
+OPTIONAL_NUMERIC_COLUMNS = ("lr", "top1", "params", "batch_size")
+OPTIONAL_TEXT_COLUMNS = ("kind", "trial_id", "parent_trial_id", "status", "dataset")
 # Ledger column -> report column (docs/architecture.md, ledger schema).
 LEDGER_COLUMNS = {
     "variant": "variant",
@@ -88,7 +104,7 @@ def _number(raw: str, column: str, line: int, source: str, required: bool) -> fl
 
 def load_csv(path: str | Path) -> list[dict[str, Any]]:
     """Rows from a CSV with columns variant, epochs, compute, val_loss and optionally
-    lr, top1, params, kind, trial_id, parent_trial_id, status."""
+    lr, top1, params, batch_size, kind, trial_id, parent_trial_id, status, dataset."""
     p = Path(path)
     if not p.is_file():
         raise TunerError(f"CSV file {p} does not exist; pass an existing file to --csv")
@@ -124,8 +140,8 @@ def load_csv(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_ledger(uri: str) -> list[dict[str, Any]]:
-    """Rows from an nfscale ledger, renamed to the report's columns (see LEDGER_COLUMNS)."""
+def read_ledger_table(uri: str) -> pa.Table:
+    """The ledger's rows as written (a pyarrow Table), checked to hold rows of nfscale's schema."""
     table = Ledger(uri).read()
     if table.num_rows == 0:
         raise TunerError(
@@ -135,6 +151,16 @@ def load_ledger(uri: str) -> list[dict[str, Any]]:
     missing = [c for c in REQUIRED_LEDGER_COLUMNS if c not in table.column_names]
     if missing:
         raise TunerError(f"the ledger at {uri} lacks column(s) {', '.join(missing)}; is it an nfscale ledger?")
+    return table
+
+
+def load_ledger(uri: str) -> list[dict[str, Any]]:
+    """Rows from an nfscale ledger, renamed to the report's columns (see LEDGER_COLUMNS)."""
+    return rows_from_table(read_ledger_table(uri), uri)
+
+
+def rows_from_table(table: pa.Table, uri: str) -> list[dict[str, Any]]:
+    """A ledger table's rows renamed to the report's columns (see LEDGER_COLUMNS)."""
     present = [c for c in (*LEDGER_COLUMNS, "width_mult", "depth_mult") if c in table.column_names]
     rows = []
     for raw in table.select(present).to_pylist():
@@ -465,7 +491,13 @@ def _fit_dict(f: Fit | None) -> dict[str, Any] | None:
     return None if f is None else {"coefficient": f.a, "exponent": f.b, "r2": f.r2, "n": f.n}
 
 
-def report_json(report: ScalingReport, outputs: Mapping[str, str], skipped: Sequence[str]) -> dict[str, Any]:
+def report_json(
+    report: ScalingReport,
+    outputs: Mapping[str, str],
+    skipped: Sequence[str],
+    lr_search: Audit | None = None,
+    lr_replay: Audit | None = None,
+) -> dict[str, Any]:
     table = report.lr_table
     point_keys = ("variant", "epochs", "compute", "val_loss", "lr", "params", "trial_id")
     return _clean(
@@ -500,6 +532,8 @@ def report_json(report: ScalingReport, outputs: Mapping[str, str], skipped: Sequ
             "excluded": report.excluded,
             "outputs": dict(outputs),
             "skipped": list(skipped),
+            "lr_search": None if lr_search is None else audit_json(lr_search),
+            "lr_replay": None if lr_replay is None else audit_json(lr_replay),
         }
     )
 
@@ -556,15 +590,73 @@ def _parser() -> argparse.ArgumentParser:
         "--fit-on", choices=("frontier", "all"), default="frontier",
         help="fit the power law to the frontier points (default) or to every (variant, epochs) point",
     )
+    parser.add_argument(
+        "--lr-search-ledger", metavar="URI",
+        help="ledger a walk of tuner.lr_search wrote to: compare its LRs with the grid's optima (tuner.lr_audit)",
+    )
     return parser
+
+
+def _grid_rows_from_csv(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]] | None:
+    """CSV rows as ledger rows for tuner.lr_audit; None when a pre-training row has no batch size."""
+    out = []
+    for i, row in enumerate(rows):
+        if (row.get("kind") or "pretrain") != "pretrain":
+            continue
+        if not math.isfinite(row["batch_size"]):
+            return None
+        variant, width, depth = parse_label(row["variant"])
+        out.append({
+            "trial_id": row.get("trial_id") or f"csv-{i}",
+            "kind": "pretrain",
+            "variant": variant,
+            "width_mult": width,
+            "depth_mult": depth,
+            "params": int(row["params"]) if math.isfinite(row["params"]) else None,
+            "epochs": row["epochs"],
+            "lr": row["lr"] if math.isfinite(row["lr"]) else None,
+            "batch_size": int(row["batch_size"]),
+            "dataset": row.get("dataset"),
+            "final_val_loss": row["val_loss"],
+            "flops": row["compute"],
+            # A CSV row without a status is a finished run, as `tuner.ledger import` files it.
+            "status": row.get("status") or "imported",
+        })
+    return out
+
+
+def lr_search_audit(
+    grid_rows: list[dict[str, Any]] | None, search_uri: str | None, lrs_per_cell: int
+) -> tuple[str, Audit | None, Audit | None]:
+    """The Markdown section, the walk's audit and the replay: the replay when some cell was run
+    at 2 or more LRs (`lrs_per_cell`, the most of any cell), the audit with a search ledger."""
+    if grid_rows is None:
+        if search_uri:
+            raise TunerError("--lr-search-ledger needs the grid's batch sizes; add a batch_size column to the CSV")
+        if lrs_per_cell < 2:
+            return "", None, None
+        note = "Not replayed: the CSV has no batch_size column, and the planner's bounds depend on the batch size."
+        return section_markdown(None, None, note=note), None, None
+    searched = audit(grid_rows, read_search_rows(search_uri, "--lr-search-ledger")) if search_uri else None
+    replayed = replay(grid_rows) if any(len(c.losses) >= 2 for c in grid_cells(grid_rows).values()) else None
+    if searched is None and replayed is None:
+        return "", None, None
+    return section_markdown(replayed, searched), searched, replayed
 
 
 def run(args: argparse.Namespace) -> int:
     if args.n_boot < 1:
         raise TunerError(f"--n-boot must be at least 1, got {args.n_boot}")
-    rows = load_ledger(args.ledger) if args.ledger else load_csv(args.csv)
+    if args.ledger:
+        table = read_ledger_table(args.ledger)
+        rows, grid_rows = rows_from_table(table, args.ledger), table.to_pylist()
+    else:
+        rows = load_csv(args.csv)
+        grid_rows = _grid_rows_from_csv(rows)
     source = f"ledger {args.ledger}" if args.ledger else f"CSV {args.csv}"
     report = analyse(rows, source, n_boot=args.n_boot, seed=args.seed, fit_on=args.fit_on)
+    lrs_per_cell = max((c.n_lrs for c in report.lr_table.cells), default=0)
+    lr_markdown, searched, replayed = lr_search_audit(grid_rows, args.lr_search_ledger, lrs_per_cell)
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -595,17 +687,21 @@ def run(args: argparse.Namespace) -> int:
         )
     notes += skipped
 
-    markdown = summary_markdown(report, notes)
+    markdown = summary_markdown(report, notes) + ("\n" + lr_markdown if lr_markdown else "")
     (out / "summary.md").write_text(markdown)
     write_tensorboard(out / "tensorboard", images, markdown, report)
     outputs = {p.stem: str(p) for p in images}
     outputs |= {"summary": str(out / "summary.md"), "tensorboard": str(out / "tensorboard")}
 
     if args.json:
-        print(json.dumps(report_json(report, outputs, skipped), allow_nan=False))
+        print(json.dumps(report_json(report, outputs, skipped, searched, replayed), allow_nan=False))
     else:
         print(f"{report.fit.equation()}  (b {int(100 * report.ci.level)}% CI [{report.ci.b_low:.4f}, "
               f"{report.ci.b_high:.4f}], R² {report.fit.r2:.4f}, {report.fit.n} points)")
+        if searched is not None:
+            print(f"LR walk: {summary_sentence(searched)}")
+        if replayed is not None:
+            print(f"LR replay: {summary_sentence(replayed)}")
         for path in outputs.values():
             print(f"wrote {path}")
         for line in skipped:

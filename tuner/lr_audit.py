@@ -1,0 +1,709 @@
+"""`python -m tuner.lr_audit`: does the two-trial LR search find what a full grid finds, and at what cost?
+
+    python -m tuner.lr_audit --grid results/study/grid-ledger
+    python -m tuner.lr_audit --grid results/study/grid-ledger --search results/study/walk-ledger --out lr_audit.md
+    python -m tuner.lr_audit --grid results/study/grid-ledger --search results/study/walk-ledger --json
+
+The grid ledger holds every LR of a factor-2 grid run to its end for each
+(variant, epochs) cell (`tuner.sweep --grid`); each cell's optimum is its
+lowest final held-out loss. Two comparisons with it:
+
+- the replay (always): the walk of `tuner.lr_search` through the grid's cells,
+  smallest model and shortest budget first, simulated on the grid itself: each
+  cell's planned LRs (`tuner.planner.plan` over the cells tuned so far, starting
+  from nothing, i.e. from the paper's 1.6 at batch 4096) are looked up among the
+  grid's runs, `tuner.planner.decide` picks the winner, and the winner becomes a
+  tuned cell for the cells after it. No training; planned LRs the grid did not
+  run are reported as off the grid.
+- the audit (with `--search`): the rows a real walk wrote (source `lr_search`,
+  one row per cell, the winner) against the grid's optimum of the same cell.
+  lr_search records only the winner, so a cell's search compute is counted as
+  `--trials-per-cell` × the winner's FLOPs: every trial of a cell trains the same
+  model for the same steps, only the LR differs.
+
+A cell counts as found when the chosen LR is the grid's optimum, and as within
+the tolerance when its loss is at most `tolerance` (0.5%) above the optimum's.
+An optimum at the edge of the LRs the grid tried is only a bound, and is marked.
+No Ray and no JAX here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import TunerError
+from tuner.planner import TUNED_STATUSES, WIDE_MARGIN, cell_label, decide, parse_label, plan
+from tuner.scaling import size_order
+
+DEFAULT_TOLERANCE = 0.005
+# lr_search runs the bound and half of it for every cell.
+DEFAULT_TRIALS_PER_CELL = 2
+SEARCH_SOURCE = "lr_search"  # tuner.lr_search.SOURCE, not imported: that module pulls in the trainer
+# Statuses of runs that reached a verdict on their LR: a stopped run was judged worse
+# by the scheduler, a diverged one was too high. Both count as tried for the grid's edges.
+TRIED_STATUSES = TUNED_STATUSES | {"diverged", "stopped"}
+# Planned LRs are computed (0.1 × 2^k); the grid's are too, possibly by another route.
+LR_MATCH = 1e-6
+SAME_LR = 1e-9
+
+CellKey = tuple[str, float, int, str | None]  # (label, epochs, batch_size, dataset)
+
+
+# ---------------------------------------------------------------- the grid
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One (variant, epochs, batch size, dataset) cell of the grid: its runs and its optimum."""
+
+    label: str
+    variant: str
+    width_mult: float
+    depth_mult: float
+    epochs: float
+    batch_size: int
+    dataset: str | None
+    params: int | None
+    losses: Mapping[float, float]  # lr -> final held-out loss of its finished runs (mean of repeats)
+    diverged: tuple[float, ...]  # LRs whose every run diverged
+    run_flops: Mapping[float, float]  # lr -> one run's training FLOPs at that LR
+    best_lr: float | None  # lowest loss; ties to the lower LR (as planner.tuned_cells)
+    best_loss: float | None
+    edge: str | None  # "low" / "high": no LR below / above the optimum was tried; "both": only one LR
+    flops: float  # every pre-training run of the cell, stopped and diverged ones too: compute spent
+    runs: int
+
+    @property
+    def key(self) -> CellKey:
+        return (self.label, self.epochs, self.batch_size, self.dataset)
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.key)
+
+    def _find(self, lrs: Iterable[float], lr: float) -> float | None:
+        return next((held for held in lrs if math.isclose(held, lr, rel_tol=LR_MATCH)), None)
+
+    def outcome(self, lr: float) -> tuple[float, float | None, str] | None:
+        """The grid's (lr, loss, status) at `lr` as `planner.decide` takes it; None when not run there."""
+        held = self._find(self.losses, lr)
+        if held is not None:
+            return held, self.losses[held], "finished"
+        held = self._find(self.diverged, lr)
+        return None if held is None else (held, None, "diverged")
+
+    def flops_at(self, lr: float) -> float | None:
+        held = self._find(self.run_flops, lr)
+        return None if held is None else self.run_flops[held]
+
+
+def cell_name(key: CellKey) -> str:
+    label, epochs, batch_size, dataset = key
+    return f"{label} at {epochs:g} epochs (batch {batch_size}, {dataset or 'no dataset'})"
+
+
+def _as_rows(rows: Any) -> list[Mapping[str, Any]]:
+    # A pyarrow Table straight from Ledger.read() is accepted as well as a list of dicts.
+    return rows.to_pylist() if hasattr(rows, "to_pylist") else list(rows)
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _row_key(row: Mapping[str, Any]) -> CellKey:
+    if row.get("batch_size") is None:
+        raise TunerError(
+            f"ledger row {row.get('trial_id')!r} has no batch_size; the planner's bounds depend on the batch size"
+        )
+    width = 1.0 if row.get("width_mult") is None else float(row["width_mult"])
+    depth = 1.0 if row.get("depth_mult") is None else float(row["depth_mult"])
+    return (cell_label(row["variant"], width, depth), float(row["epochs"]), int(row["batch_size"]), row.get("dataset"))
+
+
+def _is_pretrain(row: Mapping[str, Any]) -> bool:
+    return (row.get("kind") or "pretrain") == "pretrain"
+
+
+def _same_lr(lrs: Iterable[float], lr: float) -> float:
+    """The LR already held within LR_MATCH of `lr`, else `lr`: repeats group on one key."""
+    return next((held for held in lrs if math.isclose(held, lr, rel_tol=LR_MATCH)), lr)
+
+
+def _grid_cell(key: CellKey, rows: list[Mapping[str, Any]]) -> GridCell:
+    label, epochs, batch_size, dataset = key
+    finished: dict[float, list[float]] = defaultdict(list)
+    run_flops: dict[float, float] = {}
+    tried: list[float] = []
+    diverged: list[float] = []
+    flops = 0.0
+    for row in rows:
+        row_flops = _number(row.get("flops"))
+        flops += row_flops or 0.0
+        lr, status = _number(row.get("lr")), row.get("status")
+        if lr is None or not lr > 0 or status not in TRIED_STATUSES:
+            continue
+        tried.append(lr)
+        if status == "stopped":
+            continue
+        loss = _number(row.get("final_val_loss"))
+        if status in TUNED_STATUSES and loss is not None:
+            finished[_same_lr(finished, lr)].append(loss)
+        else:
+            diverged.append(lr)  # a NaN loss counts as diverged, as in planner.decide
+        # A finished run's FLOPs are what a trial at this LR costs; a diverged run's, what it cost.
+        if row_flops is not None:
+            run_flops.setdefault(_same_lr(run_flops, lr), row_flops)
+    losses = {lr: sum(values) / len(values) for lr, values in sorted(finished.items())}
+    best_lr = min(losses, key=lambda lr: (losses[lr], lr)) if losses else None
+    edge = None
+    if best_lr is not None:
+        below = any(lr < best_lr and not math.isclose(lr, best_lr, rel_tol=LR_MATCH) for lr in tried)
+        above = any(lr > best_lr and not math.isclose(lr, best_lr, rel_tol=LR_MATCH) for lr in tried)
+        edge = {(False, False): "both", (False, True): "low", (True, False): "high"}.get((below, above))
+    params = next((int(r["params"]) for r in rows if r.get("params") is not None), None)
+    variant, width, depth = parse_label(label)
+    return GridCell(
+        label=label,
+        variant=variant,
+        width_mult=width,
+        depth_mult=depth,
+        epochs=epochs,
+        batch_size=batch_size,
+        dataset=dataset,
+        params=params,
+        losses=losses,
+        diverged=tuple(sorted({lr for lr in diverged if _same_lr(losses, lr) not in losses})),
+        run_flops=run_flops,
+        best_lr=best_lr,
+        best_loss=None if best_lr is None else losses[best_lr],
+        edge=edge,
+        flops=flops,
+        runs=len(rows),
+    )
+
+
+def grid_cells(rows: Iterable[Mapping[str, Any]]) -> dict[CellKey, GridCell]:
+    """Each cell of a grid ledger, keyed by (label, epochs, batch size, dataset).
+
+    Pre-training rows only. Rows written by lr_search are left out: they re-run
+    grid points, and a ledger shared by the grid and the walk would count them twice.
+    Repeats at one LR (seeds) are averaged before the optimum is picked.
+    """
+    by_cell: dict[CellKey, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in _as_rows(rows):
+        if _is_pretrain(row) and row.get("source") != SEARCH_SOURCE:
+            by_cell[_row_key(row)].append(row)
+    return {key: _grid_cell(key, cell_rows) for key, cell_rows in by_cell.items()}
+
+
+def walk_order(cells: Iterable[GridCell]) -> list[GridCell]:
+    """The order lr_search walks cells in: by model size (params, else as `scaling.size_order`), then epochs."""
+    cells = list(cells)
+    if not cells:
+        return []
+    sizes = [
+        {"variant": c.label, "params": c.params, "epochs": c.epochs, "compute": c.flops / max(c.runs, 1)}
+        for c in cells
+    ]
+    rank = {label: i for i, label in enumerate(size_order(sizes))}
+    return sorted(cells, key=lambda c: (rank[c.label], c.epochs, c.batch_size, c.dataset or ""))
+
+
+def _graded(cells: Mapping[CellKey, GridCell]) -> list[GridCell]:
+    graded = [c for c in cells.values() if c.best_lr is not None]
+    if not graded:
+        raise TunerError(
+            f"the grid has no finished pre-training run with a finite loss ({len(cells)} cell(s)); "
+            "a grid needs each cell's LRs run to their end (tuner.sweep --grid)"
+        )
+    return walk_order(graded)
+
+
+# ---------------------------------------------------------------- audit and replay
+
+
+@dataclass(frozen=True)
+class AuditCell:
+    """One cell: the grid's optimum, what the search chose, and what each cost."""
+
+    label: str
+    epochs: float
+    batch_size: int
+    dataset: str | None
+    params: int | None
+    grid_best_lr: float
+    grid_best_loss: float
+    grid_edge: str | None
+    found_lr: float | None
+    found_loss: float | None
+    grid_loss_at_found: float | None  # the grid's own run at the chosen LR, when it has one
+    gap: float | None  # found_loss / grid_best_loss - 1
+    exact: bool
+    within: bool
+    trials: int
+    lrs_run: tuple[float, ...]  # the replay's looked-up LRs; empty for a real walk (only the winner is recorded)
+    off_grid: tuple[float, ...]  # planned LRs the grid never ran
+    search_flops: float | None
+    grid_flops: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Every audited cell, and how often and how cheaply the search found the grid's optimum."""
+
+    kind: str  # "search": lr_search's rows; "replay": the walk simulated on the grid
+    tolerance: float
+    cells: tuple[AuditCell, ...]
+    n_cells: int
+    n_exact: int
+    n_within: int
+    search_flops: float | None  # None when a cell's compute is unknown (rows without flops)
+    grid_flops_audited: float
+    grid_flops_total: float
+    share: float | None  # search_flops / grid_flops_total
+    unmatched: tuple[str, ...] = ()  # search rows with no grid cell (another size, budget, batch or dataset)
+    unsearched: tuple[str, ...] = ()  # grid cells the search ledger does not tune
+    anchors: tuple[str, ...] = ()  # grid cells the search ledger tunes by other rows (e.g. the walk's anchor)
+    anchor_flops: float = 0.0  # the grid's compute of those cells: what tuning them by a grid cost
+    ungraded: tuple[str, ...] = ()  # grid cells with no finished run: no optimum to compare with
+
+
+def _check(tolerance: float) -> None:
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise TunerError(f"tolerance must be a number >= 0 (0.005 is 0.5%), got {tolerance}")
+
+
+def _audit_cell(
+    cell: GridCell,
+    found_lr: float | None,
+    found_loss: float | None,
+    tolerance: float,
+    trials: int,
+    search_flops: float | None,
+    lrs_run: tuple[float, ...] = (),
+    off_grid: tuple[float, ...] = (),
+    note: str = "",
+) -> AuditCell:
+    exact = found_lr is not None and math.isclose(found_lr, cell.best_lr, rel_tol=SAME_LR)
+    gap = None if found_loss is None else found_loss / cell.best_loss - 1.0
+    at_found = cell.outcome(found_lr) if found_lr is not None else None
+    return AuditCell(
+        label=cell.label,
+        epochs=cell.epochs,
+        batch_size=cell.batch_size,
+        dataset=cell.dataset,
+        params=cell.params,
+        grid_best_lr=cell.best_lr,
+        grid_best_loss=cell.best_loss,
+        grid_edge=cell.edge,
+        found_lr=found_lr,
+        found_loss=found_loss,
+        grid_loss_at_found=at_found[1] if at_found else None,
+        gap=gap,
+        exact=exact,
+        within=exact or (gap is not None and gap <= tolerance),
+        trials=trials,
+        lrs_run=lrs_run,
+        off_grid=off_grid,
+        search_flops=search_flops,
+        grid_flops=cell.flops,
+        note=note,
+    )
+
+
+def _summarise(
+    kind: str, tolerance: float, audited: list[AuditCell], cells: Mapping[CellKey, GridCell], **lists: Any
+) -> Audit:
+    spent = [c.search_flops for c in audited]
+    search_flops = None if None in spent else float(sum(spent))
+    grid_total = float(sum(c.flops for c in cells.values()))
+    return Audit(
+        kind=kind,
+        tolerance=tolerance,
+        cells=tuple(audited),
+        n_cells=len(audited),
+        n_exact=sum(c.exact for c in audited),
+        n_within=sum(c.within for c in audited),
+        search_flops=search_flops,
+        grid_flops_audited=float(sum(c.grid_flops for c in audited)),
+        grid_flops_total=grid_total,
+        share=search_flops / grid_total if search_flops is not None and grid_total > 0 else None,
+        ungraded=tuple(c.name for c in walk_order(c for c in cells.values() if c.best_lr is None)),
+        **lists,
+    )
+
+
+def _latest(rows: list[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The row with the latest `time`; without times, the last one."""
+    if all(r.get("time") is not None for r in rows):
+        return max(enumerate(rows), key=lambda ir: (ir[1]["time"], ir[0]))[1]
+    return rows[-1]
+
+
+def audit(
+    grid_rows: Iterable[Mapping[str, Any]],
+    search_rows: Iterable[Mapping[str, Any]],
+    tolerance: float = DEFAULT_TOLERANCE,
+    trials_per_cell: int = DEFAULT_TRIALS_PER_CELL,
+) -> Audit:
+    """lr_search's winners (source `lr_search`, finished pre-training rows) against the grid's optima.
+
+    A cell searched more than once is judged by its latest row. Its compute is
+    `trials_per_cell` × the winner's FLOPs: lr_search records only the winner,
+    and each trial of a cell trains the same model for the same steps.
+    """
+    _check(tolerance)
+    if trials_per_cell < 1:
+        raise TunerError(f"trials per cell must be at least 1, got {trials_per_cell}")
+    cells = grid_cells(grid_rows)
+    graded = _graded(cells)
+    searched: dict[CellKey, list[Mapping[str, Any]]] = defaultdict(list)
+    other: set[CellKey] = set()
+    for row in _as_rows(search_rows):
+        if not _is_pretrain(row) or row.get("status") not in TUNED_STATUSES:
+            continue
+        if row.get("source") == SEARCH_SOURCE:
+            searched[_row_key(row)].append(row)
+        else:
+            other.add(_row_key(row))
+
+    audited = []
+    for cell in graded:
+        if cell.key not in searched:
+            continue
+        row = _latest(searched[cell.key])
+        flops = _number(row.get("flops"))
+        audited.append(
+            _audit_cell(
+                cell, float(row["lr"]), _number(row.get("final_val_loss")), tolerance, trials_per_cell,
+                None if flops is None else trials_per_cell * flops,
+            )
+        )
+    anchors = [c for c in graded if c.key in other and c.key not in searched]
+    unmatched = [k for k in searched if k not in cells or cells[k].best_lr is None]
+    return _summarise(
+        "search",
+        tolerance,
+        audited,
+        cells,
+        unmatched=tuple(cell_name(k) for k in sorted(unmatched, key=_sort_key)),
+        unsearched=tuple(c.name for c in graded if c.key not in searched and c.key not in other),
+        anchors=tuple(c.name for c in anchors),
+        anchor_flops=float(sum(c.flops for c in anchors)),
+    )
+
+
+def _sort_key(key: CellKey) -> tuple:
+    label, epochs, batch_size, dataset = key
+    return (label, epochs, batch_size, dataset or "")
+
+
+def _tuned_row(cell: GridCell, lr: float, loss: float) -> dict[str, Any]:
+    """The winner as the planner reads a tuned cell: a finished pre-training row."""
+    return {
+        "trial_id": f"replay-{cell.label}-{cell.epochs:g}-{lr:g}",
+        "kind": "pretrain",
+        "status": "finished",
+        "variant": cell.variant,
+        "width_mult": cell.width_mult,
+        "depth_mult": cell.depth_mult,
+        "params": cell.params,
+        "epochs": cell.epochs,
+        "lr": lr,
+        "batch_size": cell.batch_size,
+        "dataset": cell.dataset,
+        "final_val_loss": loss,
+    }
+
+
+def replay(
+    grid_rows: Iterable[Mapping[str, Any]],
+    tolerance: float = DEFAULT_TOLERANCE,
+    extend: bool = False,
+    margin: float = WIDE_MARGIN,
+) -> Audit:
+    """lr_search's walk simulated on the grid, at no compute beyond the grid's.
+
+    Cells are walked smallest model first, then shortest budget, from an empty
+    ledger (so the first cell's bound is the paper's 1.6 at batch 4096, scaled).
+    Each cell's two planned LRs are looked up in the grid; those it never ran are
+    reported as off the grid and the decision is made among the others. With
+    `extend`, a wide win of the lower LR adds the third trial one grid step lower,
+    as `lr_search --extend` does. The winner joins the tuned cells that bound the
+    later ones; a cell whose trials all diverged (or ran nowhere in the grid)
+    tunes nothing, as lr_search then records nothing.
+    """
+    _check(tolerance)
+    cells = grid_cells(grid_rows)
+    so_far: list[dict[str, Any]] = []
+    audited = []
+    for cell in _graded(cells):
+        planned = plan(so_far, cell.label, cell.epochs, cell.batch_size, cell.params, dataset=cell.dataset)
+        results, off_grid = [], []
+        for lr in planned.lrs:
+            outcome = cell.outcome(lr)
+            if outcome is None:
+                off_grid.append(lr)
+            else:
+                results.append(outcome)
+        decision = decide(results, margin) if results else None
+        if extend and decision is not None and decision.wide_margin and decision.suggest_extension is not None:
+            outcome = cell.outcome(decision.suggest_extension)
+            if outcome is None:
+                off_grid.append(decision.suggest_extension)
+            else:
+                results.append(outcome)
+                decision = decide(results, margin)
+        notes = []
+        if off_grid:
+            notes.append(f"lr {', '.join(f'{lr:g}' for lr in off_grid)} not in the grid")
+        if decision is None:
+            notes.append("no planned LR in the grid: nothing tuned")
+        elif decision.winner is None:
+            notes.append("every trial diverged: nothing tuned")
+        else:
+            so_far.append(_tuned_row(cell, decision.winner, decision.winner_loss))
+        spent = [cell.flops_at(lr) for lr, _, _ in results]
+        audited.append(
+            _audit_cell(
+                cell,
+                decision.winner if decision else None,
+                decision.winner_loss if decision else None,
+                tolerance,
+                len(results),
+                None if None in spent else float(sum(spent)),
+                lrs_run=tuple(lr for lr, _, _ in results),
+                off_grid=tuple(off_grid),
+                note="; ".join(notes),
+            )
+        )
+    return _summarise("replay", tolerance, audited, cells)
+
+
+# ---------------------------------------------------------------- output
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.3g}%"
+
+
+def summary_sentence(result: Audit) -> str:
+    """One line: found the grid optimum in X of N cells, within 0.5% in Y of N, using Z% of its compute."""
+    n = result.n_cells
+    if n == 0:
+        return "no cell of the grid was searched: nothing to compare"
+    compute = (
+        f"using {_pct(result.share)} of the grid's compute"
+        if result.share is not None
+        else "at a compute the rows do not record (no flops)"
+    )
+    return (
+        f"found the grid optimum in {result.n_exact} of {n} cells, within {_pct(result.tolerance)} "
+        f"in {result.n_within} of {n}, {compute}"
+    )
+
+
+def _num(value: float | None, spec: str = ".4g") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _row_markdown(c: AuditCell, kind: str) -> str:
+    edge = {"low": " (low edge)", "high": " (high edge)", "both": " (only lr)"}.get(c.grid_edge or "", "")
+    gap = "–" if c.gap is None else f"{100 * c.gap:+.2f}%"
+    within = "yes (exact)" if c.exact else ("yes" if c.within else "no")
+    trials = ", ".join(f"{lr:g}" for lr in c.lrs_run) if kind == "replay" else f"{c.trials} × the winner's"
+    return (
+        f"| {c.label} | {c.epochs:g} | {c.grid_best_lr:g}{edge} | {c.grid_best_loss:.4f} | "
+        f"{_num(c.found_lr, 'g')} | {_num(c.found_loss, '.4f')} | {gap} | {within} | {trials or '–'} | "
+        f"{_num(c.search_flops, '.3g')} |"
+    )
+
+
+def audit_markdown(result: Audit, title: str, level: int = 2) -> str:
+    """A Markdown section: one table row per cell and the summary sentence."""
+    heading = "#" * level
+    if result.kind == "replay":
+        about = (
+            "lr_search's walk replayed on the grid: cells by size then epoch budget, the first bounded by the "
+            "paper's 1.6 at batch 4096 scaled to its batch, each later one by the cells replayed before it; "
+            "each cell's planned LRs are looked up among the grid's runs (no new training)."
+        )
+    else:
+        about = (
+            f"The lr_search rows of a real walk (one winner per cell) against the grid's optimum; a cell's "
+            f"compute is {result.cells[0].trials if result.cells else DEFAULT_TRIALS_PER_CELL} trials × the "
+            "winner's FLOPs, since lr_search records only the winner."
+        )
+    lines = [f"{heading} {title}", "", about, ""]
+    if result.cells:
+        lines += [
+            f"| cell | epochs | grid optimum lr | grid loss | found lr | found loss | gap | "
+            f"within {_pct(result.tolerance)}? | trials | compute (FLOPs) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [_row_markdown(c, result.kind) for c in result.cells]
+        lines.append("")
+    sentence = summary_sentence(result)
+    lines.append(f"**{sentence[0].upper()}{sentence[1:]}**" + (
+        f" ({result.search_flops:.3g} of {result.grid_flops_total:.3g} FLOPs; the audited cells' grid runs "
+        f"took {result.grid_flops_audited:.3g})." if result.share is not None else "."
+    ))
+    notes = [f"{c.label} at {c.epochs:g} epochs: {c.note}" for c in result.cells if c.note]
+    if any(c.grid_edge for c in result.cells):
+        notes.append("an optimum at the edge of the grid's LRs is only a bound: the grid tried nothing beyond it")
+    if result.anchors:
+        notes.append(
+            f"tuned outside lr_search (e.g. the walk's anchor), not in the share: {'; '.join(result.anchors)} "
+            f"(their grid runs took {result.anchor_flops:.3g} FLOPs)"
+        )
+    if result.unsearched:
+        notes.append(f"grid cells with no lr_search row: {'; '.join(result.unsearched)}")
+    if result.unmatched:
+        notes.append(f"lr_search rows with no grid cell to compare with: {'; '.join(result.unmatched)}")
+    if result.ungraded:
+        notes.append(f"grid cells with no finished run (no optimum): {'; '.join(result.ungraded)}")
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def section_markdown(replayed: Audit | None, searched: Audit | None, level: int = 2, note: str = "") -> str:
+    """The report's section: the real walk's audit (if any), then the replay (or why there is none)."""
+    lines = [f"{'#' * level} Two-trial LR search against the grid", ""]
+    parts = ["\n".join(lines)]
+    if searched is not None:
+        parts.append(audit_markdown(searched, "The walk's lr_search rows", level + 1))
+    if replayed is not None:
+        parts.append(audit_markdown(replayed, "The walk replayed on the grid", level + 1))
+    if note:
+        parts.append(note + "\n")
+    return "\n".join(parts)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def audit_json(result: Audit) -> dict[str, Any]:
+    """The audit as a JSON-safe dict (NaN becomes null), with its summary sentence."""
+    return _json_safe({**dataclasses.asdict(result), "summary": summary_sentence(result)})
+
+
+# ---------------------------------------------------------------- reading ledgers
+
+
+def read_ledger_rows(uri: str, flag: str) -> list[dict[str, Any]]:
+    """Every row of a ledger as written (no renaming), or a TunerError naming `flag`."""
+    from tuner.ledger import Ledger
+
+    rows = Ledger(uri).read().to_pylist()
+    if not rows:
+        raise TunerError(f"the ledger at {uri} ({flag}) is empty or does not exist; check the path")
+    return rows
+
+
+def read_search_rows(uri: str, flag: str) -> list[dict[str, Any]]:
+    """A walk's ledger: it must hold at least one finished lr_search pre-training row."""
+    rows = read_ledger_rows(uri, flag)
+    if not any(
+        r.get("source") == SEARCH_SOURCE and _is_pretrain(r) and r.get("status") in TUNED_STATUSES for r in rows
+    ):
+        raise TunerError(
+            f"the ledger at {uri} ({flag}) has no finished lr_search pre-training rows; "
+            "pass the ledger tuner.lr_search wrote to"
+        )
+    return rows
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tuner.lr_audit",
+        description="Compare the two-trial LR search with a full LR grid: how often it finds each cell's "
+        "optimum (or a loss within the tolerance of it), and at what share of the grid's compute.",
+    )
+    p.add_argument("--grid", required=True, metavar="LEDGER", help="ledger of the full grid (tuner.sweep --grid)")
+    p.add_argument("--search", metavar="LEDGER", help="ledger a walk of tuner.lr_search wrote to (optional)")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help="relative loss gap that still counts as found (default 0.005 = 0.5%%)")
+    p.add_argument("--trials-per-cell", type=int, default=DEFAULT_TRIALS_PER_CELL,
+                   help="trials lr_search ran per cell, for its compute (default 2)")
+    p.add_argument("--extend", action="store_true", help="replay lr_search --extend (a third trial after a wide win)")
+    p.add_argument("--margin", type=float, default=WIDE_MARGIN,
+                   help="relative loss gap that counts as a wide win, for --extend (default 0.05)")
+    p.add_argument("--json", action="store_true", help="print the numbers as one JSON object on stdout")
+    p.add_argument("--out", metavar="FILE.md", help="also write the Markdown to this file")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args.tolerance)
+    if args.trials_per_cell < 1:
+        raise TunerError(f"--trials-per-cell must be at least 1, got {args.trials_per_cell}")
+    if args.margin < 0:
+        raise TunerError(f"--margin must be >= 0, got {args.margin}")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.is_dir():
+        raise TunerError(f"--out {out} is a directory; give a file name such as lr_audit.md")
+    grid_rows = read_ledger_rows(args.grid, "--grid")
+    replayed = replay(grid_rows, args.tolerance, extend=args.extend, margin=args.margin)
+    searched = None
+    if args.search:
+        searched = audit(grid_rows, read_search_rows(args.search, "--search"), args.tolerance, args.trials_per_cell)
+    markdown = section_markdown(replayed, searched, level=1)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(markdown)
+    if args.json:
+        print(json.dumps(
+            {
+                "grid": args.grid,
+                "search": args.search,
+                "lr_search": None if searched is None else audit_json(searched),
+                "lr_replay": audit_json(replayed),
+            },
+            allow_nan=False,
+        ))
+    elif out is None:
+        print(markdown, end="")
+    else:
+        if searched is not None:
+            print(f"walk: {summary_sentence(searched)}")
+        print(f"replay: {summary_sentence(replayed)}")
+        print(f"wrote {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except TunerError as err:
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
