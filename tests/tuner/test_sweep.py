@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from ray import tune
 
-from search_spaces import Preset
+from search_spaces import Preset, known_presets
 from tuner.errors import TunerError
 from tuner.ledger import Ledger
 from tuner.sweep import (
@@ -56,7 +56,7 @@ def run_main(capsys, *argv: str) -> tuple[int, str, str]:
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--preset", "nope"], "unknown preset 'nope'; known presets: paper, cpu-fashion, cpu-smoke"),
+        (["--preset", "nope"], f"unknown preset 'nope'; known presets: {', '.join(known_presets())} (or give"),
         (["--budget-flops", "0"], "--budget-flops must be a positive number"),
         (["--budget-device-hours", "-1"], "--budget-device-hours must be a positive number"),
         (["--budget-flops", "1e12", "--budget-device-hours", "1"], "give one compute budget"),
