@@ -15,7 +15,10 @@ spent (trials stopped early count what they used). Every trial that ends is one
 ledger row (source `sweep`). `--resume` restores the experiment with
 `Tuner.restore`: finished trials are kept, unfinished ones continue from their
 checkpoints, the searcher continues its study and GroupedASHA rebuilds its rungs and
-the budget from the trials' stored results. A resumed sweep runs as it was started
+the budget from the trials' stored results. `--grid --skip-recorded` continues a grid
+from its ledger alone (a new checkout, a new cluster, an experiment directory that is
+gone): cells the ledger already holds as finished or diverged runs of the same
+trainer settings are not run again. A resumed sweep runs as it was started
 (preset, budget, searcher, ledger and placement come from the experiment directory);
 only --address, --storage/--name/--preset (which sweep) and the fine-tuning flags apply.
 
@@ -84,6 +87,7 @@ class SweepOptions:
     fast_compile: bool | None = None
     max_failures: int = 2
     resume: bool = False
+    skip_recorded: bool = False
     name: str | None = None
     address: str | None = None
     num_cpus: int | None = None
@@ -128,6 +132,7 @@ class SweepPlan:
     seed: int
     max_failures: int
     notes: list[str] = field(default_factory=list)
+    recorded: int = 0  # grid cells left out because the ledger holds them (--skip-recorded)
 
     @property
     def path(self) -> str:
@@ -144,6 +149,7 @@ class SweepPlan:
             "startup_trials": self.startup,
             "space": grid_space(self.preset),
             "cells": len(self.preset.cells()),
+            "recorded_cells_skipped": self.recorded,
             "base_config": self.base_config,
             "accelerator": self.accelerator,
             "cpus_per_trial": self.cpus_per_trial,
@@ -169,7 +175,9 @@ class SweepPlan:
             self.preset.describe(),
             f"experiment {self.experiment} at {self.path}",
             f"search: {self.mode}, {self.num_samples} trials"
-            + (f" ({self.startup} distinct start-up cells, then TPE)" if self.mode == "optuna" else ""),
+            + (f" ({self.startup} distinct start-up cells, then TPE)" if self.mode == "optuna" else "")
+            + (f" ({self.recorded} of {len(self.preset.cells())} cells already in the ledger)"
+               if self.recorded else ""),
             f"scheduler: GroupedASHA per (variant, epochs), rungs from {self.preset.grace_period:g} of each run, "
             f"reduction factor {self.preset.reduction_factor:g}",
             f"compute budget: {budget}; concurrency: {self.max_concurrent or 'as resources allow'}; "
@@ -180,8 +188,9 @@ class SweepPlan:
         ]
         if self.optuna_storage:
             lines.append(f"optuna study {self.study_name} in {self.optuna_storage}")
-        for point in self.points:
-            lines.append(f"  start point: {point['variant']} epochs={point['epochs']:g} lr={point['lr']:g}")
+        if self.mode == "optuna":
+            for point in self.points:
+                lines.append(f"  start point: {point['variant']} epochs={point['epochs']:g} lr={point['lr']:g}")
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 
@@ -286,6 +295,40 @@ def startup_points(preset: Preset, count: int, seed: int, taken: Sequence[Mappin
     random.Random(seed).shuffle(cells)
     fresh = [c for c in cells if c not in seen][: max(count, 0)]
     return [{"variant": v, "epochs": e, "lr": lr} for v, e, lr in fresh]
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a is not None and b is not None and math.isclose(float(a), float(b), rel_tol=1e-6)
+
+
+def recorded_cells(rows: Iterable[Mapping[str, Any]], preset: Preset, base: Mapping[str, Any]) -> list[Any]:
+    """The preset's cells that ledger `rows` already hold as a run with the sweep's trainer
+    settings: a finished or diverged pre-training row of the same model, epochs, LR, batch
+    size, dataset, resolution and seed (what a ledger row records of a trial's config).
+
+    Stopped rows do not count (their run did not reach its end), nor do imported ones
+    (they do not say how they were trained).
+    """
+    from tuner.trainable import dataset_label, ledger_resolution
+
+    dataset = dataset_label(base.get("dataset"), base.get("max_train_examples"))
+    batch_size, seed = int(base.get("batch_size", 256)), int(base.get("seed", 0))
+    held: dict[tuple[str, float], list[float]] = {}
+    for row in rows:
+        if row.get("kind") != "pretrain" or row.get("status") not in ("finished", "diverged"):
+            continue
+        if row.get("dataset") != dataset or row.get("batch_size") != batch_size or row.get("seed") != seed:
+            continue
+        label = cell_label(row["variant"], row.get("width_mult") or 1.0, row.get("depth_mult") or 1.0)
+        if row.get("resolution") != ledger_resolution(base, row["variant"], row.get("width_mult") or 1.0,
+                                                      row.get("depth_mult") or 1.0):
+            continue
+        held.setdefault((label, float(row["epochs"])), []).append(float(row["lr"]))
+    return [
+        cell for cell in preset.cells()
+        if any(_same(lr, cell.lr) for (label, epochs), lrs in held.items()
+               if label == cell.label and _same(epochs, cell.epochs) for lr in lrs)
+    ]
 
 
 def default_experiment_name(preset: Preset, now: datetime | None = None) -> str:
@@ -401,6 +444,8 @@ def plan_sweep(options: SweepOptions, preset: Preset | None = None, now: datetim
         raise TunerError("--grid runs every cell once; drop --point (start points are for Optuna sweeps)")
     if options.grid and options.num_samples is not None:
         raise TunerError(f"--grid runs all {len(preset.cells())} cells; drop --num-samples")
+    if options.skip_recorded and not options.grid:
+        raise TunerError("--skip-recorded continues a grid from its ledger; add --grid")
     if options.then_finetune and not options.finetune_dataset:
         raise TunerError("--then-finetune needs --finetune-dataset (e.g. digits)")
     if options.finetune_top_k < 1:
@@ -426,8 +471,18 @@ def plan_sweep(options: SweepOptions, preset: Preset | None = None, now: datetim
             placements[cell.label] = placement_for_config({**base, **cell.config()}, options.accelerator,
                                                           options.cpus_per_trial)
 
+    ledger = options.ledger or default_ledger_uri()
     points = [parse_point(text, preset) for text in options.points]
-    if options.grid:
+    recorded = 0
+    if options.grid and options.skip_recorded:
+        from tuner.ledger import Ledger
+
+        held = recorded_cells(Ledger(ledger).read().to_pylist(), preset, base)
+        recorded = len(held)
+        # The cells still to run, as fixed points: Optuna's grid sampler cannot leave cells out.
+        points = [{"variant": c.label, "epochs": c.epochs, "lr": c.lr} for c in preset.cells() if c not in held]
+        mode, num_samples, startup = "grid", len(points), 0
+    elif options.grid:
         mode, num_samples, startup = "grid", len(preset.cells()), 0
     else:
         mode = "optuna"
@@ -450,12 +505,13 @@ def plan_sweep(options: SweepOptions, preset: Preset | None = None, now: datetim
         placements=placements,
         max_concurrent=options.max_concurrent,
         budget=budget,
-        ledger=options.ledger or default_ledger_uri(),
+        ledger=ledger,
         optuna_storage=options.optuna_storage,
         study_name=options.study_name or name,
         seed=options.seed,
         max_failures=options.max_failures,
         notes=notes,
+        recorded=recorded,
     )
 
 
@@ -670,6 +726,8 @@ def run_sweep(
     from ray import tune
 
     if options.resume:
+        if options.skip_recorded:
+            raise TunerError("--resume continues a sweep from its experiment directory; drop --skip-recorded")
         target = preset.name if preset is not None else (
             get_preset(options.preset, cpu=options.cpu).name if options.preset else None)
         path = find_experiment(storage_path(options.storage), options.name, target)
@@ -686,6 +744,10 @@ def run_sweep(
 
     plan = plan_sweep(options, preset)
     log(plan.describe())
+    if plan.num_samples == 0:
+        log(f"every cell of the grid is already in the ledger {plan.ledger}; nothing to run")
+        rows = _experiment_rows(plan.ledger, plan.experiment)
+        return SweepResult(plan.to_json(), plan.experiment, plan.path, rows, 0, 0.0, 0.0, plan.budget)
     quiet_tune_output()
     connection = connect(options.address, num_cpus=options.num_cpus)
     try:
@@ -809,6 +871,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the latest sweep (of --preset, if given) under --storage, or --name; "
                    "it runs with the settings it was started with")
+    p.add_argument("--skip-recorded", action="store_true",
+                   help="with --grid: leave out cells the ledger already holds as finished or diverged runs "
+                   "of the same trainer settings (continue a grid from its ledger)")
     p.add_argument("--name", default=None, help="experiment name (default sweep-<preset>-<time>)")
     p.add_argument("--address", default=None, help="an existing Ray cluster (host:port or auto); default: local Ray")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
@@ -855,8 +920,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(plan.describe())
                 if plan.mode == "grid":
-                    for cell in plan.preset.cells():
-                        print(f"  cell {cell.label} epochs={cell.epochs:g} lr={cell.lr:g}")
+                    cells = plan.points if options.skip_recorded else [
+                        {"variant": c.label, "epochs": c.epochs, "lr": c.lr} for c in plan.preset.cells()]
+                    for cell in cells:
+                        print(f"  cell {cell['variant']} epochs={cell['epochs']:g} lr={cell['lr']:g}")
             return 0
         result = run_sweep(options, log=log)
         if options.json:

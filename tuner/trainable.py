@@ -187,7 +187,8 @@ def _finite_min(*values: Any) -> float | None:
     return min(finite) if finite else None
 
 
-def _resolution(config: Mapping[str, Any], variant: str, width: float, depth: float) -> int | None:
+def ledger_resolution(config: Mapping[str, Any], variant: str, width: float, depth: float) -> int | None:
+    """The training resolution a ledger row records: the config's, else the variant's own."""
     if config.get("resolution"):
         return int(config["resolution"])
     from nfnet.errors import NFNetError
@@ -234,7 +235,7 @@ def ledger_row(
         "lr": float(config["lr"]),
         "batch_size": int(config.get("batch_size", 256)),
         "dataset": dataset_label(config.get("dataset"), config.get("max_train_examples")),
-        "resolution": _resolution(config, variant, width, depth),
+        "resolution": ledger_resolution(config, variant, width, depth),
         "seed": int(config.get("seed", 0)),
         "final_val_loss": None if loss is None else float(loss),
         "best_val_loss": _finite_min(best_val_loss, last_result.get(BEST_VAL_LOSS), loss),

@@ -156,6 +156,52 @@ def test_startup_points_are_distinct_seeded_and_skip_given_points():
     assert len(startup_points(preset, 50, seed=3, taken=given)) == 7
 
 
+def _row(lr, **changes):
+    """A ledger row of a tiny_preset() trial at `lr` (its trainer settings unless changed)."""
+    row = dict(trial_id=f"old/{lr}-{sorted(changes.items())}", experiment="old", kind="pretrain", variant="nano",
+               width_mult=1.0, depth_mult=1.0, epochs=1.0, lr=lr, batch_size=64, dataset="digits[512]",
+               resolution=16, seed=0, final_val_loss=1.0, status="finished", source="sweep")
+    row.update(changes)
+    return row
+
+
+def test_skip_recorded_plans_only_the_cells_the_ledger_lacks(tmp_path, capsys):
+    preset = tiny_preset()  # nano at 1 epoch x 4 LRs
+    low, a, b, c = preset.lrs
+    Ledger(str(tmp_path / "ledger")).append([
+        _row(a), _row(b, status="diverged"),  # both reached a verdict: not run again
+        _row(c, status="stopped"),  # cut short: runs again
+        _row(low, seed=1), _row(low, dataset="digits"), _row(low, resolution=32),  # other settings
+        _row(low, batch_size=128), _row(low, kind="finetune"), _row(low, variant="micro"),
+    ])
+    options = SweepOptions(grid=True, skip_recorded=True, ledger=str(tmp_path / "ledger"))
+    plan = plan_sweep(options, preset=preset)
+    assert plan.mode == "grid" and plan.recorded == 2 and plan.num_samples == 2
+    assert plan.points == [{"variant": "nano", "epochs": 1.0, "lr": low}, {"variant": "nano", "epochs": 1.0, "lr": c}]
+    assert "(2 of 4 cells already in the ledger)" in plan.describe()
+    # Without the flag the grid is whole; with an empty ledger nothing is skipped.
+    assert plan_sweep(dataclasses.replace(options, skip_recorded=False), preset=preset).num_samples == 4
+    empty = plan_sweep(dataclasses.replace(options, ledger=str(tmp_path / "none")), preset=preset)
+    assert empty.num_samples == 4 and empty.recorded == 0
+    # Every cell recorded: the sweep has nothing to run and says so without starting Ray.
+    Ledger(str(tmp_path / "ledger")).append([_row(low), _row(c)])
+    lines = []
+    result = run_sweep(options, preset=preset, log=lines.append)
+    assert result.trials == 0 and "nothing to run" in lines[-1]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--skip-recorded"], "--skip-recorded continues a grid from its ledger; add --grid"),
+        (["--resume", "--skip-recorded", "--grid"], "drop --skip-recorded"),
+    ],
+)
+def test_skip_recorded_mistakes(capsys, tmp_path, argv, message):
+    code, _, err = run_main(capsys, *argv, "--storage", str(tmp_path))
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
 def test_overrides_are_typed():
     assert parse_overrides(["a=1", "b=0.5", "c=none", "d=true", "e=bfloat16", "f=1e-6"]) == {
         "a": 1, "b": 0.5, "c": None, "d": True, "e": "bfloat16", "f": 1e-6}
@@ -270,6 +316,28 @@ def test_an_interrupted_sweep_resumes_without_rerunning_or_rerecording(trial_env
     # The finished trial was not run again: Ray holds no new result for it.
     assert after_results[first] == before_results[first]
     assert set(after_results) == {r["trial_id"].split("/", 1)[1] for r in rows}
+
+
+@pytest.mark.slow
+def test_a_grid_continues_from_its_ledger_alone(trial_env, tmp_path):
+    """The experiment directory is gone (a new checkout, a new cluster): the ledger is
+    all that is left, and --skip-recorded runs only the cells it lacks."""
+    preset = tiny_preset(lr_exponents=(1, 2, 3))
+    marker = tmp_path / "interrupted"
+    ledger = str(tmp_path / "ledger")
+    run_sweep(SweepOptions(grid=True, max_concurrent=1, num_cpus=2, storage=str(tmp_path / "first"),
+                           ledger=ledger, name="first", skip_recorded=True),
+              preset=preset, callbacks=[InterruptAfterFirstTrial(str(marker))], log=lambda *a: None)
+    first_rows = experiment_rows(tmp_path / "ledger", "first")
+    assert len(first_rows) == 1
+
+    result = run_sweep(SweepOptions(grid=True, skip_recorded=True, num_cpus=2, storage=str(tmp_path / "second"),
+                                    ledger=ledger, name="second"), preset=preset, log=lambda *a: None)
+
+    second_rows = experiment_rows(tmp_path / "ledger", "second")
+    assert result.plan_json["recorded_cells_skipped"] == 1 and result.trials == 2
+    assert first_rows[0]["lr"] not in [r["lr"] for r in second_rows]
+    assert sorted(r["lr"] for r in first_rows + second_rows) == pytest.approx(sorted(preset.lrs))
 
 
 def test_an_optuna_storage_keeps_the_study_to_inspect_and_continue(tmp_path):
