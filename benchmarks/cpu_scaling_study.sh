@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # The CPU-scale reproduction study of docs/cpu_scaling_study.md, end to end, with
 # nfscale's own commands. Rerun it to continue after an interruption: the grid
-# resumes from Ray's experiment state, the LR walk skips cells its ledger already
-# holds, and finished stages are not repeated.
+# resumes from Ray's experiment state (or, where that is gone, from its ledger with
+# --skip-recorded), the LR walk skips cells its ledger already holds, and finished
+# stages are not repeated.
 #
-#     bash benchmarks/cpu_scaling_study.sh            # everything, about 1.5 h on 2 cores
+#     bash benchmarks/cpu_scaling_study.sh            # everything, about 2 h on 2 cores
 #     STUDY_DIR=elsewhere bash benchmarks/cpu_scaling_study.sh
+#     STUDY_FROM=docs/cpu_scaling_study bash benchmarks/cpu_scaling_study.sh
+#
+# STUDY_FROM continues in a new checkout from a recorded study's ledgers (a directory
+# holding grid-ledger/ and walk-ledger/, as docs/cpu_scaling_study/ does): they are
+# copied in where the study directory has none, and only what they lack is run. Only
+# the ledgers travel, not the checkpoints, so promotion needs its parent's checkpoint
+# on this machine (tuner.promote says so when it is missing).
 #
 # Stages: (1) the full grid with tuner.sweep, (2) tuner.lr_search walked through
 # the cells in order of size then epoch budget, (3) tuner.promote of the best
@@ -22,13 +30,23 @@ EPOCHS=(0.125 0.25 0.5 1)
 mkdir -p "$OUT/walk"
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
+if [ -n "${STUDY_FROM:-}" ]; then
+    for ledger in grid-ledger walk-ledger; do
+        if [ -d "$STUDY_FROM/$ledger" ] && [ ! -d "$OUT/$ledger" ]; then
+            stamp "continuing from $STUDY_FROM/$ledger"
+            cp -r "$STUDY_FROM/$ledger" "$OUT/$ledger"
+        fi
+    done
+fi
+
 # (1) The grid: 3 sizes x 4 epoch budgets x 6 LRs, every run to its end.
 if [ ! -f "$OUT/grid.done" ]; then
-    resume=()
-    [ -d "$OUT/cpu-scaling-grid" ] && resume=(--resume)
-    stamp "grid: tuner.sweep --preset cpu-scaling --grid ${resume[*]}"
+    # Ray's experiment state when it is here; else the cells the ledger lacks.
+    continue_from=(--skip-recorded)
+    [ -d "$OUT/cpu-scaling-grid" ] && continue_from=(--resume)
+    stamp "grid: tuner.sweep --preset cpu-scaling --grid ${continue_from[*]}"
     "$PY" -m tuner.sweep --preset cpu-scaling --grid --name cpu-scaling-grid \
-        --storage "$OUT" --ledger "$GRID_LEDGER" "${resume[@]}"
+        --storage "$OUT" --ledger "$GRID_LEDGER" "${continue_from[@]}"
     touch "$OUT/grid.done"
 fi
 
@@ -77,11 +95,12 @@ for variant in "${VARIANTS[@]}"; do
 done
 
 # (3) Promote the best pre-trained model (lowest final held-out loss) to digits at 32px.
-if [ ! -f "$OUT/promote.done" ]; then
+promoted=$("$PY" -m tuner.ledger show --ledger "$GRID_LEDGER" --kind finetune --json |
+           "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)))')
+if [ "$promoted" = "0" ]; then
     stamp "promote: tuner.promote --dataset digits --resolution 32"
     "$PY" -m tuner.promote --ledger "$GRID_LEDGER" --dataset digits --resolution 32 \
         --name cpu-scaling-finetune --storage "$OUT" --json > "$OUT/promote.json"
-    touch "$OUT/promote.done"
 fi
 
 # (4) Scaling laws, the optimal-LR table and the walk against the grid.
