@@ -12,8 +12,15 @@ warms up linearly and decays to 0 along a cosine.
 
 ``optax.trace(decay=m, nesterov=True)`` computes exactly the two momentum lines
 (tests/nfnet/test_optim.py checks it by hand), so it is used as is.
+
+lr(step) = peak · shape(step): the shape (warmup, cosine) is a function of the step
+compiled into the program, the peak is a value in the optimizer state
+(``optax.inject_hyperparams``). Runs that differ only in their LR therefore compile to
+the same program, and JAX's persistent compilation cache serves a whole LR grid of a
+(model, epoch budget) from one compile.
 """
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
@@ -125,15 +132,22 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decayed, params)
 
 
-def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    """AGC → coupled weight decay (kernels) → SGD momentum (Nesterov) → × -lr(step)."""
+def make_optimizer(cfg: OptimConfig, peak_lr: Any = None) -> optax.GradientTransformation:
+    """AGC → coupled weight decay (kernels) → SGD momentum (Nesterov) → × shape(step) → × -peak.
+
+    The peak (``cfg.lr`` unless ``peak_lr`` is given: a jitted init may pass it as a
+    traced value so that its program does not depend on it either) is set into the
+    state by ``init``; ``update`` reads it from the state, never from ``cfg``.
+    """
     # Every stage is always present so the optimizer state has the same structure
     # whatever the values (a checkpoint restores under any of them).
     clip = (optax.identity() if cfg.clipping is None
             else adaptive_grad_clip(cfg.clipping, cfg.agc_eps, cfg.agc_exclude))
+    peak = cfg.lr if peak_lr is None else peak_lr
     return optax.chain(
         clip,
         optax.add_decayed_weights(cfg.weight_decay, mask=weight_decay_mask),
         optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov),
-        optax.scale_by_learning_rate(make_schedule(cfg)),
+        optax.scale_by_schedule(make_schedule(dataclasses.replace(cfg, lr=1.0))),
+        optax.inject_hyperparams(optax.scale)(step_size=-peak),
     )

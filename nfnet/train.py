@@ -291,15 +291,17 @@ def make_train_step(spec: StepSpec) -> Callable[[dict, tuple], tuple[dict, dict]
 
 
 def init_state(spec: StepSpec, seed: int) -> dict:
-    """Fresh replicated train state (params from `seed`)."""
-    return _init_fn(spec)(jax.random.PRNGKey(seed))
+    """Fresh replicated train state (params from `seed`, the peak LR in the optimizer state)."""
+    return _init_fn(spec)(jax.random.PRNGKey(seed), jnp.float32(spec.optim.lr))
 
 
 @functools.lru_cache(maxsize=4)
-def _init_fn(spec: StepSpec) -> Callable[[jax.Array], dict]:
-    model, tx = spec.model, make_optimizer(spec.optim)
+def _init_fn(spec: StepSpec) -> Callable[[jax.Array, jax.Array], dict]:
+    model = spec.model
 
-    def init(key: jax.Array) -> dict:
+    def init(key: jax.Array, peak_lr: jax.Array) -> dict:
+        # The LR is an argument, not a constant: every LR of a grid shares this program.
+        tx = make_optimizer(spec.optim, peak_lr=peak_lr)
         init_key, rng = jax.random.split(key)
         # Parameter shapes do not depend on the resolution: initialise on a small image.
         params = model.init(init_key, jnp.zeros((1, 16, 16, 3), jnp.float32), train=False)["params"]

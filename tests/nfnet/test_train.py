@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import math
@@ -49,6 +50,45 @@ def run_cli(*args: str, module: str = "nfnet.train", env: dict | None = None) ->
 
 
 # ---------------------------------------------------------------- pure pieces
+
+def _step_spec(lr: float):
+    from jax.sharding import Mesh
+
+    from nfnet.optim import OptimConfig
+    from nfnet.train import DATA_AXIS, StepSpec
+    from nfnet.variants import get_variant
+
+    return StepSpec(variant=get_variant("nano"), num_classes=10, dtype="float32", stochdepth_rate=0.0,
+                    dropout_rate=0.0, label_smoothing=0.0, optim=OptimConfig(lr=lr, total_steps=6),
+                    sam_rho=0.0, sam_fraction=0.2, ema_decay=0.0, mesh=Mesh(np.array(jax.devices()), (DATA_AXIS,)),
+                    batch_size=8, resolution=16, eval_resolution=16)
+
+
+def test_runs_that_differ_only_in_lr_lower_to_the_same_programs():
+    """The peak LR is optimizer state, not a constant: a grid's LRs share compiled programs
+    (and so the persistent compilation cache), while the state carries each run's own LR."""
+    import jax.numpy as jnp
+
+    from nfnet.train import _init_fn, init_state, make_train_step
+
+    texts, states = [], []
+    for lr in (0.1, 0.4):
+        spec = _step_spec(lr)
+        init = _init_fn(spec).lower(jax.random.PRNGKey(0), jnp.float32(lr)).as_text()
+        state = init_state(spec, seed=0)
+        batch = (jnp.zeros((8, 16, 16, 3), jnp.float32), jnp.zeros((8,), jnp.int32))
+        step = jax.jit(make_train_step(spec)).lower(state, batch).as_text()
+        texts.append((init, step))
+        states.append(state)
+    assert texts[0] == texts[1]
+    peaks = [float(s["opt_state"][-1].hyperparams["step_size"]) for s in states]
+    assert peaks == pytest.approx([-0.1, -0.4])
+    # Another epoch budget is another schedule, compiled into the step.
+    other = dataclasses.replace(_step_spec(0.1), optim=dataclasses.replace(_step_spec(0.1).optim, total_steps=12))
+    state = init_state(other, seed=0)
+    batch = (jnp.zeros((8, 16, 16, 3), jnp.float32), jnp.zeros((8,), jnp.int32))
+    assert jax.jit(make_train_step(other)).lower(state, batch).as_text() != texts[0][1]
+
 
 def test_eval_schedule_is_evenly_spaced_and_deduplicated():
     assert eval_schedule(100, 8) == [13, 25, 38, 50, 63, 75, 88, 100]
