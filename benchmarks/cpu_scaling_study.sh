@@ -47,6 +47,15 @@ if [ ! -f "$OUT/grid.done" ]; then
     stamp "grid: tuner.sweep --preset cpu-scaling --grid ${continue_from[*]}"
     "$PY" -m tuner.sweep --preset cpu-scaling --grid --name cpu-scaling-grid \
         --storage "$OUT" --ledger "$GRID_LEDGER" "${continue_from[@]}"
+    # An interrupted sweep (Ctrl-C, a stopped driver) also exits 0: the grid is done
+    # when the ledger holds every cell, i.e. --skip-recorded would run nothing.
+    left=$("$PY" -m tuner.sweep --preset cpu-scaling --grid --skip-recorded --ledger "$GRID_LEDGER" \
+           --dry-run --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["num_samples"])')
+    if [ "$left" != "0" ]; then
+        echo "error: the grid's ledger lacks $left cell(s) (interrupted, or trials failed after their retries);" \
+             "rerun this script to continue" >&2
+        exit 1
+    fi
     touch "$OUT/grid.done"
 fi
 
