@@ -293,11 +293,16 @@ def _style(variants: Sequence[str]) -> dict[str, tuple[str, str]]:
 
 
 def _plain_log_labels(axis: Any) -> None:
-    """Label a log axis with plain numbers (2, 3, 4) rather than 2×10⁰."""
+    """Label a log axis with plain numbers (0.6, 0.7, 2, 3) rather than 6e-01 or 2×10⁰."""
     from matplotlib.ticker import LogFormatter
 
-    axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    class PlainLogFormatter(LogFormatter):
+        # LogFormatter decides which ticks get a label; its own text for values below 1 is 6e-01.
+        def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+            return f"{x:.3g}"
+
+    axis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
+    axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
 def _ticks_at(axis: Any, values: Sequence[float]) -> None:
