@@ -15,9 +15,10 @@
 # the ledgers travel, not the checkpoints, so promotion needs its parent's checkpoint
 # on this machine (tuner.promote says so when it is missing).
 #
-# Stages: (1) the full grid with tuner.sweep, (2) tuner.lr_search walked through
-# the cells in order of size then epoch budget, (3) tuner.promote of the best
-# pre-trained model to digits at 32px, (4) tuner.report and tuner.lr_audit.
+# Stages: (1) the full grid with tuner.sweep, (1b) two more seeds of the nano and
+# mini cells near their optima, (2) tuner.lr_search walked through the cells in order
+# of size then epoch budget, (3) tuner.promote of the best pre-trained model to digits
+# at 32px, (4) tuner.report, tuner.lr_audit and the seed-noise table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,13 +26,14 @@ PY=${PYTHON:-.venv/bin/python}
 OUT=${STUDY_DIR:-results/study}
 GRID_LEDGER=$OUT/grid-ledger
 WALK_LEDGER=$OUT/walk-ledger
+SEEDS_LEDGER=$OUT/seeds-ledger
 VARIANTS=(nano mini small)
 EPOCHS=(0.125 0.25 0.5 1)
 mkdir -p "$OUT/walk"
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
 if [ -n "${STUDY_FROM:-}" ]; then
-    for ledger in grid-ledger walk-ledger; do
+    for ledger in grid-ledger seeds-ledger walk-ledger; do
         if [ -d "$STUDY_FROM/$ledger" ] && [ ! -d "$OUT/$ledger" ]; then
             stamp "continuing from $STUDY_FROM/$ledger"
             cp -r "$STUDY_FROM/$ledger" "$OUT/$ledger"
@@ -39,25 +41,37 @@ if [ -n "${STUDY_FROM:-}" ]; then
     done
 fi
 
-# (1) The grid: 3 sizes x 4 epoch budgets x 6 LRs, every run to its end.
-if [ ! -f "$OUT/grid.done" ]; then
-    # Ray's experiment state when it is here; else the cells the ledger lacks.
-    continue_from=(--skip-recorded)
-    [ -d "$OUT/cpu-scaling-grid" ] && continue_from=(--resume)
-    stamp "grid: tuner.sweep --preset cpu-scaling --grid ${continue_from[*]}"
-    "$PY" -m tuner.sweep --preset cpu-scaling --grid --name cpu-scaling-grid \
-        --storage "$OUT" --ledger "$GRID_LEDGER" "${continue_from[@]}"
-    # An interrupted sweep (Ctrl-C, a stopped driver) also exits 0: the grid is done
-    # when the ledger holds every cell, i.e. --skip-recorded would run nothing.
-    left=$("$PY" -m tuner.sweep --preset cpu-scaling --grid --skip-recorded --ledger "$GRID_LEDGER" \
-           --dry-run --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["num_samples"])')
+# A grid with tuner.sweep, continued from Ray's experiment state when it is here, else
+# from the cells its ledger lacks. An interrupted sweep (Ctrl-C, a stopped driver) also
+# exits 0: the grid is done when its ledger holds every cell (--skip-recorded would run
+# nothing). run_grid NAME PRESET LEDGER [more tuner.sweep flags]
+run_grid() {
+    local name=$1 preset=$2 ledger=$3
+    shift 3
+    [ -f "$OUT/$name.done" ] && return 0
+    local continue_from=(--skip-recorded)
+    [ -d "$OUT/$name" ] && continue_from=(--resume)
+    stamp "$name: tuner.sweep --preset $preset --grid $* ${continue_from[*]}"
+    "$PY" -m tuner.sweep --preset "$preset" --grid --name "$name" --storage "$OUT" --ledger "$ledger" \
+        "$@" "${continue_from[@]}"
+    local left
+    left=$("$PY" -m tuner.sweep --preset "$preset" --grid --skip-recorded --ledger "$ledger" "$@" --dry-run --json |
+           "$PY" -c 'import json,sys; print(json.load(sys.stdin)["num_samples"])')
     if [ "$left" != "0" ]; then
-        echo "error: the grid's ledger lacks $left cell(s) (interrupted, or trials failed after their retries);" \
+        echo "error: $name's ledger lacks $left cell(s) (interrupted, or trials failed after their retries);" \
              "rerun this script to continue" >&2
         exit 1
     fi
-    touch "$OUT/grid.done"
-fi
+    touch "$OUT/$name.done"
+}
+
+# (1) The grid: 3 sizes x 4 epoch budgets x 7 LRs, every run to its end.
+run_grid cpu-scaling-grid cpu-scaling "$GRID_LEDGER"
+# (1b) Seed repeats of nano and mini at the LRs where their optima lie: how much of a
+# cell's LR ranking is noise (benchmarks/seed_noise.py).
+for seed in 1 2; do
+    run_grid "cpu-scaling-seed$seed" benchmarks/cpu_scaling_seeds.py "$SEEDS_LEDGER" --seed "$seed"
+done
 
 # (2) The two-trial LR search, cell by cell, smallest model and shortest budget first;
 # each cell's bound comes from the cells the walk has already tuned (its own ledger).
@@ -119,4 +133,5 @@ stamp "report: tuner.report and tuner.lr_audit"
 "$PY" -m tuner.lr_audit --grid "$GRID_LEDGER" --search "$WALK_LEDGER" --out "$OUT/lr_audit.md"
 "$PY" -m tuner.ledger show --ledger "$GRID_LEDGER" > "$OUT/grid-ledger.txt"
 "$PY" -m tuner.ledger show --ledger "$WALK_LEDGER" > "$OUT/walk-ledger.txt"
+"$PY" benchmarks/seed_noise.py --ledger "$GRID_LEDGER" --ledger "$SEEDS_LEDGER" > "$OUT/seed_noise.md"
 stamp "done: $OUT/report/summary.md, $OUT/lr_audit.md"
