@@ -1,36 +1,45 @@
 #!/usr/bin/env bash
 # The CPU-scale reproduction study of docs/cpu_scaling_study.md, end to end, with
-# nfscale's own commands. Rerun it to continue after an interruption: the grid
-# resumes from Ray's experiment state (or, where that is gone, from its ledger with
-# --skip-recorded), the LR walk skips cells its ledger already holds, and finished
-# stages are not repeated.
+# nfscale's own commands. Rerun it to continue after an interruption, or after the
+# presets grew: every stage works out what is missing and runs only that.
 #
-#     bash benchmarks/cpu_scaling_study.sh            # everything, about 2 h on 2 cores
+#     bash benchmarks/cpu_scaling_study.sh            # everything, about 2.5 h on 2 cores
 #     STUDY_DIR=elsewhere bash benchmarks/cpu_scaling_study.sh
 #     STUDY_FROM=docs/cpu_scaling_study bash benchmarks/cpu_scaling_study.sh
+#     RECORD_TO=docs/cpu_scaling_study bash benchmarks/cpu_scaling_study.sh
 #
 # STUDY_FROM continues in a new checkout from a recorded study's ledgers (a directory
-# holding grid-ledger/ and walk-ledger/, as docs/cpu_scaling_study/ does): they are
-# copied in where the study directory has none, and only what they lack is run. Only
-# the ledgers travel, not the checkpoints, so promotion needs its parent's checkpoint
-# on this machine (tuner.promote says so when it is missing).
+# holding grid-ledger/, seeds-ledger/ and walk-ledger/, as docs/cpu_scaling_study/
+# does): they are copied in where the study directory has none, and only what they
+# lack is run. Only the ledgers travel, not the checkpoints, so promotion needs its
+# parents' checkpoints on this machine (tuner.promote says so when one is missing).
+# RECORD_TO writes that record at the end: the ledgers (checkpoint paths relative to
+# the repository), the reports and the figures.
 #
 # Stages: (1) the full grid with tuner.sweep, (1b) two more seeds of the nano and
 # mini cells near their optima, (2) tuner.lr_search walked through the cells in order
-# of size then epoch budget, (3) tuner.promote of the best pre-trained model to digits
-# at 32px, (4) tuner.report, tuner.lr_audit and the seed-noise table.
+# of size then epoch budget, (3) tuner.promote of the best pre-trained models to
+# digits at 32px, (4) tuner.report, tuner.lr_audit and the seed-noise table,
+# (5) with RECORD_TO, the record.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-.venv/bin/python}
 OUT=${STUDY_DIR:-results/study}
+GRID_PRESET=cpu-scaling
+SEEDS_PRESET=benchmarks/cpu_scaling_seeds.py
 GRID_LEDGER=$OUT/grid-ledger
-WALK_LEDGER=$OUT/walk-ledger
 SEEDS_LEDGER=$OUT/seeds-ledger
-VARIANTS=(nano mini small)
-EPOCHS=(0.125 0.25 0.5 1)
+WALK_LEDGER=$OUT/walk-ledger
+FINETUNE_TOP_K=3
 mkdir -p "$OUT/walk"
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
+json_get() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+
+# The study's cells are the grid preset's.
+plan=$("$PY" -m tuner.sweep --preset "$GRID_PRESET" --grid --dry-run --json)
+read -r -a VARIANTS <<< "$(json_get '" ".join(d["space"]["variant"])' <<< "$plan")"
+read -r -a EPOCHS <<< "$(json_get '" ".join(f"{e:g}" for e in d["space"]["epochs"])' <<< "$plan")"
 
 if [ -n "${STUDY_FROM:-}" ]; then
     for ledger in grid-ledger seeds-ledger walk-ledger; do
@@ -41,36 +50,51 @@ if [ -n "${STUDY_FROM:-}" ]; then
     done
 fi
 
-# A grid with tuner.sweep, continued from Ray's experiment state when it is here, else
-# from the cells its ledger lacks. An interrupted sweep (Ctrl-C, a stopped driver) also
-# exits 0: the grid is done when its ledger holds every cell (--skip-recorded would run
-# nothing). run_grid NAME PRESET LEDGER [more tuner.sweep flags]
+# A grid with tuner.sweep until its ledger holds every cell. An interrupted sweep
+# (Ctrl-C, a stopped driver) exits 0 too, so what is left is read off the ledger
+# (what --skip-recorded would run). An unfinished experiment is first resumed from
+# Ray's state (its trials continue from their checkpoints); cells still missing (a
+# grid that grew, trials that failed after their retries, an experiment directory
+# that is gone) run as a new experiment NAME-2, NAME-3, ... with --skip-recorded.
+# run_grid NAME PRESET LEDGER [more tuner.sweep flags]
 run_grid() {
     local name=$1 preset=$2 ledger=$3
     shift 3
-    [ -f "$OUT/$name.done" ] && return 0
-    local continue_from=(--skip-recorded)
-    [ -d "$OUT/$name" ] && continue_from=(--resume)
-    stamp "$name: tuner.sweep --preset $preset --grid $* ${continue_from[*]}"
-    "$PY" -m tuner.sweep --preset "$preset" --grid --name "$name" --storage "$OUT" --ledger "$ledger" \
-        "$@" "${continue_from[@]}"
-    local left
-    left=$("$PY" -m tuner.sweep --preset "$preset" --grid --skip-recorded --ledger "$ledger" "$@" --dry-run --json |
-           "$PY" -c 'import json,sys; print(json.load(sys.stdin)["num_samples"])')
-    if [ "$left" != "0" ]; then
-        echo "error: $name's ledger lacks $left cell(s) (interrupted, or trials failed after their retries);" \
+    left() {
+        "$PY" -m tuner.sweep --preset "$preset" --grid --skip-recorded --ledger "$ledger" "$@" --dry-run --json |
+            json_get 'd["num_samples"]'
+    }
+    local n
+    n=$(left "$@")
+    if [ "$n" != "0" ] && [ -d "$OUT/$name" ] && [ ! -f "$OUT/$name/.ended" ]; then
+        stamp "$name: $n cell(s) left; tuner.sweep --resume"
+        "$PY" -m tuner.sweep --name "$name" --storage "$OUT" --resume
+        touch "$OUT/$name/.ended"
+        n=$(left "$@")
+    fi
+    if [ "$n" != "0" ]; then
+        local part=$name i=1
+        while [ -d "$OUT/$part" ]; do i=$((i + 1)); part="$name-$i"; done
+        stamp "$part: $n cell(s) left; tuner.sweep --preset $preset --grid --skip-recorded $*"
+        "$PY" -m tuner.sweep --preset "$preset" --grid --skip-recorded --name "$part" --storage "$OUT" \
+            --ledger "$ledger" "$@"
+        touch "$OUT/$part/.ended"
+        n=$(left "$@")
+    fi
+    if [ "$n" != "0" ]; then
+        echo "error: $name's ledger lacks $n cell(s) (interrupted, or trials failed after their retries);" \
              "rerun this script to continue" >&2
         exit 1
     fi
-    touch "$OUT/$name.done"
+    stamp "$name: every cell is in $ledger"
 }
 
-# (1) The grid: 3 sizes x 4 epoch budgets x 7 LRs, every run to its end.
-run_grid cpu-scaling-grid cpu-scaling "$GRID_LEDGER"
+# (1) The grid: every model x epoch budget x LR of the preset, every run to its end.
+run_grid cpu-scaling-grid "$GRID_PRESET" "$GRID_LEDGER"
 # (1b) Seed repeats of nano and mini at the LRs where their optima lie: how much of a
 # cell's LR ranking is noise (benchmarks/seed_noise.py).
 for seed in 1 2; do
-    run_grid "cpu-scaling-seed$seed" benchmarks/cpu_scaling_seeds.py "$SEEDS_LEDGER" --seed "$seed"
+    run_grid "cpu-scaling-seed$seed" "$SEEDS_PRESET" "$SEEDS_LEDGER" --seed "$seed"
 done
 
 # (2) The two-trial LR search, cell by cell, smallest model and shortest budget first;
@@ -105,8 +129,7 @@ for variant in "${VARIANTS[@]}"; do
         common=(--variant "$variant" --epochs "$epochs" --batch-size 128 --resolution 16
                 --dataset fashion_mnist --max-eval-examples 5000 --evals-per-run 4
                 --fast-compile --ledger "$WALK_LEDGER" --storage "$OUT")
-        tuned=$("$PY" -m tuner.lr_search "${common[@]}" --dry-run --json |
-                "$PY" -c 'import json,sys; print(json.load(sys.stdin)["plan"]["already_tuned"])')
+        tuned=$("$PY" -m tuner.lr_search "${common[@]}" --dry-run --json | json_get 'd["plan"]["already_tuned"]')
         if [ "$tuned" = "True" ]; then
             stamp "walk: $variant at $epochs epochs already tuned"
             continue
@@ -117,21 +140,54 @@ for variant in "${VARIANTS[@]}"; do
     done
 done
 
-# (3) Promote the best pre-trained model (lowest final held-out loss) to digits at 32px.
-promoted=$("$PY" -m tuner.ledger show --ledger "$GRID_LEDGER" --kind finetune --json |
-           "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)))')
-if [ "$promoted" = "0" ]; then
-    stamp "promote: tuner.promote --dataset digits --resolution 32"
-    "$PY" -m tuner.promote --ledger "$GRID_LEDGER" --dataset digits --resolution 32 \
-        --name cpu-scaling-finetune --storage "$OUT" --json > "$OUT/promote.json"
+# (3) Promote the best pre-trained models (lowest final held-out loss) to digits at 32px,
+# unless each of them has been fine-tuned already.
+promote=(--ledger "$GRID_LEDGER" --dataset digits --resolution 32 --top-k "$FINETUNE_TOP_K")
+missing=$("$PY" -m tuner.promote "${promote[@]}" --dry-run --json | "$PY" -c '
+import json, subprocess, sys
+wanted = {c["trial_id"] for c in json.load(sys.stdin)["candidates"]}
+shown = subprocess.run([sys.argv[1], "-m", "tuner.ledger", "show", "--ledger", sys.argv[2], "--kind", "finetune",
+                        "--json"], capture_output=True, text=True, check=True).stdout
+done = {r["parent_trial_id"] for r in json.loads(shown)}
+print(len(wanted - done))
+' "$PY" "$GRID_LEDGER")
+if [ "$missing" != "0" ]; then
+    part=cpu-scaling-finetune i=1
+    while [ -d "$OUT/$part" ]; do i=$((i + 1)); part="cpu-scaling-finetune-$i"; done
+    stamp "promote: tuner.promote --dataset digits --resolution 32 --top-k $FINETUNE_TOP_K"
+    "$PY" -m tuner.promote "${promote[@]}" --name "$part" --storage "$OUT" --json > "$OUT/$part.json"
 fi
 
-# (4) Scaling laws, the optimal-LR table and the walk against the grid.
-stamp "report: tuner.report and tuner.lr_audit"
+# (4) Scaling laws, the optimal-LR table, the walk against the grid, the seed noise.
+stamp "report: tuner.report, tuner.lr_audit, benchmarks/seed_noise.py"
 "$PY" -m tuner.report --ledger "$GRID_LEDGER" --lr-search-ledger "$WALK_LEDGER" \
     --out "$OUT/report" --json > "$OUT/report.json"
 "$PY" -m tuner.lr_audit --grid "$GRID_LEDGER" --search "$WALK_LEDGER" --out "$OUT/lr_audit.md"
 "$PY" -m tuner.ledger show --ledger "$GRID_LEDGER" > "$OUT/grid-ledger.txt"
 "$PY" -m tuner.ledger show --ledger "$WALK_LEDGER" > "$OUT/walk-ledger.txt"
 "$PY" benchmarks/seed_noise.py --ledger "$GRID_LEDGER" --ledger "$SEEDS_LEDGER" > "$OUT/seed_noise.md"
-stamp "done: $OUT/report/summary.md, $OUT/lr_audit.md"
+stamp "done: $OUT/report/summary.md, $OUT/lr_audit.md, $OUT/seed_noise.md"
+
+# (5) The record: ledgers with checkpoint paths relative to the repository, reports, figures.
+if [ -n "${RECORD_TO:-}" ]; then
+    mkdir -p "$RECORD_TO"
+    "$PY" - "$OUT" "$RECORD_TO" <<'EOF'
+import os, shutil, sys
+from tuner.ledger import Ledger
+
+out, record = sys.argv[1], sys.argv[2]
+for name in ("grid-ledger", "seeds-ledger", "walk-ledger"):
+    rows = Ledger(os.path.join(out, name)).read().to_pylist()
+    for row in rows:
+        uri = row.get("checkpoint_uri")
+        if uri and "://" not in uri and os.path.isabs(uri):
+            row["checkpoint_uri"] = os.path.relpath(uri)
+    shutil.rmtree(os.path.join(record, name), ignore_errors=True)
+    Ledger(os.path.join(record, name)).append(rows)
+for name in ("report.json", "lr_audit.md", "seed_noise.md", "grid-ledger.txt", "walk-ledger.txt"):
+    shutil.copy(os.path.join(out, name), record)
+shutil.rmtree(os.path.join(record, "report"), ignore_errors=True)
+shutil.copytree(os.path.join(out, "report"), os.path.join(record, "report"))
+EOF
+    stamp "recorded in $RECORD_TO"
+fi
