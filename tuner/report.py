@@ -57,6 +57,7 @@ from tuner.scaling import (
     frontier,
     optimal_lr_table,
     size_order,
+    uncontested,
 )
 
 REQUIRED_CSV_COLUMNS = ("variant", "epochs", "compute", "val_loss")
@@ -192,6 +193,7 @@ class ScalingReport:
     excluded: dict[str, int]  # reason -> pre-training rows left out of the fits
     points: tuple[Mapping[str, Any], ...]  # best run per (variant, epochs), by compute
     frontier: tuple[int, ...]  # indices into points
+    uncontested: tuple[int, ...]  # frontier points beyond every other variant's largest compute
     fit_on: str
     fit: Fit
     ci: BootstrapCI
@@ -271,6 +273,7 @@ def analyse(
         excluded=dict(excluded),
         points=tuple(points),
         frontier=tuple(int(i) for i in front),
+        uncontested=tuple(uncontested(compute, [p["variant"] for p in points], front)),
         fit_on=fit_on,
         fit=fit,
         ci=ci,
@@ -447,10 +450,16 @@ def summary_markdown(report: ScalingReport, notes: Sequence[str]) -> str:
     for i in report.frontier:
         p = report.points[i]
         params = int(p["params"]) if math.isfinite(p.get("params", math.nan)) else None
+        mark = " *" if i in report.uncontested else ""
         lines.append(
-            f"| {p['compute']:.4g} | {p['variant']} | {p['epochs']:g} | {_fmt(p.get('lr'))} | "
+            f"| {p['compute']:.4g} | {p['variant']}{mark} | {p['epochs']:g} | {_fmt(p.get('lr'))} | "
             f"{_fmt(params)} | {p['val_loss']:.4f} |"
         )
+    if report.uncontested:
+        lines += ["", f"\\* uncontested: no other model was run at this much compute, so these "
+                  f"{len(report.uncontested)} point(s) are on the frontier for want of a competitor and "
+                  "say nothing about which model is compute-optimal there; run the other models longer "
+                  "to contest them."]
     lines += ["", "## Compute-optimal model size and epoch budget", ""]
     for name, label, sym in (("params", "params_opt", "p"), ("epochs", "epochs_opt", "e")):
         f = getattr(opt, name)
@@ -519,7 +528,8 @@ def report_json(
                 "coefficient": [report.ci.a_low, report.ci.a_high],
                 "exponent": [report.ci.b_low, report.ci.b_high],
             },
-            "frontier": [{k: report.points[i].get(k) for k in point_keys} for i in report.frontier],
+            "frontier": [{k: report.points[i].get(k) for k in point_keys} | {"uncontested": i in report.uncontested}
+                         for i in report.frontier],
             "params_exponent": None if report.optimal.params is None else report.optimal.params.b,
             "epochs_exponent": None if report.optimal.epochs is None else report.optimal.epochs.b,
             "compute_optimal": {

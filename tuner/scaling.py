@@ -153,6 +153,23 @@ def frontier(compute: Sequence[float] | np.ndarray, loss: Sequence[float] | np.n
     return np.asarray(kept, dtype=np.int64)
 
 
+def uncontested(compute: Sequence[float] | np.ndarray, variants: Sequence[str], indices: Iterable[int]) -> list[int]:
+    """Those of `indices` (frontier points) whose compute is above every other variant's
+    largest: no other model was run that far, so the point is on the frontier for want
+    of a competitor, and the frontier says nothing there about which model is optimal."""
+    c = np.asarray(compute, dtype=np.float64)
+    largest: dict[str, float] = {}
+    for value, name in zip(c, variants):
+        if math.isfinite(value):
+            largest[name] = max(largest.get(name, -math.inf), float(value))
+    out = []
+    for i in indices:
+        others = [top for name, top in largest.items() if name != variants[i]]
+        if others and c[i] > max(others):
+            out.append(int(i))
+    return out
+
+
 @dataclass(frozen=True)
 class ComputeOptimal:
     """Compute-optimal allocation fitted on frontier points: `params_opt = k·C^p`

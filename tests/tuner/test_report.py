@@ -133,6 +133,10 @@ def test_json_numbers_from_csv(tmp_path, capsys):
     assert result["frontier"][0]["trial_id"] == "nano-0.25-0"
     computes = [p["compute"] for p in result["frontier"]]
     assert computes == sorted(computes)
+    # Only the largest model ran beyond 0.4M x 6 x 240k FLOPs (tiny's 4 epochs): nothing contests it there.
+    beyond = 6.0 * VARIANTS["tiny"] * IMAGES_PER_EPOCH * EPOCHS[-1]
+    assert [p["uncontested"] for p in result["frontier"]] == [p["compute"] > beyond for p in result["frontier"]]
+    assert any(p["uncontested"] for p in result["frontier"])
     # Larger models join the frontier as compute grows.
     assert result["params_exponent"] > 0 and result["epochs_exponent"] > 0
     assert len(result["lr_table"]) == len(VARIANTS) * len(EPOCHS)

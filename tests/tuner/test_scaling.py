@@ -13,6 +13,7 @@ from tuner.scaling import (
     frontier,
     optimal_lr_table,
     size_order,
+    uncontested,
 )
 
 
@@ -87,6 +88,19 @@ def test_frontier_on_hand_built_table():
     # 3 ties 2 in compute with a worse loss; 4 is worse than 2 at higher compute;
     # 6 only equals 0's loss at higher compute, so it is not lower.
     assert frontier(compute, loss).tolist() == [1, 2, 0, 5]
+
+
+def test_uncontested_frontier_points_are_beyond_every_other_model():
+    # a reaches compute 4, b reaches 8: b's points above 4 had no competitor.
+    compute = [1.0, 2.0, 4.0, 3.0, 6.0, 8.0]
+    variants = ["a", "a", "a", "b", "b", "b"]
+    loss = [3.0, 2.0, 1.5, 2.5, 1.4, 1.2]
+    front = frontier(compute, loss).tolist()
+    assert front == [0, 1, 2, 4, 5]
+    assert uncontested(compute, variants, front) == [4, 5]
+    # A model run as far as the other contests it; a single model contests nothing.
+    assert uncontested([1.0, 2.0, 2.0], ["a", "a", "b"], [0, 1, 2]) == []
+    assert uncontested([1.0, 2.0], ["a", "a"], [0, 1]) == []
 
 
 def test_frontier_ties_and_non_finite_values():
