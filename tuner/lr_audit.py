@@ -476,6 +476,8 @@ def replay(
         elif decision.winner is None:
             notes.append("every trial diverged: nothing tuned")
         else:
+            if decision.above_bound:
+                notes.append(f"the higher lr won by more than {margin:.0%}: the optimum lies above the bound")
             so_far.append(_tuned_row(cell, decision.winner, decision.winner_loss))
         spent = [cell.flops_at(lr) for lr, _, _ in results]
         audited.append(

@@ -489,8 +489,11 @@ def describe_result(result: SearchResult) -> list[str]:
         lines.append(f"chosen lr: {d.winner:g} (val_loss {d.winner_loss:.4g})")
         if d.wide_margin and not result.extended:
             lines.append(f"note: {d.message}; rerun with --extend to try it")
-        elif d.wide_margin:
+        elif d.wide_margin or d.above_bound:
             lines.append(f"note: {d.message}")
+        if d.above_bound and result.search.plan.binding_cell is None:
+            lines.append("note: the bound is the paper's default, not a tuned cell's optimum; tune this cell "
+                         "with a sweep over higher LRs (tuner.sweep --point ...) before walking on from it")
         if result.incomplete:
             lines.append(f"note: the third trial at lr {result.incomplete[-1]:g} did not finish")
         lines.append(f"recorded in ledger {result.search.ledger_uri} as {result.recorded['trial_id']}")

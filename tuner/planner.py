@@ -288,6 +288,8 @@ class Decision:
     wide_margin: bool
     suggest_extension: float | None
     message: str
+    # The highest LR tried won by a wide margin: the optimum may lie above the bound.
+    above_bound: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -308,7 +310,9 @@ def decide(results: Iterable[tuple[float, float | None, str]], margin: float = W
     ub/2 usually land within a few percent of each other), or when every higher
     LR diverged. That hints that the optimum has fallen faster than the
     monotone-slow assumption allows, so a third trial one grid step lower is
-    suggested.
+    suggested. The mirror case, the highest LR winning by a wide margin, hints that
+    the optimum lies above the bound (a bound that is not a tuned cell's optimum, or
+    an optimum that rose): `above_bound` says so, and nothing above is tried.
     """
     results = [(float(lr), loss, status) for lr, loss, status in results]
     if not results:
@@ -328,14 +332,19 @@ def decide(results: Iterable[tuple[float, float | None, str]], margin: float = W
             f"all {len(results)} trials diverged; try lr {lower:g} and below",
         )
     loss, lr = alive[0]
-    wide = False
+    wide = above = False
     if lr == lowest_lr and len(results) > 1:
         if len(alive) == 1:
             wide = True
         else:
             wide = (alive[1][0] - loss) > margin * abs(loss)
+    elif lr == max(lr for lr, _, _ in results) and len(alive) > 1:
+        above = (alive[1][0] - loss) > margin * abs(loss)
     extension = next_lower(lr) if wide else None
     message = f"lr {lr:g} wins with val_loss {loss:.4g}"
     if wide:
         message += f"; the lowest lr won by a wide margin (>{margin:.0%}), consider a third trial at lr {extension:g}"
-    return Decision(lr, loss, wide, extension, message)
+    if above:
+        message += (f"; the highest lr won by a wide margin (>{margin:.0%}): the optimum may lie above it, "
+                    "beyond what two trials under the bound can find")
+    return Decision(lr, loss, wide, extension, message, above_bound=above)

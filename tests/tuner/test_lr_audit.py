@@ -152,6 +152,9 @@ def test_replay_walks_the_grid_and_misses_an_optimum_above_its_bound():
     assert [c.search_flops for c in result.cells] == pytest.approx([2e12, 4e12, 8e12, 16e12])
     assert result.share == pytest.approx(30 / 75)
     assert all(c.off_grid == () for c in result.cells)
+    # The one miss says why: its bound won by a wide margin, so the optimum lay above it.
+    assert [bool(c.note) for c in result.cells] == [False, False, True, False]
+    assert "the optimum lies above the bound" in result.cells[2].note
 
     text = audit_markdown(result, "Replay")
     assert "| micro | 1 | 0.2 | 1.6000 | 0.1 | 1.6500 | +3.12% | no | 0.1, 0.05 | 8e+12 |" in text

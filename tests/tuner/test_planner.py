@@ -190,6 +190,16 @@ def test_decide_diverged_trial_loses():
     assert d.winner == pytest.approx(0.05)
 
 
+def test_a_wide_win_of_the_highest_lr_says_the_optimum_may_lie_above():
+    d = decide([(0.05, 1.0, "finished"), (0.025, 1.3, "finished")])
+    assert d.winner == pytest.approx(0.05) and d.above_bound and not d.wide_margin
+    assert d.suggest_extension is None and "optimum may lie above it" in d.message
+    assert not decide([(0.05, 1.0, "finished"), (0.025, 1.04, "finished")]).above_bound
+    # A diverged lower trial says nothing about what lies above; neither does a single trial.
+    assert not decide([(0.05, 1.0, "finished"), (0.025, None, "diverged")]).above_bound
+    assert not decide([(0.05, 1.0, "finished")]).above_bound
+
+
 def test_decide_all_diverged():
     d = decide([(0.1, math.nan, "diverged"), (0.05, math.inf, "diverged")])
     assert d.winner is None and d.winner_loss is None
