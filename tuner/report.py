@@ -198,6 +198,10 @@ class ScalingReport:
     fit: Fit
     ci: BootstrapCI
     optimal: ComputeOptimal
+    # The same fits over the frontier without its uncontested points, when they leave
+    # 2 or more computes (None otherwise, and when every frontier point is contested).
+    contested_fit: Fit | None
+    contested_optimal: ComputeOptimal | None
     lr_table: LRTable
     variants: tuple[str, ...]  # smallest to largest
     finetune: tuple[tuple[Mapping[str, Any], Mapping[str, Any]], ...]  # (pretrain parent, finetune row)
@@ -250,11 +254,20 @@ def analyse(
         )
     fit = fit_power_law(compute[chosen], loss[chosen])
     ci = bootstrap_ci(compute[chosen], loss[chosen], n_boot=n_boot, seed=seed)
-    optimal = compute_optimal(
-        compute[front],
-        np.array([points[i].get("params", math.nan) for i in front], dtype=np.float64),
-        np.array([points[i]["epochs"] for i in front], dtype=np.float64),
-    )
+    def allocation(indices: Sequence[int]) -> ComputeOptimal:
+        return compute_optimal(
+            compute[indices],
+            np.array([points[i].get("params", math.nan) for i in indices], dtype=np.float64),
+            np.array([points[i]["epochs"] for i in indices], dtype=np.float64),
+        )
+
+    optimal = allocation(front)
+    lone = uncontested(compute, [p["variant"] for p in points], front)
+    contested = np.array([i for i in front if i not in lone], dtype=np.int64)
+    contested_fit = contested_optimal = None
+    if lone and np.unique(compute[contested]).size >= 2:
+        contested_fit = fit_power_law(compute[contested], loss[contested])
+        contested_optimal = allocation(contested)
     by_id = {r["trial_id"]: r for r in pretrain if r.get("trial_id")}
     pairs = tuple(
         (by_id[f["parent_trial_id"]], f)
@@ -273,11 +286,13 @@ def analyse(
         excluded=dict(excluded),
         points=tuple(points),
         frontier=tuple(int(i) for i in front),
-        uncontested=tuple(uncontested(compute, [p["variant"] for p in points], front)),
+        uncontested=tuple(lone),
         fit_on=fit_on,
         fit=fit,
         ci=ci,
         optimal=optimal,
+        contested_fit=contested_fit,
+        contested_optimal=contested_optimal,
         lr_table=optimal_lr_table(usable),
         variants=size_order(usable),
         finetune=pairs,
@@ -470,6 +485,14 @@ def summary_markdown(report: ScalingReport, notes: Sequence[str]) -> str:
                 f"- {label} = {f.a:.4g} · C^{f.b:.4f} ({sym} = {f.b:.4f}, R² = {f.r2:.3f}, {f.n} frontier points)"
             )
     lines += [f"- {n}" for n in opt.notes]
+    if report.contested_fit is not None:
+        cf, co = report.contested_fit, report.contested_optimal
+        lines += ["", f"Without the uncontested point(s), on the {cf.n} frontier points where more than one model "
+                  f"competed: **{cf.equation()}** (R² = {cf.r2:.4f})"]
+        for name, label in (("params", "params_opt"), ("epochs", "epochs_opt")):
+            f = getattr(co, name)
+            lines.append(f"- {label}: " + ("not fitted" if f is None else
+                                            f"{f.a:.4g} · C^{f.b:.4f} (R² = {f.r2:.3f}, {f.n} points)"))
     lines += ["", "## Optimal learning rate", ""]
     table = report.lr_table
     if not table.cells:
@@ -536,6 +559,11 @@ def report_json(
                 "params": _fit_dict(report.optimal.params),
                 "epochs": _fit_dict(report.optimal.epochs),
                 "notes": list(report.optimal.notes),
+            },
+            "contested": None if report.contested_fit is None else {
+                "fit": _fit_dict(report.contested_fit),
+                "params": _fit_dict(report.contested_optimal.params),
+                "epochs": _fit_dict(report.contested_optimal.epochs),
             },
             "lr_table": [
                 {"variant": c.variant, "epochs": c.epochs, "lr": c.lr, "val_loss": c.val_loss, "n_lrs": c.n_lrs}

@@ -137,6 +137,10 @@ def test_json_numbers_from_csv(tmp_path, capsys):
     beyond = 6.0 * VARIANTS["tiny"] * IMAGES_PER_EPOCH * EPOCHS[-1]
     assert [p["uncontested"] for p in result["frontier"]] == [p["compute"] > beyond for p in result["frontier"]]
     assert any(p["uncontested"] for p in result["frontier"])
+    # The fit without them uses the rest of the frontier.
+    contested = result["contested"]
+    assert contested["fit"]["n"] == sum(not p["uncontested"] for p in result["frontier"])
+    assert contested["fit"]["exponent"] < 0 and contested["epochs"]["exponent"] > 0
     # Larger models join the frontier as compute grows.
     assert result["params_exponent"] > 0 and result["epochs_exponent"] > 0
     assert len(result["lr_table"]) == len(VARIANTS) * len(EPOCHS)
