@@ -18,8 +18,8 @@
 #
 # Stages: (1) the full grid with tuner.sweep, (1b) two more seeds of the nano and
 # mini cells near their optima, (2) tuner.lr_search walked through the cells in order
-# of size then epoch budget, (3) tuner.promote of the best pre-trained models to
-# digits at 32px, (4) tuner.report, tuner.lr_audit and the seed-noise table,
+# of size then epoch budget, (3) tuner.promote of the best run of each of the 5
+# best (model, epoch budget) cells to digits at 32px, (4) tuner.report, tuner.lr_audit and the seed-noise table,
 # (5) with RECORD_TO, the record.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +31,7 @@ SEEDS_PRESET=benchmarks/cpu_scaling_seeds.py
 GRID_LEDGER=$OUT/grid-ledger
 SEEDS_LEDGER=$OUT/seeds-ledger
 WALK_LEDGER=$OUT/walk-ledger
-FINETUNE_TOP_K=3
+FINETUNE_TOP_K=5
 mkdir -p "$OUT/walk"
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 json_get() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
@@ -140,23 +140,13 @@ for variant in "${VARIANTS[@]}"; do
     done
 done
 
-# (3) Promote the best pre-trained models (lowest final held-out loss) to digits at 32px,
-# unless each of them has been fine-tuned already.
-promote=(--ledger "$GRID_LEDGER" --dataset digits --resolution 32 --top-k "$FINETUNE_TOP_K")
-missing=$("$PY" -m tuner.promote "${promote[@]}" --dry-run --json | "$PY" -c '
-import json, subprocess, sys
-wanted = {c["trial_id"] for c in json.load(sys.stdin)["candidates"]}
-shown = subprocess.run([sys.argv[1], "-m", "tuner.ledger", "show", "--ledger", sys.argv[2], "--kind", "finetune",
-                        "--json"], capture_output=True, text=True, check=True).stdout
-done = {r["parent_trial_id"] for r in json.loads(shown)}
-print(len(wanted - done))
-' "$PY" "$GRID_LEDGER")
-if [ "$missing" != "0" ]; then
-    part=cpu-scaling-finetune i=1
-    while [ -d "$OUT/$part" ]; do i=$((i + 1)); part="cpu-scaling-finetune-$i"; done
-    stamp "promote: tuner.promote --dataset digits --resolution 32 --top-k $FINETUNE_TOP_K"
-    "$PY" -m tuner.promote "${promote[@]}" --name "$part" --storage "$OUT" --json > "$OUT/$part.json"
-fi
+# (3) Promote the best pre-trained models to digits at 32px: the best run of each of the
+# FINETUNE_TOP_K best (model, epoch budget) cells, leaving out those fine-tuned already.
+stamp "promote: tuner.promote --dataset digits --resolution 32 --top-k $FINETUNE_TOP_K --per-cell --skip-promoted"
+part=cpu-scaling-finetune i=1
+while [ -d "$OUT/$part" ]; do i=$((i + 1)); part="cpu-scaling-finetune-$i"; done
+"$PY" -m tuner.promote --ledger "$GRID_LEDGER" --dataset digits --resolution 32 --top-k "$FINETUNE_TOP_K" \
+    --per-cell --skip-promoted --name "$part" --storage "$OUT" --json > "$OUT/$part.json"
 
 # (4) Scaling laws, the optimal-LR table, the walk against the grid, the seed noise.
 stamp "report: tuner.report, tuner.lr_audit, benchmarks/seed_noise.py"

@@ -13,7 +13,12 @@ loss are promoted. Each is fine-tuned on `--dataset` with nfnet's fine-tuning re
 LR). Every fine-tuning trial is a ledger row of kind `finetune`, source `promote`,
 whose `parent_trial_id` is the pre-training row it started from, and whose `top1`
 is the fine-tuned accuracy. [P1] found fine-tuning favours slightly larger models
-with fewer epochs than the pre-training optimum: `--top-k` > 1 tests that.
+with fewer epochs than the pre-training optimum: `--top-k` > 1 tests that, and
+`--per-cell` makes the k candidates k different (model, epoch budget) cells, each
+at its best LR, rather than the k best runs (which may all be one cell's LRs).
+`--skip-promoted` leaves out candidates the ledger already holds a fine-tuning row
+of on the same target dataset (and `--resolution`, when given), so a rerun with a
+larger `--top-k` fine-tunes only the new ones.
 
 Losses are comparable only on one pre-training dataset: when the candidates come
 from several, `--pretrain-dataset` picks one. `tuner.sweep --then-finetune` calls
@@ -70,6 +75,8 @@ class PromoteOptions:
     eval_resolution: int | None = None
     ledger: str | None = None
     top_k: int = 1
+    per_cell: bool = False
+    skip_promoted: bool = False
     budget_flops: float | None = None
     budget_device_hours: float | None = None
     experiment: str | None = None
@@ -115,9 +122,11 @@ def select_candidates(
     budget_device_hours: float | None = None,
     experiment: str | None = None,
     pretrain_dataset: str | None = None,
+    per_cell: bool = False,
 ) -> list[dict[str, Any]]:
     """The `top_k` finished pre-training rows with a checkpoint and the lowest final loss,
-    at or under the budget (a row whose compute is unknown is not under a budget)."""
+    at or under the budget (a row whose compute is unknown is not under a budget).
+    With `per_cell`, only the best row of each (model, epoch budget) competes."""
     if top_k < 1:
         raise TunerError(f"--top-k must be at least 1, got {top_k}")
     for flag, value in (("--budget-flops", budget_flops), ("--budget-device-hours", budget_device_hours)):
@@ -156,7 +165,27 @@ def select_candidates(
             "pass --pretrain-dataset to pick one"
         )
     eligible.sort(key=lambda r: (r["final_val_loss"], r["trial_id"]))
+    if per_cell:
+        seen: set[tuple[str, float]] = set()
+        best_of_cell = []
+        for r in eligible:
+            cell = (cell_label(r["variant"], r.get("width_mult") or 1.0, r.get("depth_mult") or 1.0),
+                    float(r["epochs"]))
+            if cell not in seen:
+                seen.add(cell)
+                best_of_cell.append(r)
+        eligible = best_of_cell
     return eligible[:top_k]
+
+
+def promoted_parents(rows: Sequence[Mapping[str, Any]], dataset: str, resolution: int | None) -> set[str]:
+    """Pre-training trial ids the ledger holds a fine-tuning row of on `dataset` (at
+    `resolution`, when given) that ran to its end."""
+    return {
+        r["parent_trial_id"] for r in rows
+        if r.get("kind") == "finetune" and r.get("parent_trial_id") and r.get("dataset") == dataset
+        and r.get("status") == "finished" and (resolution is None or r.get("resolution") == resolution)
+    }
 
 
 def checkpoint_exists(uri: str) -> bool:
@@ -282,11 +311,14 @@ def plan_promotion(options: PromoteOptions) -> tuple[list[dict[str, Any]], dict[
         raise TunerError(f"--max-failures must be >= 0, got {options.max_failures}")
     if options.lrs and any(not (_finite(lr) and lr > 0) for lr in options.lrs):
         raise TunerError(f"--lrs must be positive numbers, got {list(options.lrs)}")
-    ledger = Ledger(options.ledger or default_ledger_uri())
+    rows = Ledger(options.ledger or default_ledger_uri()).read().to_pylist()
     candidates = select_candidates(
-        ledger.read().to_pylist(), options.top_k, options.budget_flops, options.budget_device_hours,
-        options.experiment, options.pretrain_dataset,
+        rows, options.top_k, options.budget_flops, options.budget_device_hours,
+        options.experiment, options.pretrain_dataset, per_cell=options.per_cell,
     )
+    if options.skip_promoted:
+        done = promoted_parents(rows, options.dataset, options.resolution)
+        candidates = [c for c in candidates if c["trial_id"] not in done]
     configs = {c["trial_id"]: finetune_config(c, options, options.lrs[0] if options.lrs else None)
                for c in candidates}
     placements = {trial_id: placement_for_config(config, options.accelerator, options.cpus_per_trial)
@@ -304,6 +336,9 @@ def promote(options: PromoteOptions, log: Callable[..., None] = print) -> Promot
     quiet_tune_output()
     candidates, configs, _ = plan_promotion(options)
     name = _experiment_name(options)
+    if not candidates:
+        log(f"every candidate has been fine-tuned on {options.dataset} already (--skip-promoted): nothing to run")
+        return PromoteResult(name, experiment_dir(storage_path(options.storage), name), [], [])
     storage = storage_path(options.storage)
     path = experiment_dir(storage, name)
     ledger_uri = options.ledger or default_ledger_uri()
@@ -369,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-resolution", type=int, default=None)
     p.add_argument("--ledger", default=None, help="ledger directory or gs://... (default $NFSCALE_LEDGER or results/ledger)")
     p.add_argument("--top-k", type=int, default=1, help="promote this many checkpoints (lowest loss first)")
+    p.add_argument("--per-cell", action="store_true",
+                   help="candidates are the best run of each (model, epoch budget), so --top-k promotes k cells")
+    p.add_argument("--skip-promoted", action="store_true",
+                   help="leave out candidates already fine-tuned on --dataset (at --resolution, when given)")
     p.add_argument("--budget-flops", type=float, default=None, help="only runs that used at most this many FLOPs")
     p.add_argument("--budget-device-hours", type=float, default=None,
                    help="only runs that used at most this many device-hours")

@@ -9,7 +9,7 @@ import pytest
 
 from tuner.errors import TunerError
 from tuner.ledger import Ledger
-from tuner.promote import PromoteOptions, main, promote, select_candidates
+from tuner.promote import PromoteOptions, main, promote, promoted_parents, select_candidates
 
 
 def pretrain_row(trial_id: str, loss: float, **changes) -> dict:
@@ -73,6 +73,43 @@ def test_losses_on_different_pretraining_datasets_are_not_compared():
     with pytest.raises(TunerError, match="pass --pretrain-dataset"):
         select_candidates(rows)
     assert ids(select_candidates(rows, pretrain_dataset="digits")) == ["a"]
+
+
+def test_per_cell_promotes_the_best_run_of_each_cell():
+    rows = [pretrain_row("a1", 0.5, lr=0.1), pretrain_row("a2", 0.6, lr=0.2), pretrain_row("b", 0.7, epochs=2.0),
+            pretrain_row("c", 0.8, variant="micro"), pretrain_row("d", 0.75, width_mult=2.0)]
+    assert ids(select_candidates(rows, top_k=3)) == ["a1", "a2", "b"]
+    # nano-w2 is another model than nano: its own cell.
+    assert ids(select_candidates(rows, top_k=4, per_cell=True)) == ["a1", "b", "d", "c"]
+
+
+def finetune_row(trial_id: str, parent: str, **changes) -> dict:
+    row = dict(pretrain_row(trial_id, 0.3), kind="finetune", parent_trial_id=parent, resolution=24,
+               source="promote")
+    row.update(changes)
+    return row
+
+
+def test_promoted_parents_are_finished_finetunes_on_the_same_target():
+    rows = [*ROWS, finetune_row("f1", "b"), finetune_row("f2", "c", dataset="fashion_mnist"),
+            finetune_row("f3", "other-sweep", status="diverged"), finetune_row("f4", "a", resolution=32)]
+    assert promoted_parents(rows, "digits", None) == {"a", "b"}  # ROWS's own "ft" row is a's too
+    assert promoted_parents(rows, "digits", 24) == {"b"}
+    assert promoted_parents(rows, "fashion_mnist", None) == {"c"}
+
+
+def test_skip_promoted_with_everything_promoted_runs_nothing(capsys, tmp_path):
+    ledger = str(tmp_path / "ledger")
+    Ledger(ledger).append([pretrain_row("a", 0.5), pretrain_row("b", 0.6), finetune_row("fa", "a"),
+                           finetune_row("fb", "b")])
+    lines = []
+    result = promote(PromoteOptions(dataset="digits", ledger=ledger, top_k=2, skip_promoted=True,
+                                    storage=str(tmp_path / "results")), log=lines.append)
+    assert result.candidates == [] and result.rows == [] and "nothing to run" in lines[-1]
+    assert not (tmp_path / "results").exists()
+    # Without the flag the same candidates would be promoted again (their checkpoints are gone here).
+    code = main(["--dataset", "digits", "--ledger", ledger, "--top-k", "2", "--dry-run"])
+    assert code == 2 and "checkpoint /checkpoints/a of pre-training trial a is missing" in capsys.readouterr().err
 
 
 def test_an_empty_ledger_is_one_line_exit_2(capsys, tmp_path):
@@ -140,3 +177,7 @@ def test_promotion_finetunes_the_best_checkpoint_into_a_linked_row(tmp_path, pre
     assert row["experiment"] == "promoted" and row["status"] == "finished"
     assert row["dataset"] == "digits" and row["resolution"] == 24 and row["variant"] == "nano"
     assert 0.0 <= row["top1"] <= 1.0 and row["checkpoint_uri"]
+    # Asked again with --skip-promoted, the same promotion finds nothing left to do.
+    again = promote(PromoteOptions(dataset="digits", resolution=24, ledger=str(ledger), skip_promoted=True,
+                                   storage=str(tmp_path / "results"), name="again"), log=lambda *a: None)
+    assert again.candidates == [] and len(Ledger(str(ledger)).read()) == 3
