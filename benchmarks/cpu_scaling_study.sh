@@ -3,7 +3,7 @@
 # nfscale's own commands. Rerun it to continue after an interruption, or after the
 # presets grew: every stage works out what is missing and runs only that.
 #
-#     bash benchmarks/cpu_scaling_study.sh            # everything, about 2.5 h on 2 cores
+#     bash benchmarks/cpu_scaling_study.sh            # everything, about 2 h 15 min on 2 cores
 #     STUDY_DIR=elsewhere bash benchmarks/cpu_scaling_study.sh
 #     STUDY_FROM=docs/cpu_scaling_study bash benchmarks/cpu_scaling_study.sh
 #     RECORD_TO=docs/cpu_scaling_study bash benchmarks/cpu_scaling_study.sh
