@@ -485,11 +485,18 @@ def test_sweep_with_optuna_stops_bad_trials_and_keeps_to_the_budget(local_ray, t
     assert scheduler.budget.used == pytest.approx(sum(usage.values()))
     # The budget, not num_samples, ended the sweep.
     assert len(usage) < 40 and len(grid) < 40
-    # ASHA cut the bad LR at 0.25 of its run; the two good ones ran to the end.
-    good_a, good_b, bad = [record["start"] for record in log if "start" in record][:3]
+    # ASHA cut the bad LR at 0.25 of its run; the two good ones ran to the end. The
+    # three start points are found by their configs: a loaded machine can start the
+    # third before the second (the first may finish while the second's actor starts).
     finals = {
         r.metrics["trial_id"]: r.metrics["progress"] for r in grid if "progress" in r.metrics
     }
+    configs = {r.metrics["trial_id"]: (r.config["epochs"], r.config["lr"]) for r in grid if r.metrics}
+    started = [record["start"] for record in log if "start" in record]
+    first = {}
+    for trial_id in started:
+        first.setdefault(configs.get(trial_id), trial_id)
+    good_a, good_b, bad = first[(1.0, 0.2)], first[(1.0, 0.8)], first[(1.0, 6.4)]
     assert finals[bad] == 0.25
     assert finals[good_a] == finals[good_b] == 1.0
 
