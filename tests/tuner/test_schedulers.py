@@ -491,7 +491,8 @@ def test_sweep_with_optuna_stops_bad_trials_and_keeps_to_the_budget(local_ray, t
     finals = {
         r.metrics["trial_id"]: r.metrics["progress"] for r in grid if "progress" in r.metrics
     }
-    configs = {r.metrics["trial_id"]: (r.config["epochs"], r.config["lr"]) for r in grid if r.metrics}
+    configs = {r.metrics["trial_id"]: (r.config["epochs"], r.config["lr"])
+               for r in grid if r.metrics and r.config}
     started = [record["start"] for record in log if "start" in record]
     first = {}
     for trial_id in started:
