@@ -492,8 +492,9 @@ def describe_result(result: SearchResult) -> list[str]:
         elif d.wide_margin or d.above_bound:
             lines.append(f"note: {d.message}")
         if d.above_bound and result.search.plan.binding_cell is None:
-            lines.append("note: the bound is the paper's default, not a tuned cell's optimum; tune this cell "
-                         "with a sweep over higher LRs (tuner.sweep --point ...) before walking on from it")
+            lines.append("note: the bound is the paper's default, not a tuned cell's optimum; tune this cell over "
+                         "LRs above it first (a grid with tuner.sweep, or tuner.ledger import of a result you "
+                         "trust), then bound the next cells by it")
         if result.incomplete:
             lines.append(f"note: the third trial at lr {result.incomplete[-1]:g} did not finish")
         lines.append(f"recorded in ledger {result.search.ledger_uri} as {result.recorded['trial_id']}")
