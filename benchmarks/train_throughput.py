@@ -27,33 +27,37 @@ import numpy as np
 from jax.sharding import Mesh
 
 from nfnet.errors import NFNetError
+from nfnet.layers import CONV_LOWERINGS, resolve_conv_lowering
 from nfnet.optim import OptimConfig
 from nfnet.train import DATA_AXIS, DTYPES, StepSpec, abstract_state_key, compile_train_step, init_state
 from nfnet.variants import get_variant
 
 
 def measure(variant: str, batch_size: int, resolution: int, steps: int, warmup: int, dtype: str,
-            num_classes: int = 10) -> dict:
+            num_classes: int = 10, conv_lowering: str = "auto") -> dict:
     """Compile the train step and time it; returns the figures as a dict."""
     devices = jax.devices()
     if batch_size % len(devices):
         raise NFNetError(f"batch size {batch_size} does not divide over {len(devices)} devices")
     if dtype not in DTYPES:
         raise NFNetError(f"--dtype must be one of {', '.join(DTYPES)}")
+    if conv_lowering not in CONV_LOWERINGS:
+        raise NFNetError(f"--conv-lowering must be one of {', '.join(CONV_LOWERINGS)}")
     if steps < 1 or warmup < 0:
         raise NFNetError("need --steps >= 1 and --warmup >= 0")
     spec = StepSpec(variant=get_variant(variant), num_classes=num_classes, dtype=dtype, stochdepth_rate=0.0,
                     dropout_rate=0.0, label_smoothing=0.0,
                     optim=OptimConfig(lr=0.1, total_steps=10 * (steps + warmup)), sam_rho=0.0, sam_fraction=0.2,
                     ema_decay=0.0, mesh=Mesh(np.array(devices), (DATA_AXIS,)), batch_size=batch_size,
-                    resolution=resolution, eval_resolution=resolution)
+                    resolution=resolution, eval_resolution=resolution, conv_lowering=conv_lowering)
     state = init_state(spec, 0)
     jax.block_until_ready(state)
     start = time.perf_counter()
     step, flops = compile_train_step(spec, abstract_state_key(state))
     compile_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
-    batch = (jax.device_put(rng.standard_normal((batch_size, resolution, resolution, 3), np.float32),
+    # uint8 images, as the loader ships them (the step normalises on the device).
+    batch = (jax.device_put(rng.integers(0, 256, (batch_size, resolution, resolution, 3), dtype=np.uint8),
                             spec.batch_sharding),
              jax.device_put(rng.integers(0, num_classes, batch_size).astype(np.int32), spec.batch_sharding))
     times, cpu_times = [], []
@@ -68,6 +72,7 @@ def measure(variant: str, batch_size: int, resolution: int, steps: int, warmup: 
     cpu_s = statistics.median(cpu_times)
     return {
         "variant": variant, "resolution": resolution, "batch_size": batch_size, "dtype": dtype,
+        "conv_lowering": resolve_conv_lowering(conv_lowering, devices[0].platform),
         "devices": f"{len(devices)} x {devices[0].device_kind}", "compile_s": compile_s, "step_s": step_s,
         "step_cpu_s": cpu_s,
         "images_per_s": batch_size / step_s, "flops_per_step": flops, "flop_per_s": flops / step_s,
@@ -83,13 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--conv-lowering", default="auto", choices=CONV_LOWERINGS,
+                        help="auto: dense on CPU, XLA's native grouped conv elsewhere")
     args = parser.parse_args(argv)
     try:
-        r = measure(args.variant, args.batch_size, args.resolution, args.steps, args.warmup, args.dtype)
+        r = measure(args.variant, args.batch_size, args.resolution, args.steps, args.warmup, args.dtype,
+                    conv_lowering=args.conv_lowering)
     except NFNetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{r['variant']} {r['resolution']}px batch {r['batch_size']} {r['dtype']} on {r['devices']}: "
+    print(f"{r['variant']} {r['resolution']}px batch {r['batch_size']} {r['dtype']} {r['conv_lowering']} convs "
+          f"on {r['devices']}: "
           f"{r['images_per_s']:,.0f} images/s, step {r['step_s'] * 1e3:,.1f} ms (median of {args.steps}), "
           f"{r['flops_per_step'] / 1e9:,.2f} GFLOP/step, {r['flop_per_s'] / 1e9:,.1f} GFLOP/s achieved, "
           f"compile {r['compile_s']:.1f} s; CPU time {r['step_cpu_s']:,.2f} s/step "

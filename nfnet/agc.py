@@ -89,7 +89,10 @@ def unitwise_norm(x: jax.Array) -> jax.Array:
     x = jnp.asarray(x, jnp.float32)
     if x.ndim <= 1:
         return jnp.sqrt(jnp.sum(jnp.square(x), keepdims=True))
-    return jnp.sqrt(jnp.sum(jnp.square(x), axis=tuple(range(x.ndim - 1)), keepdims=True))
+    # Reduced as a [units' inputs, units] matrix: the same sums, and XLA:CPU runs a 2-D
+    # column reduction several times faster than one over a 4-D kernel's leading axes.
+    sq = jnp.sum(jnp.square(x.reshape(-1, x.shape[-1])), axis=0)
+    return jnp.sqrt(sq).reshape((1,) * (x.ndim - 1) + (x.shape[-1],))
 
 
 def _clip_decision(grad: jax.Array, param: jax.Array, clipping: float, eps: float):

@@ -6,6 +6,8 @@ the classifier's logits stay f32.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -40,6 +42,7 @@ class NFBlock(nn.Module):
     stochdepth_rate: float = 0.0
     activation: str = "gelu"
     dtype: jnp.dtype = jnp.float32
+    conv_lowering: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -51,13 +54,15 @@ class NFBlock(nn.Module):
             shortcut = out
             if self.stride > 1:
                 shortcut = nn.avg_pool(shortcut, (2, 2), (2, 2), padding="SAME")
-            shortcut = WSConv2D(self.out_ch, 1, dtype=self.dtype, name="conv_shortcut")(shortcut)
+            shortcut = WSConv2D(self.out_ch, 1, dtype=self.dtype, lowering=self.conv_lowering,
+                                name="conv_shortcut")(shortcut)
         else:
             shortcut = x
-        out = WSConv2D(width, 1, dtype=self.dtype, name="conv0")(out)
-        out = WSConv2D(width, 3, self.stride, groups, dtype=self.dtype, name="conv1")(act(out))
-        out = WSConv2D(width, 3, 1, groups, dtype=self.dtype, name="conv1b")(act(out))
-        out = WSConv2D(self.out_ch, 1, dtype=self.dtype, name="conv2")(act(out))
+        conv = functools.partial(WSConv2D, dtype=self.dtype, lowering=self.conv_lowering)
+        out = conv(width, 1, name="conv0")(out)
+        out = conv(width, 3, self.stride, groups, name="conv1")(act(out))
+        out = conv(width, 3, 1, groups, name="conv1b")(act(out))
+        out = conv(self.out_ch, 1, name="conv2")(act(out))
         out = 2.0 * SqueezeExcite(self.out_ch, dtype=self.dtype, name="se")(out) * out
         out = StochasticDepth(self.stochdepth_rate)(out, train)
         skip_gain = self.param("skip_gain", nn.initializers.zeros, ())
@@ -88,16 +93,18 @@ class NFNet(nn.Module):
     dropout_rate: float = 0.0
     activation: str = "gelu"
     dtype: jnp.dtype = jnp.float32
+    conv_lowering: str = "auto"  # nfnet.layers.CONV_LOWERINGS: how convs are lowered, not what they compute
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         v, act = self.variant, ACTIVATIONS[self.activation]
         x = x.astype(self.dtype)
         # Stem ([P2] Fig. 7): no activation after the last conv.
-        x = act(WSConv2D(16, 3, 2, dtype=self.dtype, name="stem_conv0")(x))
-        x = act(WSConv2D(32, 3, 1, dtype=self.dtype, name="stem_conv1")(x))
-        x = act(WSConv2D(64, 3, 1, dtype=self.dtype, name="stem_conv2")(x))
-        x = WSConv2D(v.widths[0] // 2, 3, 2, dtype=self.dtype, name="stem_conv3")(x)
+        conv = functools.partial(WSConv2D, dtype=self.dtype, lowering=self.conv_lowering)
+        x = act(conv(16, 3, 2, name="stem_conv0")(x))
+        x = act(conv(32, 3, 1, name="stem_conv1")(x))
+        x = act(conv(64, 3, 1, name="stem_conv2")(x))
+        x = conv(v.widths[0] // 2, 3, 2, name="stem_conv3")(x)
 
         betas = block_betas(v.depths)
         num_blocks, index = sum(v.depths), 0
@@ -111,11 +118,12 @@ class NFNet(nn.Module):
                     stochdepth_rate=self.stochdepth_rate * index / num_blocks,
                     activation=self.activation,
                     dtype=self.dtype,
+                    conv_lowering=self.conv_lowering,
                     name=f"stage{stage}_block{i}",
                 )(x, train)
                 index += 1
 
-        x = act(WSConv2D(2 * v.widths[-1], 1, dtype=self.dtype, name="final_conv")(x))
+        x = act(conv(2 * v.widths[-1], 1, name="final_conv")(x))
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         # The classifier runs in f32 so the logits (and the loss) are f32.

@@ -58,9 +58,10 @@ from nfnet.checkpoint import (
     restore_checkpoint,
 )
 from nfnet.counting import compiled_flops
-from nfnet.data import Dataset, Loader, eval_batches, load_dataset, total_steps
+from nfnet.data import Dataset, Loader, eval_batches, load_dataset, normalise_on_device, total_steps
 from nfnet.errors import NFNetError
 from nfnet.metrics import MetricWriter, ProgressBar, json_safe
+from nfnet.layers import CONV_LOWERINGS, resolve_conv_lowering
 from nfnet.model import NFNet
 from nfnet.optim import OptimConfig, make_optimizer, make_schedule
 from nfnet.sam import sam_gradients
@@ -109,12 +110,13 @@ class TrainConfig:
     sam_rho: float = 0.0             # > 0 turns SAM on ([P2] fine-tuning: 0.05)
     sam_fraction: float = 0.2        # share of the batch for SAM's ascent gradient
     ema_decay: float = 0.0           # > 0 keeps an EMA of the params, evaluated alongside
+    conv_lowering: str = "auto"      # how convs are lowered (nfnet.layers): auto, native or dense; same maths
 
 
 # Fields that may change when a run is resumed; every other field must match the checkpoint's.
 RESUMABLE_CHANGES = frozenset({
     "workdir", "data_dir", "resume", "resume_from", "init_from", "progress", "num_workers",
-    "checkpoint_every", "max_eval_examples", "eval_resolution",
+    "checkpoint_every", "max_eval_examples", "eval_resolution", "conv_lowering",
 })
 
 METRIC_KEYS = (
@@ -165,6 +167,8 @@ def validate(config: TrainConfig) -> None:
         (_real(c.sam_rho) and c.sam_rho >= 0, f"--sam-rho must be >= 0, got {c.sam_rho}"),
         (_real(c.sam_fraction) and 0 < c.sam_fraction <= 1, f"--sam-fraction must be in (0, 1], got {c.sam_fraction}"),
         (_real(c.ema_decay) and 0 <= c.ema_decay < 1, f"--ema-decay must be in [0, 1), got {c.ema_decay}"),
+        (c.conv_lowering in CONV_LOWERINGS,
+         f"--conv-lowering must be one of {', '.join(CONV_LOWERINGS)}, got {c.conv_lowering!r}"),
         (not (c.resume and c.resume_from), "pass either --resume or --resume-from, not both"),
         (bool(c.workdir), "--workdir must not be empty"),
     ]
@@ -224,11 +228,13 @@ class StepSpec:
     batch_size: int
     resolution: int
     eval_resolution: int
+    conv_lowering: str = "auto"
 
     @property
     def model(self) -> NFNet:
+        platform = self.mesh.devices.flat[0].platform
         return NFNet(self.variant, self.num_classes, self.stochdepth_rate, self.dropout_rate,
-                     dtype=DTYPES[self.dtype])
+                     dtype=DTYPES[self.dtype], conv_lowering=resolve_conv_lowering(self.conv_lowering, platform))
 
     @property
     def replicated(self) -> NamedSharding:
@@ -265,7 +271,7 @@ def make_train_step(spec: StepSpec) -> Callable[[dict, tuple], tuple[dict, dict]
 
         def loss_fn(p, b):
             x, y = b
-            logits = model.apply({"params": p}, x, train=True, rngs={"dropout": rng})
+            logits = model.apply({"params": p}, normalise_on_device(x), train=True, rngs={"dropout": rng})
             return cross_entropy(logits, y, spec.num_classes, spec.label_smoothing), None
 
         if spec.sam_rho > 0:
@@ -318,7 +324,7 @@ def compile_train_step(spec: StepSpec, state_shapes: Any) -> tuple[Any, float]:
     """(compiled step, training FLOPs of one step over all devices) for this spec."""
     state_abstract = jax.tree.unflatten(state_shapes[0], state_shapes[1])
     batch = (
-        jax.ShapeDtypeStruct((spec.batch_size, spec.resolution, spec.resolution, 3), jnp.float32,
+        jax.ShapeDtypeStruct((spec.batch_size, spec.resolution, spec.resolution, 3), jnp.uint8,
                              sharding=spec.batch_sharding),
         jax.ShapeDtypeStruct((spec.batch_size,), jnp.int32, sharding=spec.batch_sharding),
     )
@@ -342,7 +348,7 @@ def make_eval_step(spec: StepSpec) -> Callable[..., tuple[jax.Array, jax.Array, 
     model = spec.model
 
     def eval_step(params, x, y, mask):
-        logits = model.apply({"params": params}, x, train=False).astype(jnp.float32)
+        logits = model.apply({"params": params}, normalise_on_device(x), train=False).astype(jnp.float32)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
         return jnp.sum(loss * mask), jnp.sum(correct * mask), jnp.sum(mask)
@@ -474,7 +480,7 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
                     label_smoothing=float(config.label_smoothing), optim=optim, sam_rho=float(config.sam_rho),
                     sam_fraction=float(config.sam_fraction), ema_decay=float(config.ema_decay),
                     mesh=Mesh(np.array(devices), (DATA_AXIS,)), batch_size=config.batch_size,
-                    resolution=resolution, eval_resolution=eval_resolution)
+                    resolution=resolution, eval_resolution=eval_resolution, conv_lowering=config.conv_lowering)
     schedule = make_schedule(optim)
 
     state = init_state(spec, config.seed)
@@ -645,6 +651,8 @@ _HELP = {
     "resume_from": "continue from this checkpoint directory",
     "init_from": "start from this pre-trained checkpoint (all but the classifier)",
     "progress": "draw a progress bar on stderr",
+    "conv_lowering": "how convolutions are lowered: auto (dense on CPU, native elsewhere), native "
+                     "(XLA's grouped conv) or dense (per-group dense convs and matmuls); same results",
 }
 
 

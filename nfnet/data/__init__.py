@@ -19,7 +19,7 @@ step k sees exactly the batches an uninterrupted run sees from step k.
 from nfnet.data.dataset import ArrayDataset, Dataset, EncodedDataset
 from nfnet.data.loader import Loader, epoch_permutation, eval_batches, steps_per_epoch, total_steps
 from nfnet.data.sources import SOURCES, load_dataset
-from nfnet.data.transforms import MEAN, STD
+from nfnet.data.transforms import MEAN, STD, normalise_on_device
 
 __all__ = [
     "ArrayDataset",
@@ -32,6 +32,7 @@ __all__ = [
     "epoch_permutation",
     "eval_batches",
     "load_dataset",
+    "normalise_on_device",
     "steps_per_epoch",
     "total_steps",
 ]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from nfnet.data.dataset import Dataset
-from nfnet.data.transforms import crop_resize, eval_boxes, example_uniforms, normalise, train_boxes
+from nfnet.data.transforms import crop_resize, eval_boxes, example_uniforms, to_rgb, train_boxes
 from nfnet.errors import NFNetError
 
 _PERM_CACHE = 2  # epochs whose permutation is kept (the current one and the next)
@@ -61,7 +61,9 @@ def _shapes(images: np.ndarray | list[np.ndarray]) -> np.ndarray:
 class Loader:
     """Iterates `(step, (x, y))` for training, or `(step, (x, y, mask))` over one pass for eval.
 
-    x: float32 [global_batch_size / process_count, R, R, 3], normalised; y: int32.
+    x: uint8 [global_batch_size / process_count, R, R, 3] (grey replicated), not yet normalised:
+    the train and eval steps normalise on the device (`transforms.normalise_on_device`), so a
+    batch crosses to the device in a quarter of float32's bytes; y: int32.
     train=True: steps `start_step, start_step + 1, ...` up to `num_steps` (exclusive; forever when
     None), in the order described in the module docstring, augmented.
     train=False: the whole split once in dataset order, no augmentation, ceil(n / B) steps; the
@@ -162,14 +164,14 @@ class Loader:
         return np.where(mask, positions, 0), 0, mask.astype(np.float32)
 
     def produce(self, indices: np.ndarray, epoch: int, mask: np.ndarray | None) -> tuple[np.ndarray, ...]:
-        """Read, transform and normalise one batch (runs in a worker thread)."""
+        """Read and transform one batch to uint8 RGB (runs in a worker thread)."""
         images, labels = self.ds.get(indices)
         shapes = _shapes(images)
         if self.train:
             boxes, flips = train_boxes(shapes, example_uniforms(self.seed, epoch, indices, 5))
         else:
             boxes, flips = eval_boxes(shapes, self.resolution), None
-        x = normalise(crop_resize(images, boxes, flips, self.resolution))
+        x = to_rgb(crop_resize(images, boxes, flips, self.resolution))
         y = np.asarray(labels, np.int32)
         return (x, y) if mask is None else (x, y, mask)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -89,11 +90,29 @@ def crop_resize(
     return out
 
 
+def to_rgb(batch: np.ndarray) -> np.ndarray:
+    """uint8 [N, R, R, 1|3] -> uint8 [N, R, R, 3], grey replicated (what the loader ships)."""
+    return batch if batch.shape[-1] == 3 else np.repeat(batch, 3, axis=-1)
+
+
 def normalise(batch: np.ndarray) -> np.ndarray:
-    """uint8 [N, R, R, 1|3] -> float32 [N, R, R, 3], (x/255 - MEAN) / STD."""
+    """uint8 [N, R, R, 1|3] -> float32 [N, R, R, 3], (x/255 - MEAN) / STD (numpy, on the host)."""
     scale = (1.0 / (255.0 * STD)).astype(np.float32)
     shift = (-MEAN / STD).astype(np.float32)
     out = np.empty(batch.shape[:3] + (3,), np.float32)
     np.multiply(batch, scale, out=out)
     out += shift
     return out
+
+
+def normalise_on_device(x):
+    """The same normalisation inside a jitted function: uint8 [N, R, R, 3] -> float32.
+
+    The loader ships uint8 images (4x fewer bytes than float32) and the train and eval
+    steps call this first; float inputs are taken as already normalised and pass through.
+    """
+    if x.dtype != jnp.uint8:
+        return x
+    scale = jnp.asarray(1.0 / (255.0 * STD), jnp.float32)
+    shift = jnp.asarray(-MEAN / STD, jnp.float32)
+    return x.astype(jnp.float32) * scale + shift

@@ -10,6 +10,7 @@ import math
 import threading
 from pathlib import Path
 
+import jax
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,11 +25,12 @@ from nfnet.data import (
     epoch_permutation,
     eval_batches,
     load_dataset,
+    normalise_on_device,
     steps_per_epoch,
     total_steps,
 )
 from nfnet.data.idx import FASHION_MNIST_ENV, FASHION_MNIST_SYSTEM_DIR, parse_idx
-from nfnet.data.transforms import eval_boxes
+from nfnet.data.transforms import eval_boxes, normalise
 from nfnet.errors import NFNetError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -303,8 +305,11 @@ def test_augmentation_varies_by_epoch_but_eval_does_not():
     order = [np.argsort(batches[s][1]) for s in (0, 1)]
     assert not np.allclose(batches[0][0][order[0]], batches[1][0][order[1]])
     x, y, mask = next(eval_batches(ds, 8, 9))
-    expected = (ds.images.astype(np.float32) / 255 - MEAN) / STD  # no resize at the native size
-    np.testing.assert_allclose(x, expected, atol=1e-5)
+    assert x.dtype == np.uint8
+    np.testing.assert_array_equal(x, np.repeat(ds.images, 3, axis=-1))  # no resize at the native size
+    expected = (ds.images.astype(np.float32) / 255 - MEAN) / STD
+    np.testing.assert_allclose(normalise(x), expected, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(jax.jit(normalise_on_device)(x)), expected, atol=1e-5)
 
 
 def test_processes_partition_the_global_batch():
@@ -346,9 +351,11 @@ def test_output_shapes_and_dtypes(spec, resolution):
     ds = load_dataset(spec, "train")
     with Loader(ds, 32, resolution, train=True, seed=0, num_steps=1) as loader:
         (step, (x, y)), = list(loader)
-    assert step == 0 and x.shape == (32, resolution, resolution, 3) and x.dtype == np.float32
+    # uint8 to the device (a quarter of float32's bytes); the steps normalise there.
+    assert step == 0 and x.shape == (32, resolution, resolution, 3) and x.dtype == np.uint8
     assert y.shape == (32,) and y.dtype == np.int32 and 0 <= y.min() and y.max() < ds.num_classes
-    assert np.isfinite(x).all() and -2.2 < x.min() < x.max() < 2.7  # within the normalised range of [0, 255]
+    z = np.asarray(normalise_on_device(x))
+    assert z.dtype == np.float32 and np.isfinite(z).all() and -2.2 < z.min() < z.max() < 2.7
 
 
 def test_encoded_sources_of_varying_size_batch_to_one_shape(tmp_path):
@@ -358,7 +365,7 @@ def test_encoded_sources_of_varying_size_batch_to_one_shape(tmp_path):
         ds = load_dataset(f"parquet:{tmp_path}", split)
         with Loader(ds, 2, 24, train=train, seed=0, num_steps=2) as loader:
             for _, batch in loader:
-                assert batch[0].shape == (2, 24, 24, 3) and batch[0].dtype == np.float32
+                assert batch[0].shape == (2, 24, 24, 3) and batch[0].dtype == np.uint8
 
 
 def test_eval_boxes_resize_small_and_centre_crop_large():

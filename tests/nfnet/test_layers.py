@@ -1,0 +1,122 @@
+"""How a convolution is lowered changes speed, not results: dense and native agree."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nfnet.layers import CONV_LOWERINGS, IM2COL_MAX_PIXELS, WSConv2D, conv2d, resolve_conv_lowering
+from nfnet.model import NFNet
+from nfnet.train import TrainConfig, validate
+from nfnet.errors import NFNetError
+from nfnet.variants import get_variant
+
+
+def _loss(lowering, stride, groups):
+    def f(x, w):
+        y = conv2d(x, w, stride, groups, lowering)
+        return jnp.sum(jnp.sin(y) * y), y
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
+
+
+# (batch, size, in channels, out channels, kernel, stride, groups): every path of the dense
+# lowering (1x1 matmul, dense conv, per-group convs, im2col on tiny maps), odd sizes included.
+CASES = [
+    (2, 8, 12, 20, 1, 1, 1),
+    (2, 7, 6, 10, 3, 1, 1),
+    (2, 9, 6, 8, 3, 2, 1),
+    (3, 8, 24, 24, 3, 1, 6),
+    (3, 9, 24, 24, 3, 2, 6),
+    (2, 6, 16, 16, 3, 2, 2),
+    (4, 2, 24, 24, 3, 1, 3),
+    (4, 1, 12, 12, 3, 1, 2),
+    (2, 4, 12, 12, 3, 2, 4),
+    (2, 3, 8, 16, 3, 2, 1),
+]
+
+
+@pytest.mark.parametrize("n,size,cin,cout,k,stride,groups", CASES)
+def test_dense_lowering_gives_the_native_outputs_and_gradients(n, size, cin, cout, k, stride, groups):
+    rng = np.random.default_rng(size * 31 + groups)
+    x = jnp.asarray(rng.standard_normal((n, size, size, cin), np.float32))
+    w = jnp.asarray(rng.standard_normal((k, k, cin // groups, cout), np.float32) / np.sqrt(k * k * cin / groups))
+    (loss_n, y_n), (dx_n, dw_n) = _loss("native", stride, groups)(x, w)
+    (loss_d, y_d), (dx_d, dw_d) = _loss("dense", stride, groups)(x, w)
+    assert y_d.shape == y_n.shape == (n, -(-size // stride), -(-size // stride), cout)
+    np.testing.assert_allclose(y_d, y_n, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(loss_d, loss_n, rtol=1e-5)
+    np.testing.assert_allclose(dx_d, dx_n, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dw_d, dw_n, rtol=1e-4, atol=1e-4)
+
+
+def test_tiny_maps_take_the_im2col_path_and_larger_ones_do_not():
+    x_small = jnp.zeros((2, 2, 2, 8))
+    x_large = jnp.zeros((2, 8, 8, 8))
+    w = jnp.zeros((3, 3, 4, 8))
+    small = jax.jit(lambda x: conv2d(x, w, 1, 2, "dense")).lower(x_small).as_text()
+    large = jax.jit(lambda x: conv2d(x, w, 1, 2, "dense")).lower(x_large).as_text()
+    assert 2 * 2 <= IM2COL_MAX_PIXELS < 8 * 8
+    assert "convolution" not in small and "dot_general" in small
+    # Per-group dense convs: two convs, none with feature groups.
+    assert large.count("stablehlo.convolution") == 2 and "feature_group_count = 2" not in large
+    native = jax.jit(lambda x: conv2d(x, w, 1, 2, "native")).lower(x_large).as_text()
+    assert native.count("stablehlo.convolution") == 1 and "feature_group_count = 2" in native
+
+
+def test_auto_is_dense_on_cpu_and_native_on_accelerators():
+    assert resolve_conv_lowering("auto", "cpu") == "dense"
+    assert resolve_conv_lowering("auto", "gpu") == "native"
+    assert resolve_conv_lowering("auto", "tpu") == "native"
+    assert resolve_conv_lowering("native", "cpu") == "native"
+    assert resolve_conv_lowering("dense", "tpu") == "dense"
+    assert resolve_conv_lowering("auto") == ("dense" if jax.default_backend() == "cpu" else "native")
+    with pytest.raises(ValueError, match="auto, native, dense"):
+        resolve_conv_lowering("grouped", "cpu")
+    assert CONV_LOWERINGS == ("auto", "native", "dense")
+
+
+def test_a_bad_lowering_flag_is_a_one_line_config_error():
+    with pytest.raises(NFNetError, match="--conv-lowering must be one of auto, native, dense"):
+        validate(TrainConfig(conv_lowering="fast"))
+
+
+@pytest.mark.parametrize("name", ["nano"])
+def test_the_whole_model_agrees_across_lowerings(name):
+    """Same parameters (the lowering does not change their shapes), same logits and gradients."""
+    variant = get_variant(name)
+    dense, native = NFNet(variant, 10, conv_lowering="dense"), NFNet(variant, 10, conv_lowering="native")
+    params = dense.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    native_shapes = jax.tree.map(jnp.shape, native.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"])
+    assert jax.tree.map(jnp.shape, params) == native_shapes
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+    labels = jnp.arange(4) % 10
+    # A trained-looking net: SkipInit's zero gains would hide every residual branch.
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, p: jnp.full_like(p, 0.5) if path[-1].key == "skip_gain" else p, params)
+
+    def loss(model):
+        def f(p):
+            logits = model.apply({"params": p}, x)
+            return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels]), logits
+        return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+
+    (loss_d, logits_d), grads_d = loss(dense)
+    (loss_n, logits_n), grads_n = loss(native)
+    np.testing.assert_allclose(logits_d, logits_n, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(loss_d, loss_n, rtol=1e-5)
+    for gd, gn in zip(jax.tree.leaves(grads_d), jax.tree.leaves(grads_n)):
+        np.testing.assert_allclose(gd, gn, rtol=1e-3, atol=1e-5 * float(jnp.max(jnp.abs(gn))) + 1e-7)
+
+
+def test_weight_standardisation_is_per_output_channel_with_its_floor():
+    conv = WSConv2D(4, 3, groups=2, lowering="dense")
+    x = jnp.ones((1, 5, 5, 6))
+    params = conv.init(jax.random.PRNGKey(0), x)["params"]
+    kernel = params["kernel"]
+    fan_in = 3 * 3 * 3
+    w = (kernel - kernel.mean((0, 1, 2))) / jnp.sqrt(jnp.maximum(kernel.var((0, 1, 2)) * fan_in, 1e-4))
+    expected = conv2d(x, w, 1, 2, "native") + params["bias"]
+    np.testing.assert_allclose(conv.apply({"params": params}, x), expected, rtol=1e-5, atol=1e-6)
+    # A constant kernel has zero variance: the floor keeps it finite (zero after centring).
+    flat = dict(params, kernel=jnp.ones_like(kernel))
+    np.testing.assert_allclose(conv.apply({"params": flat}, x), jnp.broadcast_to(params["bias"], (1, 5, 5, 4)))
