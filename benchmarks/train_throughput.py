@@ -33,9 +33,9 @@ from nfnet.train import DATA_AXIS, DTYPES, StepSpec, abstract_state_key, compile
 from nfnet.variants import get_variant
 
 
-def measure(variant: str, batch_size: int, resolution: int, steps: int, warmup: int, dtype: str,
-            num_classes: int = 10, conv_lowering: str = "auto") -> dict:
-    """Compile the train step and time it; returns the figures as a dict."""
+def build(variant: str, batch_size: int, resolution: int, dtype: str, num_classes: int = 10,
+          conv_lowering: str = "auto", total_steps: int = 1000) -> dict:
+    """Compile the trainer's step for this shape; returns it with a fresh state and a random uint8 batch."""
     devices = jax.devices()
     if batch_size % len(devices):
         raise NFNetError(f"batch size {batch_size} does not divide over {len(devices)} devices")
@@ -43,13 +43,11 @@ def measure(variant: str, batch_size: int, resolution: int, steps: int, warmup: 
         raise NFNetError(f"--dtype must be one of {', '.join(DTYPES)}")
     if conv_lowering not in CONV_LOWERINGS:
         raise NFNetError(f"--conv-lowering must be one of {', '.join(CONV_LOWERINGS)}")
-    if steps < 1 or warmup < 0:
-        raise NFNetError("need --steps >= 1 and --warmup >= 0")
     spec = StepSpec(variant=get_variant(variant), num_classes=num_classes, dtype=dtype, stochdepth_rate=0.0,
-                    dropout_rate=0.0, label_smoothing=0.0,
-                    optim=OptimConfig(lr=0.1, total_steps=10 * (steps + warmup)), sam_rho=0.0, sam_fraction=0.2,
-                    ema_decay=0.0, mesh=Mesh(np.array(devices), (DATA_AXIS,)), batch_size=batch_size,
-                    resolution=resolution, eval_resolution=resolution, conv_lowering=conv_lowering)
+                    dropout_rate=0.0, label_smoothing=0.0, optim=OptimConfig(lr=0.1, total_steps=total_steps),
+                    sam_rho=0.0, sam_fraction=0.2, ema_decay=0.0, mesh=Mesh(np.array(devices), (DATA_AXIS,)),
+                    batch_size=batch_size, resolution=resolution, eval_resolution=resolution,
+                    conv_lowering=conv_lowering)
     state = init_state(spec, 0)
     jax.block_until_ready(state)
     start = time.perf_counter()
@@ -60,23 +58,40 @@ def measure(variant: str, batch_size: int, resolution: int, steps: int, warmup: 
     batch = (jax.device_put(rng.integers(0, 256, (batch_size, resolution, resolution, 3), dtype=np.uint8),
                             spec.batch_sharding),
              jax.device_put(rng.integers(0, num_classes, batch_size).astype(np.int32), spec.batch_sharding))
+    return {"step": step, "state": state, "batch": batch, "flops_per_step": flops, "compile_s": compile_s,
+            "devices": f"{len(devices)} x {devices[0].device_kind}",
+            "conv_lowering": resolve_conv_lowering(conv_lowering, devices[0].platform)}
+
+
+def time_steps(built: dict, steps: int) -> tuple[list[float], list[float], float]:
+    """(wall seconds, CPU seconds) of each of `steps` steps, each waited on; the last loss."""
     times, cpu_times = [], []
-    for i in range(warmup + steps):
+    out = None
+    for _ in range(steps):
         t, c = time.perf_counter(), time.process_time()
-        state, out = step(state, batch)
-        jax.block_until_ready((state, out))
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-            cpu_times.append(time.process_time() - c)
+        built["state"], out = built["step"](built["state"], built["batch"])
+        jax.block_until_ready((built["state"], out))
+        times.append(time.perf_counter() - t)
+        cpu_times.append(time.process_time() - c)
+    return times, cpu_times, float(out["loss"])
+
+
+def measure(variant: str, batch_size: int, resolution: int, steps: int, warmup: int, dtype: str,
+            num_classes: int = 10, conv_lowering: str = "auto") -> dict:
+    """Compile the train step and time it; returns the figures as a dict."""
+    if steps < 1 or warmup < 0:
+        raise NFNetError("need --steps >= 1 and --warmup >= 0")
+    built = build(variant, batch_size, resolution, dtype, num_classes, conv_lowering, 10 * (steps + warmup))
+    time_steps(built, warmup)
+    times, cpu_times, loss = time_steps(built, steps)
     step_s = statistics.median(times)
     cpu_s = statistics.median(cpu_times)
+    flops = built["flops_per_step"]
     return {
         "variant": variant, "resolution": resolution, "batch_size": batch_size, "dtype": dtype,
-        "conv_lowering": resolve_conv_lowering(conv_lowering, devices[0].platform),
-        "devices": f"{len(devices)} x {devices[0].device_kind}", "compile_s": compile_s, "step_s": step_s,
-        "step_cpu_s": cpu_s,
-        "images_per_s": batch_size / step_s, "flops_per_step": flops, "flop_per_s": flops / step_s,
-        "loss": float(out["loss"]),
+        "conv_lowering": built["conv_lowering"], "devices": built["devices"], "compile_s": built["compile_s"],
+        "step_s": step_s, "step_cpu_s": cpu_s, "images_per_s": batch_size / step_s, "flops_per_step": flops,
+        "flop_per_s": flops / step_s, "loss": loss,
     }
 
 
