@@ -3,11 +3,14 @@
     .venv/bin/python benchmarks/train_throughput.py                          # small, 32px, batch 256
     .venv/bin/python benchmarks/train_throughput.py --variant nano --steps 20
     .venv/bin/python benchmarks/train_throughput.py --variant F0 --resolution 192 --batch-size 128 --dtype bfloat16
+    .venv/bin/python benchmarks/train_throughput.py --variant F0 --resolution 64 --batch-size 16 --profile prof/
+    .venv/bin/python benchmarks/train_throughput.py --conv-lowering native    # XLA's grouped conv, as on GPU/TPU
 
 The step is the trainer's own (nfnet.train: forward, backward, AGC, weight decay,
 Nesterov SGD, clip fraction), compiled once ahead of time and sharded over every local
 device; batches are random arrays already on the devices, so the figures are of the
-model and optimizer alone (benchmarks/data_throughput.py measures the input side).
+model and optimizer alone (benchmarks/data_throughput.py measures the input side). The
+batches are uint8, as the loader ships them; the step normalises them on the device.
 Step time is the median of `--steps` timed steps after `--warmup` untimed ones, each
 waited on (the process's CPU time per step is printed too: on a shared machine it
 shows how much of the wall time was spent computing); FLOPs per step come from XLA's cost analysis of the compiled step (the
@@ -77,13 +80,22 @@ def time_steps(built: dict, steps: int) -> tuple[list[float], list[float], float
 
 
 def measure(variant: str, batch_size: int, resolution: int, steps: int, warmup: int, dtype: str,
-            num_classes: int = 10, conv_lowering: str = "auto") -> dict:
-    """Compile the train step and time it; returns the figures as a dict."""
+            num_classes: int = 10, conv_lowering: str = "auto", profile_dir: str | None = None) -> dict:
+    """Compile the train step and time it; returns the figures as a dict.
+
+    With `profile_dir`, the timed steps run under `jax.profiler.trace`: open the directory
+    with TensorBoard's profile plugin (`pip install tensorboard-plugin-profile`) to see
+    every XLA op of the step.
+    """
     if steps < 1 or warmup < 0:
         raise NFNetError("need --steps >= 1 and --warmup >= 0")
     built = build(variant, batch_size, resolution, dtype, num_classes, conv_lowering, 10 * (steps + warmup))
     time_steps(built, warmup)
-    times, cpu_times, loss = time_steps(built, steps)
+    if profile_dir:
+        with jax.profiler.trace(profile_dir):
+            times, cpu_times, loss = time_steps(built, steps)
+    else:
+        times, cpu_times, loss = time_steps(built, steps)
     step_s = statistics.median(times)
     cpu_s = statistics.median(cpu_times)
     flops = built["flops_per_step"]
@@ -105,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--conv-lowering", default="auto", choices=CONV_LOWERINGS,
                         help="auto: dense on CPU, XLA's native grouped conv elsewhere")
+    parser.add_argument("--profile", metavar="DIR", help="trace the timed steps with jax.profiler into DIR "
+                        "(TensorBoard's profile plugin shows it)")
     args = parser.parse_args(argv)
     try:
         r = measure(args.variant, args.batch_size, args.resolution, args.steps, args.warmup, args.dtype,
-                    conv_lowering=args.conv_lowering)
+                    conv_lowering=args.conv_lowering, profile_dir=args.profile)
     except NFNetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
