@@ -28,12 +28,14 @@ for the achieved-FLOP/s figure. Results go in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +94,7 @@ def _jax_worker(args: argparse.Namespace) -> None:
 def _timm_model(variant_name: str):
     """timm's model with nfscale's layout for `variant_name`, 10 classes."""
     import timm
+    import torch.nn as nn
     from timm.layers import ScaledStdConv2dSame
     from timm.models import nfnet as timm_nfnet
 
@@ -103,15 +106,11 @@ def _timm_model(variant_name: str):
     if reference:
         return timm.create_model(f"dm_nfnet_f{v.name[1:]}", num_classes=10)
     cfg = timm_nfnet._dm_nfnet_cfg(depths=tuple(v.depths), channels=tuple(v.widths))
-    import dataclasses
-
     # ch_div=1: nfscale's widths already hold whole groups; no rounding to multiples of 8.
     cfg = dataclasses.replace(cfg, stem_chs=v.widths[0] // 2, group_size=v.group_width, ch_div=1)
     model = timm_nfnet.NormFreeNet(cfg, num_classes=10)
     # nfscale's stem (the reference code's): 16, 32, 64, width/2 channels; timm's deep_quad
     # stem would scale all four with width/2. Rebuilt from timm's own layers.
-    import torch.nn as nn
-
     act = timm_nfnet.act_with_gamma("gelu", gamma=timm_nfnet._nonlin_gamma["gelu"])
     layers, in_ch = [], 3
     for i, (ch, stride) in enumerate(zip((16, 32, 64, v.widths[0] // 2), (2, 1, 1, 2))):
@@ -119,8 +118,6 @@ def _timm_model(variant_name: str):
         if i < 3:
             layers.append((f"act{i + 2}", act(inplace=i < 2)))
         in_ch = ch
-    from collections import OrderedDict
-
     model.stem = nn.Sequential(OrderedDict(layers))
     return model
 
@@ -225,6 +222,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.steps < 1 or args.warmup < 0 or args.threads < 1:
         print("error: need --rounds >= 1, --steps >= 1, --warmup >= 0, --threads >= 1", file=sys.stderr)
         return 2
+    sys.path.insert(0, str(ROOT))
+    from nfnet.errors import NFNetError
+    from nfnet.layers import CONV_LOWERINGS
+    from nfnet.variants import get_variant
+
+    lowerings = [name.strip() for name in args.lowerings.split(",")]
+    if any(name not in CONV_LOWERINGS for name in lowerings):
+        print(f"error: --lowerings takes names from {', '.join(CONV_LOWERINGS)}, got {args.lowerings!r}",
+              file=sys.stderr)
+        return 2
+    try:
+        get_variant(args.variant)
+    except NFNetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     cores = sorted(os.sched_getaffinity(0))
     if args.threads > len(cores):
         print(f"error: --threads {args.threads} but this process may use {len(cores)} cores", file=sys.stderr)
@@ -233,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     workers = []
     try:
         workers.append(Worker("timm", args))
-        for lowering in args.lowerings.split(","):
-            workers.append(Worker("jax", args, lowering.strip()))
+        for lowering in lowerings:
+            workers.append(Worker("jax", args, lowering))
         jax_info = workers[1].info
         print(f"{args.variant} {args.resolution}px batch {args.batch_size}, float32, {args.threads} threads; "
               f"torch {workers[0].info['torch']} timm {workers[0].info['timm']} ({workers[0].info['threads']} "

@@ -60,8 +60,8 @@ from nfnet.checkpoint import (
 from nfnet.counting import compiled_flops
 from nfnet.data import Dataset, Loader, eval_batches, load_dataset, normalise_on_device, total_steps
 from nfnet.errors import NFNetError
-from nfnet.metrics import MetricWriter, ProgressBar, json_safe
 from nfnet.layers import CONV_LOWERINGS, resolve_conv_lowering
+from nfnet.metrics import MetricWriter, ProgressBar, json_safe
 from nfnet.model import NFNet
 from nfnet.optim import OptimConfig, make_optimizer, make_schedule
 from nfnet.sam import sam_gradients

@@ -95,13 +95,16 @@ def to_rgb(batch: np.ndarray) -> np.ndarray:
     return batch if batch.shape[-1] == 3 else np.repeat(batch, 3, axis=-1)
 
 
+# (x/255 - MEAN) / STD as x * _SCALE + _SHIFT, shared by the host and device forms.
+_SCALE = (1.0 / (255.0 * STD)).astype(np.float32)
+_SHIFT = (-MEAN / STD).astype(np.float32)
+
+
 def normalise(batch: np.ndarray) -> np.ndarray:
     """uint8 [N, R, R, 1|3] -> float32 [N, R, R, 3], (x/255 - MEAN) / STD (numpy, on the host)."""
-    scale = (1.0 / (255.0 * STD)).astype(np.float32)
-    shift = (-MEAN / STD).astype(np.float32)
     out = np.empty(batch.shape[:3] + (3,), np.float32)
-    np.multiply(batch, scale, out=out)
-    out += shift
+    np.multiply(batch, _SCALE, out=out)
+    out += _SHIFT
     return out
 
 
@@ -113,6 +116,4 @@ def normalise_on_device(x):
     """
     if x.dtype != jnp.uint8:
         return x
-    scale = jnp.asarray(1.0 / (255.0 * STD), jnp.float32)
-    shift = jnp.asarray(-MEAN / STD, jnp.float32)
-    return x.astype(jnp.float32) * scale + shift
+    return x.astype(jnp.float32) * _SCALE + _SHIFT
