@@ -1,4 +1,4 @@
-"""`python -m tuner.lr_audit`: does the two-trial LR search find what a full grid finds, and at what cost?
+"""`python -m tuner.lr_audit`: does the LR search find what a full grid finds, and at what cost?
 
     python -m tuner.lr_audit --grid results/study/grid-ledger
     python -m tuner.lr_audit --grid results/study/grid-ledger --search results/study/walk-ledger --out lr_audit.md
@@ -9,17 +9,17 @@ The grid ledger holds every LR of a factor-2 grid run to its end for each
 lowest final held-out loss. Two comparisons with it:
 
 - the replay (always): the walk of `tuner.lr_search` through the grid's cells,
-  smallest model and shortest budget first, simulated on the grid itself: each
-  cell's planned LRs (`tuner.planner.plan` over the cells tuned so far, starting
-  from nothing, i.e. from the paper's 1.6 at batch 4096) are looked up among the
-  grid's runs, `tuner.planner.decide` picks the winner, and the winner becomes a
-  tuned cell for the cells after it. No training; planned LRs the grid did not
-  run are reported as off the grid.
+  smallest model and shortest budget first, simulated on the grid itself by
+  lr_search's own planner code: each cell is planned by `tuner.planner.plan_cell`
+  over the rows replayed so far (starting from an empty ledger, i.e. from the
+  paper's 1.6 at batch 4096), and its `Bracket` runs round by round with every
+  trial's loss looked up among the grid's runs. The winner's row, with its search
+  record, bounds and fits the cells after it. No training; LRs the grid did not
+  run are charged their compute and reported as off the grid.
 - the audit (with `--search`): the rows a real walk wrote (source `lr_search`,
-  one row per cell, the winner) against the grid's optimum of the same cell.
-  lr_search records only the winner, so a cell's search compute is counted as
-  `--trials-per-cell` × the winner's FLOPs: every trial of a cell trains the same
-  model for the same steps, only the LR differs.
+  one row per cell, with the trials its search ran) against the grid's optimum of
+  the same cell. Each trial of a cell trains the same model for the same steps, so
+  a cell's compute is its trials × the winner's FLOPs.
 
 A cell counts as found when the chosen LR is the grid's optimum, and as within
 the tolerance when its loss is at most `tolerance` (0.5%) above the optimum's.
@@ -41,13 +41,24 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import TunerError
-from tuner.planner import TUNED_STATUSES, WIDE_MARGIN, cell_label, decide, parse_label, plan
+from tuner.planner import (
+    DEFAULT_MAX_TRIALS,
+    DEFAULT_NOISE,
+    DEFAULT_PARALLEL,
+    SEARCH_SOURCE,
+    TUNED_STATUSES,
+    Trial,
+    cell_label,
+    make_record,
+    parse_label,
+    plan_cell,
+    search_record,
+)
 from tuner.scaling import size_order
 
 DEFAULT_TOLERANCE = 0.005
-# lr_search runs the bound and half of it for every cell.
+# What lr_search ran per cell before its rows recorded their search (the bound and half of it).
 DEFAULT_TRIALS_PER_CELL = 2
-SEARCH_SOURCE = "lr_search"  # tuner.lr_search.SOURCE, not imported: that module pulls in the trainer
 # Statuses of runs that reached a verdict on their LR: a stopped run was judged worse
 # by the scheduler, a diverged one was too high. Both count as tried for the grid's edges.
 TRIED_STATUSES = TUNED_STATUSES | {"diverged", "stopped"}
@@ -259,6 +270,10 @@ class AuditCell:
     search_flops: float | None
     grid_flops: float
     note: str = ""
+    rounds: tuple[tuple[float, ...], ...] = ()  # the replay's rounds (trials run at once)
+    prediction: float | None = None  # where the search started (the planner's predicted optimum)
+    prediction_source: str | None = None  # "fit", "bound", "floor" or "default"
+    bracketed: bool | None = None  # the chosen LR's neighbours both ran (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -297,6 +312,7 @@ def _audit_cell(
     lrs_run: tuple[float, ...] = (),
     off_grid: tuple[float, ...] = (),
     note: str = "",
+    **extra: Any,
 ) -> AuditCell:
     exact = found_lr is not None and math.isclose(found_lr, cell.best_lr, rel_tol=SAME_LR)
     gap = None if found_loss is None else found_loss / cell.best_loss - 1.0
@@ -322,6 +338,7 @@ def _audit_cell(
         search_flops=search_flops,
         grid_flops=cell.flops,
         note=note,
+        **extra,
     )
 
 
@@ -362,9 +379,10 @@ def audit(
 ) -> Audit:
     """lr_search's winners (source `lr_search`, finished pre-training rows) against the grid's optima.
 
-    A cell searched more than once is judged by its latest row. Its compute is
-    `trials_per_cell` × the winner's FLOPs: lr_search records only the winner,
-    and each trial of a cell trains the same model for the same steps.
+    A cell searched more than once is judged by its latest row. Its compute is the
+    trials its row's search record says it ran × the winner's FLOPs (each trial of a
+    cell trains the same model for the same steps); rows written before lr_search
+    kept a record count `trials_per_cell` trials.
     """
     _check(tolerance)
     if trials_per_cell < 1:
@@ -387,10 +405,21 @@ def audit(
             continue
         row = _latest(searched[cell.key])
         flops = _number(row.get("flops"))
+        record = search_record(row)
+        extra: dict[str, Any] = {}
+        trials = trials_per_cell
+        if record is not None:
+            # The row records every trial its search ran; each cost what the winner did.
+            trials = int(record.get("trials_run", trials_per_cell))
+            extra = dict(lrs_run=tuple(sorted(float(t["lr"]) for t in record.get("trials", []))),
+                         rounds=tuple(tuple(r) for r in record.get("rounds", [])),
+                         prediction=(record.get("prediction") or {}).get("lr"),
+                         prediction_source=(record.get("prediction") or {}).get("source"),
+                         bracketed=record.get("bracketed"), note=record.get("stop", ""))
         audited.append(
             _audit_cell(
-                cell, float(row["lr"]), _number(row.get("final_val_loss")), tolerance, trials_per_cell,
-                None if flops is None else trials_per_cell * flops,
+                cell, float(row["lr"]), _number(row.get("final_val_loss")), tolerance, trials,
+                None if flops is None else trials * flops, **extra,
             )
         )
     anchors = [c for c in graded if c.key in other and c.key not in searched]
@@ -412,85 +441,105 @@ def _sort_key(key: CellKey) -> tuple:
     return (label, epochs, batch_size, dataset or "")
 
 
-def _tuned_row(cell: GridCell, lr: float, loss: float) -> dict[str, Any]:
-    """The winner as the planner reads a tuned cell: a finished pre-training row."""
+def _tuned_row(cell: GridCell, record: dict[str, Any]) -> dict[str, Any]:
+    """The row lr_search would record for the cell: its winner, with the search's record."""
+    import json
+
     return {
-        "trial_id": f"replay-{cell.label}-{cell.epochs:g}-{lr:g}",
+        "trial_id": f"replay-{cell.label}-{cell.epochs:g}-{record['chosen']:g}",
         "kind": "pretrain",
         "status": "finished",
+        "source": SEARCH_SOURCE,
         "variant": cell.variant,
         "width_mult": cell.width_mult,
         "depth_mult": cell.depth_mult,
         "params": cell.params,
         "epochs": cell.epochs,
-        "lr": lr,
+        "lr": record["chosen"],
         "batch_size": cell.batch_size,
         "dataset": cell.dataset,
-        "final_val_loss": loss,
+        "final_val_loss": record["loss"],
+        "search": json.dumps(record),
     }
+
+
+def _trial_flops(cell: GridCell) -> float | None:
+    """What one trial of the cell costs: every LR trains the same model for the same steps."""
+    values = sorted(cell.run_flops.values())
+    return values[len(values) // 2] if values else None
 
 
 def replay(
     grid_rows: Iterable[Mapping[str, Any]],
     tolerance: float = DEFAULT_TOLERANCE,
-    extend: bool = False,
-    margin: float = WIDE_MARGIN,
+    noise: float | None = None,
+    parallel: int = DEFAULT_PARALLEL,
+    max_trials: int = DEFAULT_MAX_TRIALS,
 ) -> Audit:
     """lr_search's walk simulated on the grid, at no compute beyond the grid's.
 
     Cells are walked smallest model first, then shortest budget, from an empty
-    ledger (so the first cell's bound is the paper's 1.6 at batch 4096, scaled).
-    Each cell's two planned LRs are looked up in the grid; those it never ran are
-    reported as off the grid and the decision is made among the others. With
-    `extend`, a wide win of the lower LR adds the third trial one grid step lower,
-    as `lr_search --extend` does. The winner joins the tuned cells that bound the
-    later ones; a cell whose trials all diverged (or ran nowhere in the grid)
-    tunes nothing, as lr_search then records nothing.
+    ledger. Each cell is planned by `tuner.planner.plan_cell` over the rows the
+    replay has recorded so far, exactly as lr_search plans it over its ledger, and
+    its `Bracket` runs round by round with every trial's loss looked up in the grid:
+    the same LRs, rounds and choice as lr_search on the same losses. A trial at an
+    LR the grid never ran is charged its compute (every LR of a cell costs the same)
+    and reported as off the grid; the search continues without it, and stops when
+    a round asks only for such LRs. The winner's row, with its search record, joins
+    the ledger the later cells are planned from.
     """
     _check(tolerance)
     cells = grid_cells(grid_rows)
     so_far: list[dict[str, Any]] = []
     audited = []
     for cell in _graded(cells):
-        planned = plan(so_far, cell.label, cell.epochs, cell.batch_size, cell.params, dataset=cell.dataset)
-        results, off_grid = [], []
-        for lr in planned.lrs:
-            outcome = cell.outcome(lr)
-            if outcome is None:
-                off_grid.append(lr)
-            else:
-                results.append(outcome)
-        decision = decide(results, margin) if results else None
-        if extend and decision is not None and decision.wide_margin and decision.suggest_extension is not None:
-            outcome = cell.outcome(decision.suggest_extension)
-            if outcome is None:
-                off_grid.append(decision.suggest_extension)
-            else:
-                results.append(outcome)
-                decision = decide(results, margin)
+        planned = plan_cell(so_far, cell.label, cell.epochs, cell.batch_size, cell.params, dataset=cell.dataset,
+                            noise=noise, parallel=parallel, max_trials=max_trials)
+        bracket = planned.bracket()
+        off_grid: list[float] = []
+        per_trial = _trial_flops(cell)
+        spent: float | None = 0.0
+        while True:
+            lrs = bracket.next_round()
+            if not lrs or all(any(math.isclose(lr, o, rel_tol=LR_MATCH) for o in off_grid) for lr in lrs):
+                break
+            outcomes = []
+            for lr in lrs:
+                spent = None if spent is None or per_trial is None else spent + per_trial
+                outcome = cell.outcome(lr)
+                if outcome is None:
+                    off_grid.append(lr)
+                else:
+                    outcomes.append(Trial(outcome[0], outcome[1], outcome[2], cell.flops_at(lr)))
+            bracket.record(outcomes)
+        verdict = bracket.verdict()
         notes = []
         if off_grid:
             notes.append(f"lr {', '.join(f'{lr:g}' for lr in off_grid)} not in the grid")
-        if decision is None:
-            notes.append("no planned LR in the grid: nothing tuned")
-        elif decision.winner is None:
-            notes.append("every trial diverged: nothing tuned")
+        if verdict.lr is None:
+            notes.append("every trial diverged (or none ran in the grid): nothing tuned")
         else:
-            if decision.above_bound:
-                notes.append(f"the higher lr won by more than {margin:.0%}: the optimum lies above the bound")
-            so_far.append(_tuned_row(cell, decision.winner, decision.winner_loss))
-        spent = [cell.flops_at(lr) for lr, _, _ in results]
+            if verdict.stop not in ("bracketed", "tied"):
+                notes.append(f"stopped {verdict.stop}")
+            elif verdict.tied:
+                notes.append(f"tied with lr {verdict.runner_up:g} within the noise")
+            so_far.append(_tuned_row(cell, make_record(planned, bracket, verdict)))
+        run = [t.lr for t in bracket.history()] + off_grid
         audited.append(
             _audit_cell(
                 cell,
-                decision.winner if decision else None,
-                decision.winner_loss if decision else None,
+                verdict.lr,
+                verdict.loss,
                 tolerance,
-                len(results),
-                None if None in spent else float(sum(spent)),
-                lrs_run=tuple(lr for lr, _, _ in results),
+                bracket.run + len(off_grid),
+                spent,
+                lrs_run=tuple(sorted(run)),
                 off_grid=tuple(off_grid),
                 note="; ".join(notes),
+                rounds=tuple(tuple(r) for r in bracket.rounds),
+                prediction=planned.prediction.lr,
+                prediction_source=planned.prediction.source,
+                bracketed=verdict.bracketed,
             )
         )
     return _summarise("replay", tolerance, audited, cells)
@@ -527,10 +576,16 @@ def _row_markdown(c: AuditCell, kind: str) -> str:
     edge = {"low": " (low edge)", "high": " (high edge)", "both": " (only lr)"}.get(c.grid_edge or "", "")
     gap = "–" if c.gap is None else f"{100 * c.gap:+.2f}%"
     within = "yes (exact)" if c.exact else ("yes" if c.within else "no")
-    trials = ", ".join(f"{lr:g}" for lr in c.lrs_run) if kind == "replay" else f"{c.trials} × the winner's"
+    if c.rounds:
+        trials = " / ".join(", ".join(f"{lr:g}" for lr in r) for r in c.rounds)
+    elif c.lrs_run:
+        trials = ", ".join(f"{lr:g}" for lr in c.lrs_run)
+    else:
+        trials = f"{c.trials} × the winner's"
+    start = "–" if c.prediction is None else f"{c.prediction:.3g} ({c.prediction_source})"
     return (
-        f"| {c.label} | {c.epochs:g} | {c.grid_best_lr:g}{edge} | {c.grid_best_loss:.4f} | "
-        f"{_num(c.found_lr, 'g')} | {_num(c.found_loss, '.4f')} | {gap} | {within} | {trials or '–'} | "
+        f"| {c.label} | {c.epochs:g} | {c.grid_best_lr:g}{edge} | {c.grid_best_loss:.4f} | {start} | "
+        f"{trials or '–'} | {_num(c.found_lr, 'g')} | {_num(c.found_loss, '.4f')} | {gap} | {within} | "
         f"{_num(c.search_flops, '.3g')} |"
     )
 
@@ -540,22 +595,23 @@ def audit_markdown(result: Audit, title: str, level: int = 2) -> str:
     heading = "#" * level
     if result.kind == "replay":
         about = (
-            "lr_search's walk replayed on the grid: cells by size then epoch budget, the first bounded by the "
-            "paper's 1.6 at batch 4096 scaled to its batch, each later one by the cells replayed before it; "
-            "each cell's planned LRs are looked up among the grid's runs (no new training)."
+            "lr_search's walk replayed on the grid by lr_search's own planner (`tuner.planner.plan_cell` and "
+            "its `Bracket`): cells by size then epoch budget, from an empty ledger, each predicted from the "
+            "cells replayed before it; each round's LRs are looked up among the grid's runs (no new training). "
+            "Trials lists the rounds, separated by /."
         )
     else:
         about = (
-            f"The lr_search rows of a real walk (one winner per cell) against the grid's optimum; a cell's "
-            f"compute is {result.cells[0].trials if result.cells else DEFAULT_TRIALS_PER_CELL} trials × the "
-            "winner's FLOPs, since lr_search records only the winner."
+            "The lr_search rows of a real walk (one row per cell, with the trials its search ran) against the "
+            "grid's optimum; a cell's compute is its trials × the winner's FLOPs (every trial of a cell trains "
+            "the same steps)."
         )
     lines = [f"{heading} {title}", "", about, ""]
     if result.cells:
         lines += [
-            f"| cell | epochs | grid optimum lr | grid loss | found lr | found loss | gap | "
-            f"within {_pct(result.tolerance)}? | trials | compute (FLOPs) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            f"| cell | epochs | grid optimum lr | grid loss | start | trials | found lr | found loss | gap | "
+            f"within {_pct(result.tolerance)}? | compute (FLOPs) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [_row_markdown(c, result.kind) for c in result.cells]
         lines.append("")
@@ -651,10 +707,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help="relative loss gap that still counts as found (default 0.005 = 0.5%%)")
     p.add_argument("--trials-per-cell", type=int, default=DEFAULT_TRIALS_PER_CELL,
-                   help="trials lr_search ran per cell, for its compute (default 2)")
-    p.add_argument("--extend", action="store_true", help="replay lr_search --extend (a third trial after a wide win)")
-    p.add_argument("--margin", type=float, default=WIDE_MARGIN,
-                   help="relative loss gap that counts as a wide win, for --extend (default 0.05)")
+                   help="trials per cell of lr_search rows that carry no search record (older rows; default 2)")
+    p.add_argument("--noise", type=float, default=None,
+                   help=f"the replay's seed noise, as lr_search --noise (default {DEFAULT_NOISE:g})")
+    p.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
+                   help=f"trials per round, as lr_search --parallel (default {DEFAULT_PARALLEL})")
+    p.add_argument("--max-trials", type=int, default=DEFAULT_MAX_TRIALS,
+                   help=f"trials per cell before a search stops, as lr_search --max-trials (default {DEFAULT_MAX_TRIALS})")
     p.add_argument("--json", action="store_true", help="print the numbers as one JSON object on stdout")
     p.add_argument("--out", metavar="FILE.md", help="also write the Markdown to this file")
     return p
@@ -664,13 +723,11 @@ def run(args: argparse.Namespace) -> int:
     _check(args.tolerance)
     if args.trials_per_cell < 1:
         raise TunerError(f"--trials-per-cell must be at least 1, got {args.trials_per_cell}")
-    if args.margin < 0:
-        raise TunerError(f"--margin must be >= 0, got {args.margin}")
     out = Path(args.out) if args.out else None
     if out is not None and out.is_dir():
         raise TunerError(f"--out {out} is a directory; give a file name such as lr_audit.md")
     grid_rows = read_ledger_rows(args.grid, "--grid")
-    replayed = replay(grid_rows, args.tolerance, extend=args.extend, margin=args.margin)
+    replayed = replay(grid_rows, args.tolerance, noise=args.noise, parallel=args.parallel, max_trials=args.max_trials)
     searched = None
     if args.search:
         searched = audit(grid_rows, read_search_rows(args.search, "--search"), args.tolerance, args.trials_per_cell)

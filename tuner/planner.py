@@ -1,4 +1,4 @@
-"""The paper's two-trial learning-rate search, as pure functions over ledger rows.
+"""The learning-rate planner: predict a cell's optimum from the ledger, then bracket it.
 
 [P2] Sec. 3: "one can efficiently tune the learning rate within 2 trials by assuming
 that the optimal learning rate falls slowly but monotonically as both the model size
@@ -36,8 +36,20 @@ PAPER_BATCH = 4096
 GRID_TOLERANCE = 1e-6
 # Statuses whose final held-out loss is a finished run's (imported rows are assumed finished).
 TUNED_STATUSES = frozenset({"finished", "imported"})
-# Default relative loss gap for "the lower LR wins by a wide margin" (see `decide`).
-WIDE_MARGIN = 0.05
+# The seed noise assumed when the ledger holds no seed repeats and --noise is not
+# given: the relative seed-to-seed standard deviation of a final held-out loss. The
+# CPU study measured a median 2.25% (docs/cpu_scaling_study/seed_noise.md).
+DEFAULT_NOISE = 0.02
+# Trials one search may run before it stops unbracketed (a rerun continues it).
+DEFAULT_MAX_TRIALS = 10
+# Trials of a search that run at once (a round); the replay must be told the same.
+DEFAULT_PARALLEL = 2
+# The least-squares law needs this many tuned cells, and one more than it has coefficients.
+MIN_FIT_CELLS = 3
+# A win by more than this many times the noise is a steep trend: with room in the
+# round, the search also runs the grid point beyond the next (one round saved when
+# the optimum is two or more steps away, one trial spent when it is not).
+STEEP = 4.0
 
 _LABEL = re.compile(r"^(?P<base>.+?)(?:-w(?P<w>[0-9.]+))?(?:-d(?P<d>[0-9.]+))?$")
 
@@ -221,12 +233,11 @@ def plan(
     epochs: float,
     batch_size: int,
     params: int | None,
-    extend: bool = False,
     width_mult: float = 1.0,
     depth_mult: float = 1.0,
     dataset: str | None = None,
 ) -> Plan:
-    """The two trials (ub, ub/2) for a target cell; with `extend`, also ub/4.
+    """The paper's monotone bound for a target cell and its two trials (ub, ub/2).
 
     `variant` may carry its multipliers (`F0-w0.5`); `dataset` restricts the
     bounding cells to rows of that dataset.
@@ -263,7 +274,7 @@ def plan(
     tuned_lr = min(tuned_here) if tuned_here else None
     if tuned_lr is not None:
         reason += f"; {label} at {epochs:g} epochs is already tuned (best lr {tuned_lr:g} at batch {batch_size})"
-    lrs = (ub, ub / 2, ub / 4) if extend else (ub, ub / 2)
+    lrs = (ub, ub / 2)
     return Plan(
         variant=label,
         epochs=float(epochs),
@@ -279,72 +290,617 @@ def plan(
     )
 
 
-@dataclass(frozen=True)
-class Decision:
-    """Which of the planned trials won, and whether a third, lower trial is advised."""
 
-    winner: float | None
-    winner_loss: float | None
-    wide_margin: bool
-    suggest_extension: float | None
-    message: str
-    # The highest LR tried won by a wide margin: the optimum may lie above the bound.
-    above_bound: bool = False
+
+# ---------------------------------------------------------------- seed noise
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The relative seed-to-seed spread of a final loss that a win must exceed."""
+
+    value: float
+    source: str  # "ledger" (seed repeats), "flag" (--noise) or "default"
+    points: int = 0  # (cell, LR) points run at 2 or more seeds behind a ledger estimate
+
+    def describe(self) -> str:
+        if self.source == "ledger":
+            return (f"{100 * self.value:.3g}% (the median seed-to-seed spread of {self.points} repeated "
+                    "(cell, lr) point(s) in the ledger)")
+        if self.source == "flag":
+            return f"{100 * self.value:.3g}% (--noise)"
+        return f"{100 * self.value:.3g}% (the default; the ledger has no seed repeats, --noise sets it)"
+
+
+def seed_repeats(
+    rows: Iterable[Mapping[str, Any]], dataset: str | None = None
+) -> dict[tuple[str, float, int, str | None], dict[float, dict[int, float]]]:
+    """(label, epochs, batch, dataset) -> lr -> seed -> final loss, for LRs run at 2 or more seeds.
+
+    Finished pre-training rows only; `dataset` keeps that dataset's rows. This is
+    the method of benchmarks/seed_noise.py, which prints it as a table.
+    """
+    found: dict[tuple, dict[float, dict[int, float]]] = {}
+    for row in _as_rows(rows):
+        if row.get("kind", "pretrain") != "pretrain" or row.get("status") != "finished":
+            continue
+        if dataset is not None and row.get("dataset") != dataset:
+            continue
+        loss, lr, seed = row.get("final_val_loss"), row.get("lr"), row.get("seed")
+        if loss is None or lr is None or seed is None or not math.isfinite(loss) or row.get("batch_size") is None:
+            continue
+        label = cell_label(row["variant"], _float(row.get("width_mult"), 1.0), _float(row.get("depth_mult"), 1.0))
+        key = (label, float(row["epochs"]), int(row["batch_size"]), row.get("dataset"))
+        found.setdefault(key, {}).setdefault(round(float(lr), 12), {})[int(seed)] = float(loss)
+    return {key: {lr: seeds for lr, seeds in lrs.items() if len(seeds) >= 2}
+            for key, lrs in found.items() if any(len(seeds) >= 2 for seeds in lrs.values())}
+
+
+def relative_spreads(repeats: Mapping[Any, Mapping[float, Mapping[int, float]]]) -> list[float]:
+    """Each repeated point's sample standard deviation over its mean."""
+    import statistics
+
+    out = []
+    for lrs in repeats.values():
+        for by_seed in lrs.values():
+            values = list(by_seed.values())
+            mean = statistics.fmean(values)
+            if mean > 0:
+                out.append(statistics.stdev(values) / mean)
+    return out
+
+
+def estimate_noise(
+    rows: Iterable[Mapping[str, Any]], dataset: str | None = None, flag: float | None = None
+) -> Noise:
+    """`--noise` when given; else the median spread of the ledger's seed repeats; else DEFAULT_NOISE."""
+    if flag is not None:
+        if not (math.isfinite(flag) and 0 <= flag < 1):
+            raise TunerError(f"--noise must be a relative spread in [0, 1) (0.02 is 2%), got {flag}")
+        return Noise(float(flag), "flag")
+    import statistics
+
+    spreads = relative_spreads(seed_repeats(rows, dataset))
+    if spreads:
+        return Noise(float(statistics.median(spreads)), "ledger", len(spreads))
+    return Noise(DEFAULT_NOISE, "default")
+
+
+# ---------------------------------------------------------------- prediction
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Where the search starts: a predicted optimum at the target's batch size, and its source.
+
+    `source` is "fit" (the least-squares law over the tuned cells), "bound" (the
+    paper's monotone bound: the smallest optimum of a tuned cell no larger and no
+    longer), "floor" (only larger or longer cells are tuned: the largest of their
+    optima bounds the target from below), or "default" (nothing tuned: the paper's
+    1.6 at batch 4096, scaled).
+    """
+
+    lr: float
+    source: str
+    detail: str
+    spread: float | None = None  # the fit's residual standard deviation, in factor-2 grid steps
+    cells: int = 0  # tuned cells behind it
+    coefficients: tuple[float, ...] = ()  # the fit's log2 lr = a + b ln(params) + c ln(epochs) (unused terms 0)
+    bound: Plan | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"lr": self.lr, "source": self.source, "detail": self.detail, "spread": self.spread,
+                "cells": self.cells, "coefficients": list(self.coefficients)}
 
 
-def _is_diverged(val_loss: float | None, status: str) -> bool:
-    return status == "diverged" or val_loss is None or not math.isfinite(val_loss)
+def _fit_law(points: list[tuple[float | None, float, float]], params: int | None, epochs: float):
+    """Least squares of log2 lr on ln(params) and ln(epochs); terms with one value are dropped.
 
-
-def decide(results: Iterable[tuple[float, float | None, str]], margin: float = WIDE_MARGIN) -> Decision:
-    """Pick the winner of a two-(or three-)trial LR search.
-
-    `results` are (lr, final val_loss, status). The winner has the lowest loss
-    among trials that did not diverge (a NaN/inf loss counts as diverged). The
-    lower LR wins "by a wide margin" when it is the lowest LR tried and the
-    runner-up's loss exceeds the winner's by more than `margin` × the winner's
-    loss (5% by default: on the paper's ImageNet losses the two trials at ub and
-    ub/2 usually land within a few percent of each other), or when every higher
-    LR diverged. That hints that the optimum has fallen faster than the
-    monotone-slow assumption allows, so a third trial one grid step lower is
-    suggested. The mirror case, the highest LR winning by a wide margin, hints that
-    the optimum lies above the bound (a bound that is not a tuned cell's optimum, or
-    an optimum that rose): `above_bound` says so, and nothing above is tried.
+    Returns (log2 lr at the target, residual std, coefficients) or None when the
+    points cannot support a fit with a residual (too few, or a needed size unknown).
     """
-    results = [(float(lr), loss, status) for lr, loss, status in results]
-    if not results:
-        raise TunerError("no trial results to decide between; run the planned trials first")
-    alive = sorted(
-        ((loss, lr) for lr, loss, status in results if not _is_diverged(loss, status)),
-        key=lambda t: (t[0], t[1]),
-    )
-    lowest_lr = min(lr for lr, _, _ in results)
-    if not alive:
-        lower = next_lower(lowest_lr)
-        return Decision(
-            None,
-            None,
-            False,
-            lower,
-            f"all {len(results)} trials diverged; try lr {lower:g} and below",
+    import numpy as np
+
+    use_params = params is not None and all(p is not None for p, _, _ in points) and \
+        len({p for p, _, _ in points}) > 1
+    use_epochs = len({e for _, e, _ in points}) > 1
+    columns = [np.ones(len(points))]
+    target = [1.0]
+    if use_params:
+        columns.append(np.log([float(p) for p, _, _ in points]))
+        target.append(math.log(params))
+    if use_epochs:
+        columns.append(np.log([e for _, e, _ in points]))
+        target.append(math.log(epochs))
+    x = np.stack(columns, axis=1)
+    y = np.array([y for _, _, y in points])
+    if len(points) < max(MIN_FIT_CELLS, x.shape[1] + 1):
+        return None
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    residual = y - x @ coef
+    spread = float(math.sqrt(float(residual @ residual) / (len(points) - x.shape[1])))
+    full = [float(coef[0]), 0.0, 0.0]
+    i = 1
+    if use_params:
+        full[1] = float(coef[i])
+        i += 1
+    if use_epochs:
+        full[2] = float(coef[i])
+    return float(np.dot(coef, target)), spread, tuple(full)
+
+
+def predict(
+    rows: Iterable[Mapping[str, Any]],
+    variant: str,
+    epochs: float,
+    batch_size: int,
+    params: int | None,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+    dataset: str | None = None,
+) -> Prediction:
+    """The target's predicted optimum from every tuned cell of `dataset` but the target itself.
+
+    With MIN_FIT_CELLS or more tuned cells (and one more than the law has terms) a
+    least-squares law for log lr* in log params and log epochs, each cell's optimum
+    moved to the target's batch size by linear scaling; else the paper's bound; else
+    a floor from larger or longer cells; else the paper's default.
+    """
+    rows = _as_rows(rows)
+    base, w, d = parse_label(variant)
+    width_mult, depth_mult = w * width_mult, d * depth_mult
+    me = (base, width_mult, depth_mult, float(epochs))
+    other_rows = [r for r in rows if r.get("variant") is None or r.get("epochs") is None or
+                  (r["variant"], _float(r.get("width_mult"), 1.0), _float(r.get("depth_mult"), 1.0),
+                   float(r["epochs"])) != me]
+    others = tuned_cells(other_rows, dataset=dataset)
+    bound = plan(other_rows, base, epochs, batch_size, params, width_mult=width_mult, depth_mult=depth_mult,
+                 dataset=dataset) if others else None
+    # One point per (shape, epochs): a cell tuned at several batch sizes counts once (its best).
+    by_cell: dict[tuple, TunedCell] = {}
+    for c in others:
+        key = (c.variant, c.width_mult, c.depth_mult, c.epochs)
+        if key not in by_cell or c.final_val_loss < by_cell[key].final_val_loss:
+            by_cell[key] = c
+    points = [(c.params, c.epochs, math.log2(c.lr * batch_size / c.batch_size)) for c in by_cell.values()]
+    fitted = _fit_law(points, params, epochs) if len(points) >= MIN_FIT_CELLS else None
+    if fitted is not None:
+        log2_lr, spread, coef = fitted
+        lr = 2.0**log2_lr
+        terms = [name for name, c in zip(("params", "epochs"), coef[1:]) if c != 0.0]
+        return Prediction(
+            lr, "fit",
+            f"predicted {lr:.3g} by a least-squares law of log lr in log {' and log '.join(terms) or 'nothing'} "
+            f"over {len(points)} tuned cell(s), residual spread {spread:.2f} grid steps",
+            spread=spread, cells=len(points), coefficients=coef, bound=bound,
         )
-    loss, lr = alive[0]
-    wide = above = False
-    if lr == lowest_lr and len(results) > 1:
-        if len(alive) == 1:
-            wide = True
+    if bound is not None and bound.binding_cell is not None:
+        return Prediction(bound.upper_bound, "bound", f"the paper's monotone bound: {bound.reason}",
+                          cells=len(bound.bounding_cells), bound=bound)
+    if others:
+        # Only larger or longer cells are tuned: by the paper's monotone fall their optima are floors.
+        floors = [transfer_lr(c.lr, c.batch_size, batch_size) for c in others]
+        lr = max(floors)
+        return Prediction(lr, "floor", f"{lr:g}: the highest optimum of {len(others)} larger or longer tuned "
+                          f"cell(s), at batch {batch_size} (a floor by the paper's monotone fall)",
+                          cells=len(others), bound=bound)
+    lr = base_lr(batch_size)
+    return Prediction(lr, "default", f"nothing tuned: the paper's 1.6 at batch 4096 scaled to batch {batch_size} "
+                      f"= {lr:g}", bound=bound)
+
+
+def grid_index(lr: float, batch_size: int) -> float:
+    """log2(lr / base_lr(batch_size)): an integer for an LR on the grid."""
+    return math.log2(lr / base_lr(batch_size))
+
+
+def on_grid(lr: float, batch_size: int) -> int | None:
+    """The grid index of `lr`, or None when it lies off the factor-2 grid."""
+    k = grid_index(lr, batch_size)
+    return round(k) if abs(k - round(k)) < 1e-6 else None
+
+
+def grid_lr(k: int, batch_size: int) -> float:
+    return base_lr(batch_size) * 2.0**k
+
+
+def first_pair(prediction: Prediction, batch_size: int) -> tuple[float, float]:
+    """The first two trials: the grid points either side of the prediction.
+
+    A prediction on the grid (the bound, the floor, the default) gives the paper's
+    pair, the prediction and half of it; a floor gives it and twice it.
+    """
+    k = grid_index(prediction.lr, batch_size)
+    low = math.floor(k + 1e-6)
+    if abs(k - low) < 1e-6:
+        if prediction.source == "floor":
+            return grid_lr(low, batch_size), grid_lr(low + 1, batch_size)
+        return grid_lr(low, batch_size), grid_lr(low - 1, batch_size)
+    return grid_lr(low + 1, batch_size), grid_lr(low, batch_size)
+
+
+# ---------------------------------------------------------------- the bracketing search
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One LR's outcome: a finished run's final held-out loss, or a divergence (loss None)."""
+
+    lr: float
+    loss: float | None
+    status: str = "finished"  # "finished" or "diverged"
+    flops: float | None = None
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == "diverged" or self.loss is None or not math.isfinite(self.loss)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lr": self.lr, "loss": None if self.diverged else self.loss,
+                "status": "diverged" if self.diverged else "finished", "flops": self.flops}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Where a search stands: the best LR so far and why the search stopped (or not yet)."""
+
+    lr: float | None
+    loss: float | None
+    done: bool
+    bracketed: bool  # the best LR's grid neighbours on both sides were run (or diverged)
+    tied: bool  # stopped because the best beat its neighbour by less than the noise
+    stop: str  # "bracketed", "tied", "max-trials", "running", "all-diverged"
+    runner_up: float | None
+    gap: float | None  # the runner-up's loss over the best's, minus 1
+    message: str
+
+
+class Bracket:
+    """A two-way search on the factor-2 LR grid, as a state machine of rounds.
+
+    `next_round()` gives the LRs to run now (at most `parallel`, none when the search
+    is over); `record()` takes their outcomes. The first round is the pair around the
+    prediction. After it, the best LR's neighbours decide:
+
+    - both neighbours run (or diverged): bracketed, done;
+    - one neighbour not run: if the nearest run LR on the other side is worse by more
+      than `noise` (relative) or diverged, the trend continues: run it (and, with room
+      in the round, the next one beyond); if worse by less, the two tie within the
+      noise: done, keeping the lower loss;
+    - an unrun gap next to the best is always filled; after every trial diverged the
+      search continues below the lowest.
+
+    The choice is the lowest loss among finished trials (an exact tie goes to the
+    lower LR). lr_search runs it on Ray; lr_audit's replay runs it on a grid's
+    recorded losses: the same rounds, trial for trial.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        start: Iterable[float],
+        noise: float,
+        known: Iterable[Trial] = (),
+        parallel: int = DEFAULT_PARALLEL,
+        max_trials: int = DEFAULT_MAX_TRIALS,
+    ):
+        if parallel < 1:
+            raise TunerError(f"--parallel must be at least 1, got {parallel}")
+        if max_trials < 2:
+            raise TunerError(f"--max-trials must be at least 2, got {max_trials}")
+        self.batch_size = batch_size
+        self.noise = noise
+        self.parallel = parallel
+        self.max_trials = max_trials
+        self.trials: dict[int, Trial] = {}
+        self.known: set[int] = set()
+        self.rounds: list[tuple[float, ...]] = []
+        for trial in known:
+            k = on_grid(trial.lr, batch_size)
+            if k is not None:
+                self.trials[k] = trial
+                self.known.add(k)
+        self._start = [k for k in (on_grid(lr, batch_size) for lr in start) if k is not None]
+
+    # -- state
+
+    @property
+    def run(self) -> int:
+        """Trials this search ran (not those it knew from the ledger)."""
+        return len(self.trials) - len(self.known)
+
+    def _alive(self) -> dict[int, float]:
+        return {k: t.loss for k, t in self.trials.items() if not t.diverged}
+
+    def _best(self) -> int | None:
+        alive = self._alive()
+        return min(alive, key=lambda k: (alive[k], k)) if alive else None
+
+    def _worse(self, k: int, best: int, times: float = 1.0) -> bool:
+        """Trial k is worse than the best by more than `times` the noise of a difference (or diverged).
+
+        Two single-seed losses that each carry a relative spread `noise` differ by a
+        spread of sqrt(2) × noise: a smaller gap is not a win.
+        """
+        t, b = self.trials[k], self.trials[best].loss
+        return t.diverged or (t.loss - b) > times * self.threshold * abs(b)
+
+    @property
+    def threshold(self) -> float:
+        """The relative gap a win must exceed: sqrt(2) × the noise of one loss."""
+        return math.sqrt(2.0) * self.noise
+
+    def _needs(self) -> tuple[list[int], list[int], bool]:
+        """(LRs the bracket needs, speculative ones beyond them, closed by a tie)."""
+        pending = [k for k in self._start if k not in self.trials]
+        if pending:
+            return pending, [], False
+        if not self.trials:
+            return [], [], False
+        best = self._best()
+        if best is None:
+            low = min(self.trials)
+            return [low - 1], [low - 2], False
+        needs, spec, tied = [], [], False
+        for step in (-1, 1):
+            neighbour = best + step
+            if neighbour in self.trials:
+                continue
+            beyond = [k for k in self.trials if (k - best) * step > 1]
+            if beyond:
+                needs.append(neighbour)  # a gap next to the best
+                continue
+            behind = [k for k in self.trials if (k - best) * step < 0]
+            if not behind:
+                needs.append(neighbour)  # nothing on either side yet: look both ways
+                continue
+            nearest = max(behind, key=lambda k: (k - best) * step)
+            if self._worse(nearest, best):
+                needs.append(neighbour)
+                if self._worse(nearest, best, STEEP):
+                    spec.append(neighbour + step)  # a steep trend: likely more than one step to go
+            else:
+                tied = True
+        return needs, spec, tied
+
+    def verdict(self) -> Verdict:
+        needs, _, tied = self._needs()
+        best = self._best()
+        over = len(self.trials) - len(self.known) >= self.max_trials
+        done = not needs or over
+        if best is None:
+            stop = "all-diverged" if self.trials and done else "running"
+            msg = (f"every trial diverged ({', '.join(f'{t.lr:g}' for t in self._sorted())})"
+                   if self.trials else "no trial yet")
+            return Verdict(None, None, done and bool(self.trials), False, False, stop, None, None, msg)
+        loss = self.trials[best].loss
+        bracketed = (best - 1) in self.trials and (best + 1) in self.trials
+        alive = self._alive()
+        others = sorted((v, k) for k, v in alive.items() if k != best)
+        runner_up = grid_lr(others[0][1], self.batch_size) if others else None
+        gap = (others[0][0] / loss - 1.0) if others and loss > 0 else None
+        lr = self.trials[best].lr
+        if not needs:
+            stop = "bracketed" if bracketed and not tied else ("tied" if tied else "bracketed")
         else:
-            wide = (alive[1][0] - loss) > margin * abs(loss)
-    elif lr == max(lr for lr, _, _ in results) and len(alive) > 1:
-        above = (alive[1][0] - loss) > margin * abs(loss)
-    extension = next_lower(lr) if wide else None
-    message = f"lr {lr:g} wins with val_loss {loss:.4g}"
-    if wide:
-        message += f"; the lowest lr won by a wide margin (>{margin:.0%}), consider a third trial at lr {extension:g}"
-    if above:
-        message += (f"; the highest lr won by a wide margin (>{margin:.0%}): the optimum may lie above it, "
-                    "beyond what two trials under the bound can find")
-    return Decision(lr, loss, wide, extension, message, above_bound=above)
+            stop = "max-trials" if over else "running"
+        msg = f"lr {lr:g} is best with val_loss {loss:.4g}"
+        if stop == "bracketed":
+            msg += (f", bracketed by lr {grid_lr(best - 1, self.batch_size):g} and "
+                    f"{grid_lr(best + 1, self.batch_size):g}")
+        elif stop == "tied":
+            msg += (f"; it beat lr {runner_up:g} by {100 * gap:.2g}%, within the noise of a difference "
+                    f"({100 * self.threshold:.3g}%): the two tie, and the lower loss is kept")
+        elif stop == "max-trials":
+            msg += f"; not bracketed after {self.max_trials} trials (--max-trials): rerun to continue"
+        return Verdict(lr, loss, done, bracketed, stop == "tied", stop, runner_up, gap, msg)
+
+    def _sorted(self) -> list[Trial]:
+        return [self.trials[k] for k in sorted(self.trials)]
+
+    # -- rounds
+
+    def next_round(self) -> list[float]:
+        """The LRs to run now: what the bracket needs, then speculative ones, at most `parallel`."""
+        needs, spec, _ = self._needs()
+        room = min(self.parallel, self.max_trials - self.run)
+        if not needs or room <= 0:
+            return []
+        chosen = list(dict.fromkeys(needs + [k for k in spec if k not in self.trials]))[:room]
+        lrs = tuple(grid_lr(k, self.batch_size) for k in chosen)
+        self.rounds.append(lrs)
+        return list(lrs)
+
+    def record(self, trials: Iterable[Trial]) -> None:
+        for trial in trials:
+            k = on_grid(trial.lr, self.batch_size)
+            if k is None:
+                raise TunerError(f"lr {trial.lr:g} is not on the factor-2 grid of batch {self.batch_size}")
+            self.trials[k] = trial
+
+    def history(self) -> list[Trial]:
+        """Every trial, known ones included, by LR."""
+        return self._sorted()
+
+
+def run_bracket(bracket: Bracket, evaluate) -> Verdict:
+    """Drive a bracket to its end: `evaluate(lrs)` returns each LR's Trial, or None to stop."""
+    while True:
+        lrs = bracket.next_round()
+        if not lrs:
+            return bracket.verdict()
+        outcomes = evaluate(lrs)
+        if outcomes is None:
+            return bracket.verdict()
+        bracket.record(outcomes)
+
+
+# ---------------------------------------------------------------- one cell's search, as lr_search and lr_audit plan it
+
+SEARCH_SOURCE = "lr_search"  # the ledger `source` of lr_search's rows
+SEARCH_RECORD_VERSION = 1
+COMPLETE_STOPS = frozenset({"bracketed", "tied"})
+
+
+def search_record(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The `search` column of an lr_search row, parsed; None for rows without one."""
+    import json
+
+    text = row.get("search")
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _cell_key(row: Mapping[str, Any]) -> tuple:
+    return (row["variant"], _float(row.get("width_mult"), 1.0), _float(row.get("depth_mult"), 1.0),
+            float(row["epochs"]), int(row["batch_size"]) if row.get("batch_size") is not None else None,
+            row.get("dataset"))
+
+
+@dataclass(frozen=True)
+class CellSearch:
+    """Everything planned for one cell before a trial runs: where to start, what is known, what noise."""
+
+    label: str
+    variant: str
+    width_mult: float
+    depth_mult: float
+    epochs: float
+    batch_size: int
+    params: int | None
+    dataset: str | None
+    prediction: Prediction
+    noise: Noise
+    start: tuple[float, ...]
+    known: tuple[Trial, ...]  # this cell's outcomes the ledger already holds
+    previous: dict[str, Any] | None  # the latest lr_search record of this cell
+    status: str  # "new", "continue" (an earlier search stopped unbracketed) or "done"
+    parallel: int = DEFAULT_PARALLEL
+    max_trials: int = DEFAULT_MAX_TRIALS
+
+    def bracket(self) -> Bracket:
+        return Bracket(self.batch_size, self.start, self.noise.value, self.known, self.parallel, self.max_trials)
+
+    def describe(self) -> str:
+        if self.status == "done":
+            rec = self.previous or {}
+            return (f"already tuned: lr {rec.get('chosen'):g} ({rec.get('stop')}, {len(rec.get('trials', []))} "
+                    "trials); --force searches it again")
+        known = ""
+        if self.known:
+            known = f"; the ledger already holds lr {', '.join(f'{t.lr:g}' for t in sorted(self.known, key=lambda t: t.lr))}"
+        if self.status == "continue":
+            return f"continuing an unbracketed search{known}"
+        return (f"first pair lr {' and '.join(f'{lr:g}' for lr in self.start)} around the prediction "
+                f"{self.prediction.lr:.3g}{known}" if self.start else f"starting from the ledger's runs{known}")
+
+
+def plan_cell(
+    rows: Iterable[Mapping[str, Any]],
+    variant: str,
+    epochs: float,
+    batch_size: int,
+    params: int | None,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+    dataset: str | None = None,
+    seed: int | None = None,
+    noise: float | None = None,
+    parallel: int = DEFAULT_PARALLEL,
+    max_trials: int = DEFAULT_MAX_TRIALS,
+    force: bool = False,
+) -> CellSearch:
+    """Plan one cell's LR search from the ledger rows: the code lr_search and lr_audit's replay share.
+
+    The prediction comes from every other tuned cell (`predict`); the noise from
+    `noise` (--noise) or the ledger's seed repeats (`estimate_noise`). Outcomes the
+    ledger already holds for this very cell (any source, this seed; the trials an
+    earlier lr_search recorded) start the bracket, so nothing is trained twice. A
+    cell whose latest lr_search record is complete (bracketed, or tied within the
+    noise) is "done" unless `force`, which also forgets the cell's own outcomes.
+    """
+    if epochs <= 0:
+        raise TunerError(f"epochs must be positive, got {epochs}")
+    rows = _as_rows(rows)
+    base, w, d = parse_label(variant)
+    width_mult, depth_mult = w * width_mult, d * depth_mult
+    me = (base, width_mult, depth_mult, float(epochs), int(batch_size), dataset)
+    prediction = predict(rows, base, epochs, batch_size, params, width_mult, depth_mult, dataset)
+    estimate = estimate_noise(rows, dataset, noise)
+    mine = [r for r in rows if (r.get("kind") or "pretrain") == "pretrain" and r.get("variant") is not None
+            and r.get("epochs") is not None and _cell_key(r) == me]
+    previous = None
+    known: dict[int, list[Trial]] = {}
+    if not force:
+        searches = [r for r in mine if r.get("source") == SEARCH_SOURCE and search_record(r) is not None]
+        if searches:
+            latest = max(enumerate(searches), key=lambda ir: (ir[1].get("time") is not None, ir[1].get("time") or 0,
+                                                              ir[0]))[1]
+            previous = search_record(latest)
+            for t in previous.get("trials", []):
+                k = on_grid(float(t["lr"]), batch_size)
+                if k is not None:
+                    known.setdefault(k, []).append(Trial(float(t["lr"]), t.get("loss"), t.get("status", "finished"),
+                                                         t.get("flops")))
+        for r in mine:
+            if r.get("source") == SEARCH_SOURCE and search_record(r) is not None:
+                continue  # its trials came from its record
+            if seed is not None and r.get("seed") is not None and int(r["seed"]) != seed:
+                continue
+            status, lr = r.get("status"), r.get("lr")
+            if lr is None or status not in TUNED_STATUSES | {"diverged"}:
+                continue
+            k = on_grid(float(lr), batch_size)
+            if k is None:
+                continue
+            loss = r.get("final_val_loss")
+            diverged = status == "diverged" or loss is None or not math.isfinite(loss)
+            known.setdefault(k, []).append(Trial(float(lr), None if diverged else float(loss),
+                                                 "diverged" if diverged else "finished", r.get("flops")))
+    merged = []
+    for k, trials in sorted(known.items()):
+        finished = [t for t in trials if not t.diverged]
+        if finished:
+            merged.append(Trial(finished[0].lr, sum(t.loss for t in finished) / len(finished), "finished",
+                                finished[0].flops))
+        else:
+            merged.append(trials[0])
+    status = "new"
+    if previous is not None:
+        status = "done" if previous.get("stop") in COMPLETE_STOPS and previous.get("chosen") else "continue"
+    start = () if merged else first_pair(prediction, batch_size)
+    return CellSearch(
+        label=cell_label(base, width_mult, depth_mult), variant=base, width_mult=width_mult,
+        depth_mult=depth_mult, epochs=float(epochs), batch_size=int(batch_size), params=params, dataset=dataset,
+        prediction=prediction, noise=estimate, start=tuple(start), known=tuple(merged), previous=previous,
+        status=status, parallel=parallel, max_trials=max_trials,
+    )
+
+
+def make_record(cell: CellSearch, bracket: Bracket, verdict: Verdict, failed: Iterable[float] = ()) -> dict[str, Any]:
+    """The `search` column of the row lr_search records: how its LR was chosen."""
+    failed = list(failed)
+    return {
+        "version": SEARCH_RECORD_VERSION,
+        "chosen": verdict.lr,
+        "loss": verdict.loss,
+        "stop": "failed" if failed and verdict.stop not in COMPLETE_STOPS else verdict.stop,
+        "bracketed": verdict.bracketed,
+        "tied": verdict.tied,
+        "runner_up": verdict.runner_up,
+        "gap": verdict.gap,
+        "trials": [t.to_dict() for t in bracket.history()],
+        "trials_run": bracket.run,
+        "known": sorted(t.lr for t in cell.known),
+        "failed": failed,
+        "rounds": [list(r) for r in bracket.rounds],
+        "parallel": cell.parallel,
+        "prediction": cell.prediction.to_dict(),
+        "noise": {"value": cell.noise.value, "source": cell.noise.source, "points": cell.noise.points},
+        "message": verdict.message,
+    }
