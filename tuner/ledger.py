@@ -70,6 +70,8 @@ LEDGER_SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),
         pa.field("source", pa.string()),
         pa.field("checkpoint_uri", pa.string()),
+        # lr_search's rows: how the LR was chosen (JSON: trials, rounds, prediction, noise, bracketed).
+        pa.field("search", pa.string()),
         pa.field("code_version", pa.string(), nullable=False),
         pa.field("time", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
@@ -275,6 +277,25 @@ CSV_COLUMNS: dict[str, tuple[str, type]] = {
 }
 
 
+# Datasets whose class count is known without reading them (a `[n]` subset suffix is ignored).
+KNOWN_CLASSES = {"fashion_mnist": 10, "digits": 10, "imagenet": 1000, "imagenet2012": 1000, "jft": 18291}
+# The head the paper's variants are counted with when a row's dataset is unknown.
+GUESS_CLASSES = 1000
+
+
+def dataset_classes(dataset: str | None) -> int | None:
+    """The class count of a dataset spec nfscale knows by name, else None."""
+    if not dataset:
+        return None
+    name = re.sub(r"\[\d+\]$", "", dataset.strip())
+    if name.startswith("synthetic"):
+        match = re.search(r"classes=(\d+)", name)
+        return int(match.group(1)) if match else 10
+    if "num_classes=" in name:
+        return int(re.search(r"num_classes=(\d+)", name).group(1))
+    return KNOWN_CLASSES.get(name.split(":", 1)[0].lower())
+
+
 def _parse_cell(text: str, kind: type, column: str, where: str) -> Any:
     if kind is str:
         return text
@@ -282,8 +303,9 @@ def _parse_cell(text: str, kind: type, column: str, where: str) -> Any:
         value = float(text)
     except ValueError:
         raise TunerError(f"{where}: column {column!r} is not a number: {text!r}") from None
-    if not math.isfinite(value) and column != "val_loss":
-        raise TunerError(f"{where}: column {column!r} is not a finite number: {text!r}")
+    if not math.isfinite(value):
+        raise TunerError(f"{where}: column {column!r} is not a finite number: {text!r}"
+                         + ("; leave diverged runs out of the CSV" if column == "val_loss" else ""))
     if kind is int:
         if value != int(value):
             raise TunerError(f"{where}: column {column!r} is not a whole number: {text!r}")
@@ -291,15 +313,47 @@ def _parse_cell(text: str, kind: type, column: str, where: str) -> Any:
     return value
 
 
+def _count(variant: str, width: float, depth: float, classes: int, where: str) -> int:
+    try:
+        return _count_cached(variant, width, depth, classes)
+    except TunerError as exc:
+        raise TunerError(f"{where}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _count_cached(variant: str, width: float, depth: float, classes: int) -> int:
+    try:
+        from nfnet.counting import count_params
+        from nfnet.errors import NFNetError
+        from nfnet.variants import get_variant
+    except ImportError:  # nfnet's dependencies missing: nothing to count with
+        return variant_params(variant, width, depth)
+    try:
+        return int(count_params(get_variant(variant, width, depth), num_classes=classes))
+    except NFNetError as exc:
+        raise TunerError(str(exc)) from None
+
+
 def read_results_csv(
-    path: str | os.PathLike[str], dataset: str | None = None, source: str = "import"
+    path: str | os.PathLike[str],
+    dataset: str | None = None,
+    source: str = "import",
+    num_classes: int | None = None,
+    warn: Any = None,
 ) -> list[dict[str, Any]]:
     """Ledger rows from a results CSV (one pre-training run a line, status `imported`).
 
     Each row's trial_id hashes the row's content (and the dataset it is filed
-    under), so importing the same file again adds nothing.
+    under), so importing the same file again adds nothing. Every line is checked:
+    a known variant, a positive LR, batch size and epoch budget, a finite loss,
+    and a parameter count equal to what nfscale trains for the row's dataset
+    (`num_classes`, else the dataset's known class count). A row whose class count
+    is unknown gets the count with a 1000-way head, and `warn` (a callable taking
+    one line) says that it is a guess.
     """
     path = Path(path)
+    if num_classes is not None and num_classes < 2:
+        raise TunerError(f"--num-classes must be at least 2, got {num_classes}")
     try:
         with path.open(newline="") as handle:
             reader = csv.DictReader(handle)
@@ -318,6 +372,7 @@ def read_results_csv(
             f"{path} has unknown column(s) {', '.join(unknown)}; accepted: {', '.join(CSV_COLUMNS)}"
         )
     rows = []
+    guessed: list[int] = []
     for line, record in lines:
         where = f"{path.name} line {line}"
         cells = {name.strip(): (value or "").strip() for name, value in record.items() if name is not None}
@@ -329,17 +384,41 @@ def read_results_csv(
                     raise TunerError(f"{where}: column {column!r} is empty")
                 continue
             row[target] = _parse_cell(text, kind, column, where)
+        for column, target in (("lr", "lr"), ("epochs", "epochs"), ("batch_size", "batch_size")):
+            if not row[target] > 0:
+                raise TunerError(f"{where}: column {column!r} must be positive, got {cells[column]!r}")
         variant, width, depth = parse_label(row["variant"])
         row["variant"] = variant
         row["width_mult"] = row.get("width_mult", 1.0) * width
         row["depth_mult"] = row.get("depth_mult", 1.0) * depth
+        if variant_params(variant, row["width_mult"], row["depth_mult"]) is None:
+            from tuner.planner import cell_label as _label
+
+            raise TunerError(f"{where}: unknown variant {_label(variant, row['width_mult'], row['depth_mult'])!r}; "
+                             "python -m nfnet.summary --list names the variants")
         row.setdefault("dataset", dataset)
+        classes = num_classes or dataset_classes(row["dataset"])
+        if classes is None:
+            guessed.append(line)
+            classes = GUESS_CLASSES
+        expected = _count(variant, row["width_mult"], row["depth_mult"], classes, where)
         if row.get("params") is None:
-            row["params"] = variant_params(variant, row["width_mult"], row["depth_mult"])
+            row["params"] = expected
+        elif line not in guessed and row["params"] != expected:
+            raise TunerError(
+                f"{where}: params {row['params']:,} but {cell_label(variant, row['width_mult'], row['depth_mult'])} "
+                f"with a {classes}-way head ({row['dataset'] or 'no dataset'}) has {expected:,}; fix the column, "
+                "or pass --num-classes"
+            )
         content = json.dumps({k: row[k] for k in sorted(row) if k != "params"}, sort_keys=True)
         row["trial_id"] = "import-" + hashlib.sha256(content.encode()).hexdigest()[:16]
         row.update(experiment=f"import:{path.name}", kind="pretrain", status="imported", source=source)
         rows.append(row)
+    if guessed and warn is not None:
+        shown = ", ".join(str(n) for n in guessed[:5]) + (" ..." if len(guessed) > 5 else "")
+        warn(f"warning: {len(guessed)} row(s) (line {shown}) name no dataset whose class count nfscale knows; "
+             f"their params are GUESSED with a {GUESS_CLASSES}-way head (or taken from the params column). "
+             "Pass --dataset or --num-classes so the planner compares sizes right")
     return rows
 
 
@@ -454,13 +533,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Append pre-training results from a CSV file with columns "
         f"{', '.join(CSV_REQUIRED)} and optionally compute (FLOPs), top1, params, dataset, "
         "width_mult, depth_mult. Rows get status 'imported' and a trial_id hashed from their "
-        "content, so importing the same file twice adds nothing. Without a params column the "
-        "count is computed from the variant name.",
+        "content, so importing the same file twice adds nothing. Each line is checked (a known variant, "
+        "positive lr, finite val_loss, params matching the dataset's head); without a params column the "
+        "count is computed for the dataset's class count.",
     )
     imp.add_argument("csv", help="the results CSV file")
     imp.add_argument("--ledger", default=None, help=ledger_help)
     imp.add_argument("--dataset", default=None, help="dataset for rows whose dataset column is absent or empty")
     imp.add_argument("--source", default="import", help="value of the source column (default: import)")
+    imp.add_argument("--num-classes", type=int, default=None,
+                     help="classes of the rows' dataset, for their parameter counts (default: known for "
+                     "fashion_mnist, digits, synthetic, imagenet; else guessed as 1000, with a warning)")
     return parser
 
 
@@ -469,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ledger = Ledger(args.ledger)
         if args.command == "import":
-            rows = read_results_csv(args.csv, dataset=args.dataset, source=args.source)
+            rows = read_results_csv(args.csv, dataset=args.dataset, source=args.source,
+                                    num_classes=args.num_classes, warn=lambda text: print(text, file=sys.stderr))
             written = ledger.append(rows)
             print(f"imported {written} of {len(rows)} rows into {ledger.uri} ({len(rows) - written} already present)")
             return 0

@@ -1,27 +1,28 @@
-"""The paper's two-trial learning-rate search: `python -m tuner.lr_search`.
+"""The learning-rate search: `python -m tuner.lr_search`.
 
     python -m tuner.lr_search                                  # the embedded default
     python -m tuner.lr_search --variant micro --epochs 0.25 --dry-run
     python -m tuner.lr_search --variant F0 --epochs 1 --batch-size 4096 --dataset parquet:gs://bucket/imagenet \\
         --address auto --storage gs://bucket/nfscale --ledger gs://bucket/nfscale/ledger --cpus-per-trial 8 --accelerator tpu
 
-For a target cell (variant, epoch budget) the planner (`tuner.planner`) reads the
-ledger and bounds the optimal LR from above by the smallest tuned optimum among
-cells no larger and no longer; the two trials at that bound and half of it run
-at once as Ray Tune trials, the better one (lowest final held-out loss) is the
-cell's optimum and is recorded as ONE ledger row (source `lr_search`): the row
-the planner reads as the cell's tuned LR. The other trial stays in the Ray
-results and TensorBoard. With `--extend`, when the lower LR wins by a wide margin
-(the paper's slow-fall assumption may be breaking) a third trial at a quarter
-of the bound runs, and the best of the three is recorded. A pair in which a trial
-does not finish (it failed for good after its retries, or was interrupted)
-records nothing and exits with status 1: one trial is not a search.
+For a target cell (variant, epoch budget) the planner (`tuner.planner.plan_cell`)
+reads the ledger: it predicts the cell's optimal LR from every tuned cell (a
+least-squares law in log params and log epochs, else the paper's monotone bound,
+else the paper's 1.6 at batch 4096 scaled), takes the seed noise from the ledger's
+seed repeats (else `--noise`), and starts from what the ledger already holds for
+the cell. The search (`tuner.planner.Bracket`) runs the pair of grid LRs around the
+prediction at once as Ray Tune trials, then continues up or down on the factor-2
+grid while a neighbour wins by more than the noise, until the best LR is bracketed
+by a worse neighbour on each side (or ties its neighbour within the noise). The
+best is recorded as ONE ledger row (source `lr_search`) whose `search` column
+says how it was chosen: every trial, the rounds, the prediction and its source,
+the noise, whether it was bracketed. The other trials stay in the Ray results
+and TensorBoard. A cell already searched to its end is not searched again
+(`--force` does); one that stopped unbracketed continues where it stopped.
 
 With no arguments it runs the embedded default: Ray in-process, `nano` on
 Fashion-MNIST (scikit-learn's digits when the Debian package is missing) for a
-fraction of an epoch at batch 128: 1 min 20 s on a quiet 2-core CPU (40 s when
-the persistent compilation cache already holds its programs), up to 5 min when other
-work shares the cores (docs/benchmarks.md, "Tuner overhead").
+fraction of an epoch at batch 128 (docs/benchmarks.md, "Tuner overhead").
 """
 
 from __future__ import annotations
@@ -38,10 +39,23 @@ from typing import Any
 
 from tuner.errors import TunerError
 from tuner.placement import ACCELERATOR_HELP
-from tuner.planner import WIDE_MARGIN, Decision, Plan, cell_label, decide, parse_label, plan
+from tuner.planner import (
+    COMPLETE_STOPS,
+    DEFAULT_MAX_TRIALS,
+    DEFAULT_NOISE,
+    DEFAULT_PARALLEL,
+    SEARCH_SOURCE,
+    Bracket,
+    CellSearch,
+    Verdict,
+    cell_label,
+    make_record,
+    parse_label,
+    plan_cell,
+)
 from tuner.trainable import FAST_COMPILE
 
-SOURCE = "lr_search"
+SOURCE = SEARCH_SOURCE
 DEFAULT_VARIANT = "nano"
 # Batch 128 gives the short default run ~60 optimizer steps; the planner moves LRs
 # between batch sizes by linear scaling, so cells tuned at 256 still bound it.
@@ -80,8 +94,10 @@ class LRSearchOptions:
     accelerator: str = "cpu"
     experiment_name: str | None = None
     fast_compile: bool = False
-    extend: bool = False
-    margin: float = WIDE_MARGIN
+    noise: float | None = None
+    parallel: int = DEFAULT_PARALLEL
+    max_trials: int = DEFAULT_MAX_TRIALS
+    force: bool = False
     max_failures: int = 2
 
 
@@ -99,7 +115,8 @@ class SearchPlan:
     params: int
     ledger_uri: str
     ledger_rows: int
-    plan: Plan
+    cell: CellSearch
+    rows: tuple[dict[str, Any], ...] = ()  # the ledger's rows of this very cell
     notes: tuple[str, ...] = ()
 
     @property
@@ -110,8 +127,12 @@ class SearchPlan:
         """Where each trial runs and what it asks Ray for (tuner.placement.TrialPlacement)."""
         from tuner.placement import placement_for_config
 
-        return placement_for_config(trial_config(self, self.plan.lrs[0]), self.options.accelerator,
+        return placement_for_config(trial_config(self, self.first_lr), self.options.accelerator,
                                     self.options.cpus_per_trial)
+
+    @property
+    def first_lr(self) -> float:
+        return (self.cell.start or tuple(t.lr for t in self.cell.known) or (self.cell.prediction.lr,))[0]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,54 +141,66 @@ class SearchPlan:
             "epochs": self.epochs,
             "batch_size": self.options.batch_size,
             "params": self.params,
-            "lrs": list(self.plan.lrs),
+            "status": self.cell.status,
+            "first_round": list(self.cell.start),
+            "known": [t.to_dict() for t in self.cell.known],
+            "prediction": self.cell.prediction.to_dict(),
+            "noise": {"value": self.cell.noise.value, "source": self.cell.noise.source,
+                      "points": self.cell.noise.points},
+            "previous": self.cell.previous,
+            "parallel": self.cell.parallel,
+            "max_trials": self.cell.max_trials,
             "ledger": self.ledger_uri,
             "ledger_rows": self.ledger_rows,
             "notes": list(self.notes),
-            "plan": self.plan.to_dict(),
             "placement": self.placement().to_dict(),
         }
 
 
 @dataclass(frozen=True)
 class SearchResult:
-    """The trials' rows, the decision, and the row recorded in the ledger (if any)."""
+    """The trials' rows, where the search stopped, and the row recorded in the ledger (if any)."""
 
     search: SearchPlan
-    experiment: str
-    experiment_dir: str
-    trials: list[dict[str, Any]]
-    decision: Decision | None  # None when a planned trial did not complete: nothing is decided
+    experiment: str | None  # None when nothing ran (the cell was already tuned)
+    experiment_dir: str | None
+    trials: list[dict[str, Any]]  # this run's trials, as ledger rows
+    verdict: Verdict
+    record: dict[str, Any] | None  # the search record of the recorded row
     recorded: dict[str, Any] | None
-    extended: bool
     wall_seconds: float
-    failed: list[str] = field(default_factory=list)
-    extension_dir: str | None = None  # the third trial's experiment, when --extend ran one
-    incomplete: list[float] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # error files of trials that failed for good
+    incomplete: list[float] = field(default_factory=list)  # LRs whose trial did not reach its end
 
     @property
     def chosen_lr(self) -> float | None:
-        return self.decision.winner if self.decision else None
+        return self.verdict.lr
 
     @property
-    def tensorboard(self) -> str:
+    def ok(self) -> bool:
+        """The search ended by its rule (bracketed or tied) with every trial complete, or had nothing to run."""
+        if self.experiment is None:
+            return self.verdict.lr is not None
+        return self.verdict.lr is not None and self.verdict.stop in COMPLETE_STOPS and not self.incomplete
+
+    @property
+    def tensorboard(self) -> str | None:
         from tuner.experiment import tensorboard_hint
 
-        if self.extension_dir is None:
-            return tensorboard_hint(self.experiment_dir)
-        return f"tensorboard --logdir_spec two:{self.experiment_dir},third:{self.extension_dir}"
+        return tensorboard_hint(self.experiment_dir) if self.experiment_dir else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "search": self.search.to_dict(),
             "experiment": self.experiment,
             "experiment_dir": self.experiment_dir,
-            "extension_dir": self.extension_dir,
             "trials": self.trials,
-            "decision": self.decision.to_dict() if self.decision else None,
+            "verdict": dataclasses.asdict(self.verdict),
+            "record": self.record,
             "chosen_lr": self.chosen_lr,
+            "bracketed": self.verdict.bracketed,
+            "stop": self.verdict.stop,
             "recorded_trial_id": self.recorded["trial_id"] if self.recorded else None,
-            "extended": self.extended,
             "failed": self.failed,
             "incomplete_lrs": self.incomplete,
             "ledger": self.search.ledger_uri,
@@ -234,8 +267,12 @@ def _check_options(options: LRSearchOptions) -> None:
         raise bad("--batch-size", options.batch_size, "an integer >= 1")
     if not options.cpus_per_trial > 0:
         raise bad("--cpus-per-trial", options.cpus_per_trial, "> 0")
-    if options.margin < 0:
-        raise bad("--margin", options.margin, ">= 0")
+    if options.noise is not None and not (math.isfinite(options.noise) and 0 <= options.noise < 1):
+        raise bad("--noise", options.noise, "a relative spread in [0, 1) (0.02 is 2%)")
+    if options.parallel < 1:
+        raise bad("--parallel", options.parallel, "an integer >= 1")
+    if options.max_trials < 2:
+        raise bad("--max-trials", options.max_trials, "an integer >= 2")
     if options.experiment_name is not None and (not options.experiment_name or "/" in options.experiment_name):
         raise TunerError(f"--experiment-name must be a non-empty name without '/', got {options.experiment_name!r}")
 
@@ -253,16 +290,15 @@ def plan_search(options: LRSearchOptions) -> SearchPlan:
     ledger = Ledger(options.ledger or default_ledger_uri())
     rows = ledger.read().to_pylist()
     params = _count_params(variant, width, depth, num_classes)
-    the_plan = plan(
-        rows,
-        variant,
-        epochs,
-        options.batch_size,
-        params,
-        width_mult=width,
-        depth_mult=depth,
-        dataset=label,
+    cell = plan_cell(
+        rows, variant, epochs, options.batch_size, params, width_mult=width, depth_mult=depth, dataset=label,
+        seed=options.seed, noise=options.noise, parallel=options.parallel, max_trials=options.max_trials,
+        force=options.force,
     )
+    mine = tuple(r for r in rows if r.get("kind") == "pretrain" and r.get("dataset") == label
+                 and (r.get("variant"), r.get("width_mult") or 1.0, r.get("depth_mult") or 1.0,
+                      float(r.get("epochs") or 0), r.get("batch_size")) == (variant, width, depth, float(epochs),
+                                                                             options.batch_size))
     return SearchPlan(
         options=options,
         variant=variant,
@@ -274,7 +310,8 @@ def plan_search(options: LRSearchOptions) -> SearchPlan:
         params=params,
         ledger_uri=ledger.uri,
         ledger_rows=len(rows),
-        plan=the_plan,
+        cell=cell,
+        rows=mine,
         notes=(note,) if note else (),
     )
 
@@ -311,7 +348,7 @@ def _validate_trainer(search: SearchPlan) -> None:
     from nfnet.train import TrainConfig, validate
 
     try:
-        fields = {k: v for k, v in trial_config(search, search.plan.lrs[0]).items() if k != FAST_COMPILE}
+        fields = {k: v for k, v in trial_config(search, search.first_lr).items() if k != FAST_COMPILE}
         validate(TrainConfig(**fields, workdir="unused"))
     except NFNetError as exc:
         raise TunerError(str(exc)) from None
@@ -353,20 +390,26 @@ def _rows_from_results(grid: Any, experiment: str) -> tuple[list[dict[str, Any]]
 
 
 def _run_trials(
-    search: SearchPlan, lrs: list[float], name: str, storage: str, to_stderr: bool
-) -> tuple[list[dict[str, Any]], list[str]]:
+    search: SearchPlan, bracket: Bracket, name: str, storage: str, to_stderr: bool
+) -> tuple[list[dict[str, Any]], list[str], list[float]]:
+    """Run the bracket's rounds as one Tune experiment; (trial rows, error files, LRs that did not finish)."""
     from ray import tune
 
     from tuner.experiment import HParamsLoggerCallback, ProgressPrinter, quiet_tune_output
+    from tuner.lr_searcher import BracketSearcher
     from tuner.placement import tune_trainable
     from tuner.trainable import train_trial
 
     o = search.options
     quiet_tune_output()
+    searcher = BracketSearcher(bracket)
+    config = trial_config(search, None)
+    config.pop("lr")  # the searcher gives each trial its LR
     tuner = tune.Tuner(
         tune_trainable(train_trial, o.accelerator, o.cpus_per_trial),
-        param_space=trial_config(search, tune.grid_search(lrs)),
-        tune_config=tune.TuneConfig(metric="val_loss", mode="min", max_concurrent_trials=len(lrs)),
+        param_space=config,
+        tune_config=tune.TuneConfig(metric="val_loss", mode="min", search_alg=searcher,
+                                    num_samples=o.max_trials, max_concurrent_trials=o.parallel),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
@@ -377,134 +420,154 @@ def _run_trials(
             log_to_file=True,
         ),
     )
-    return _rows_from_results(tuner.fit(), name)
+    rows, failed = _rows_from_results(tuner.fit(), name)
+    searcher.finish()
+    return rows, failed, list(searcher.failed)
 
 
-def extension_lr(decision: Decision, extend: bool) -> float | None:
-    """The third trial's LR: one grid step below the winner, when asked for and the win was wide."""
-    if extend and decision.wide_margin and decision.suggest_extension is not None:
-        return decision.suggest_extension
-    return None
+def _recorded_row(search: SearchPlan, rows: list[dict[str, Any]], verdict: Verdict, record: dict[str, Any],
+                  experiment: str) -> dict[str, Any] | None:
+    """The ledger row for the search: the winner's trial with the search record.
 
+    A winner this run did not train (it came from the ledger: an earlier search's
+    winner, or a sweep's run of this cell) is recorded again as a copy of its row
+    under a new trial id, so the cell's latest lr_search row carries the whole search.
+    """
+    import json
 
-def incomplete_lrs(lrs: list[float], rows: list[dict[str, Any]]) -> list[float]:
-    """LRs whose trial did not reach the end of its schedule (failed for good, or interrupted)."""
-    complete = {r["lr"] for r in rows if r["status"] != "stopped"}
-    return [lr for lr in lrs if lr not in complete]
+    from tuner.planner import LR_SAME
 
+    def same(lr: Any) -> bool:
+        return lr is not None and math.isclose(float(lr), verdict.lr, rel_tol=LR_SAME)
 
-def _decide(rows: list[dict[str, Any]], margin: float) -> Decision:
-    return decide([(r["lr"], r["final_val_loss"], r["status"]) for r in rows if r["status"] != "stopped"], margin)
+    text = json.dumps(_json_safe(record), allow_nan=False)
+    mine = [r for r in rows if same(r["lr"]) and r["status"] == "finished"]
+    if mine:
+        return {**mine[0], "search": text}
+    earlier = [r for r in search.rows if same(r.get("lr")) and r.get("status") in ("finished", "imported")]
+    if not earlier:
+        return None
+    latest = max(enumerate(earlier), key=lambda ir: (ir[1].get("time") is not None, ir[1].get("time") or 0, ir[0]))[1]
+    copy = {k: v for k, v in latest.items() if k not in ("code_version", "time")}
+    copy.update(trial_id=f"{experiment}/from-{latest['trial_id']}", experiment=experiment, source=SOURCE,
+                search=text, status="finished")
+    return copy
 
 
 def run_search(search: SearchPlan, log: Callable[[str], None] = print, to_stderr: bool = False) -> SearchResult:
-    """Run the planned trials (and the extension), record the winner in the ledger.
+    """Run the search's rounds on Ray and record the chosen LR in the ledger.
 
     `log` takes this command's lines; the trials' progress goes to stdout, or to
-    stderr with `to_stderr`.
+    stderr with `to_stderr`. A cell already searched to its end starts nothing.
     """
     from tuner.experiment import connect, experiment_dir, experiment_name, storage_path
     from tuner.ledger import Ledger
 
     o = search.options
-    _validate_trainer(search)
     start = time.perf_counter()
+    bracket = search.cell.bracket()
+    if search.cell.status == "done" or not bracket.next_round_preview():
+        return SearchResult(search=search, experiment=None, experiment_dir=None, trials=[],
+                            verdict=_previous_verdict(search, bracket), record=search.cell.previous,
+                            recorded=None, wall_seconds=time.perf_counter() - start)
+    _validate_trainer(search)
     storage = storage_path(o.storage)
     name = o.experiment_name or experiment_name(SOURCE, search.variant, search.epochs, search.width_mult, search.depth_mult)
     path = experiment_dir(storage, name)
-    lrs = list(search.plan.lrs)
     with connect(o.address, num_cpus=o.num_cpus) as connection:
         where = "started Ray in-process" if connection.started else f"joined the Ray cluster at {connection.address}"
-        log(f"{where}; running {len(lrs)} trials at once ({o.cpus_per_trial:g} CPU each) in {path}")
-        rows, failed = _run_trials(search, lrs, name, storage, to_stderr)
-        incomplete = incomplete_lrs(lrs, rows)
-        decision = None if incomplete else _decide(rows, o.margin)
-        extended, extension_dir = False, None
-        third = extension_lr(decision, o.extend) if decision else None
-        if third is not None:
-            log(f"{decision.message}; --extend: running a third trial at lr {third:g}")
-            more, more_failed = _run_trials(search, [third], f"{name}-extend", storage, to_stderr)
-            rows, failed, extended = rows + more, failed + more_failed, True
-            extension_dir = experiment_dir(storage, f"{name}-extend")
-            if incomplete_lrs([third], more):
-                incomplete.append(third)  # the two-trial decision stands
-            else:
-                decision = _decide(rows, o.margin)
+        log(f"{where}; up to {o.parallel} trials at once ({o.cpus_per_trial:g} CPU each) in {path}")
+        rows, failed, incomplete = _run_trials(search, bracket, name, storage, to_stderr)
+    verdict = bracket.verdict()
+    record = make_record(search.cell, bracket, verdict, incomplete)
     recorded = None
-    if decision is not None and decision.winner is not None:
-        recorded = next(r for r in rows if r["lr"] == decision.winner and r["status"] != "stopped")
-        Ledger(search.ledger_uri).append([recorded])
+    if verdict.lr is not None:
+        recorded = _recorded_row(search, rows, verdict, record, name)
+        if recorded is not None:
+            Ledger(search.ledger_uri).append([recorded])
     return SearchResult(
         search=search,
         experiment=name,
         experiment_dir=path,
         trials=rows,
-        decision=decision,
+        verdict=verdict,
+        record=record,
         recorded=recorded,
-        extended=extended,
         wall_seconds=time.perf_counter() - start,
         failed=failed,
-        extension_dir=extension_dir,
         incomplete=incomplete,
     )
+
+
+def _previous_verdict(search: SearchPlan, bracket: Bracket) -> Verdict:
+    """Where an already-tuned cell stands: its last search's verdict, or the ledger's runs'."""
+    verdict = bracket.verdict()
+    previous = search.cell.previous
+    if search.cell.status == "done" and previous is not None and verdict.lr is not None:
+        return dataclasses.replace(verdict, message=previous.get("message") or verdict.message)
+    return verdict
 
 
 # ---------------------------------------------------------------- output
 
 
 def describe_plan(search: SearchPlan) -> list[str]:
-    o, p = search.options, search.plan
+    o, cell = search.options, search.cell
+    pred = cell.prediction
     lines = [
         f"target: {search.label} ({search.params:,} params) on {search.dataset_label}, "
         f"{search.epochs:g} epochs at batch {o.batch_size}",
         *(f"note: {note}" for note in search.notes),
         f"ledger: {search.ledger_uri} ({search.ledger_rows} rows)",
-        f"plan: {p.reason}",
+        f"prediction ({pred.source}): {pred.detail}",
     ]
-    for cell in p.bounding_cells:
-        mark = "  <- binds" if cell == p.binding_cell else ""
-        lines.append(
-            f"  bound: {cell.variant} at {cell.epochs:g} epochs: lr {cell.lr:g} at batch {cell.batch_size} "
-            f"-> {cell.transferred_lr:g} at batch {o.batch_size}{mark}"
-        )
-    lines.append(f"placement: {search.placement().describe()}")
-    mode = " (XLA fast compile)" if o.fast_compile else ""
-    lines.append(f"trials: lr {' and '.join(f'{lr:g}' for lr in p.lrs)}{mode}")
-    if o.extend:
-        lines.append(f"--extend: a third trial at lr {p.upper_bound / 4:g} if lr {p.upper_bound / 2:g} wins by a wide margin")
+    if pred.bound is not None:
+        for b in pred.bound.bounding_cells:
+            mark = "  <- binds" if b == pred.bound.binding_cell else ""
+            lines.append(f"  bound: {b.variant} at {b.epochs:g} epochs: lr {b.lr:g} at batch {b.batch_size} "
+                         f"-> {b.transferred_lr:g} at batch {o.batch_size}{mark}")
+    lines.append(f"noise: {cell.noise.describe()}; a win needs a gap over "
+                 f"{100 * math.sqrt(2) * cell.noise.value:.3g}% (sqrt 2 x the noise)")
+    lines.append(f"search: {cell.describe()}")
+    if cell.status != "done":
+        lines.append(f"placement: {search.placement().describe()}")
+        mode = " (XLA fast compile)" if o.fast_compile else ""
+        lines.append(f"rounds of up to {cell.parallel} trials at once, at most {cell.max_trials} trials{mode}")
     return lines
 
 
 def describe_result(result: SearchResult) -> list[str]:
     from tuner.experiment import results_table
 
-    lines = ["", "results:", results_table(result.trials), ""]
-    d = result.decision
-    if d is None:
-        missing = ", ".join(f"{lr:g}" for lr in result.incomplete)
-        lines.append(f"nothing recorded: the trial(s) at lr {missing} did not finish; rerun the search")
-    elif d.winner is None:
-        lines.append(f"no LR chosen: {d.message}; nothing recorded")
+    v = result.verdict
+    lines = []
+    if result.trials:
+        lines += ["", "results:", results_table(result.trials), ""]
+    if result.record is not None and result.record.get("rounds"):
+        rounds = " / ".join(", ".join(f"{lr:g}" for lr in r) for r in result.record["rounds"])
+        lines.append(f"rounds: {rounds}")
+    if v.lr is None:
+        lines.append(f"no LR chosen: {v.message}; nothing recorded")
+    elif result.experiment is None:
+        lines.append(f"chosen lr: {v.lr:g} (val_loss {v.loss:.4g}); already tuned, nothing run "
+                     "(--force searches again)")
+        lines.append(f"  {v.message}")
     else:
-        lines.append(f"chosen lr: {d.winner:g} (val_loss {d.winner_loss:.4g})")
-        if d.wide_margin and not result.extended:
-            lines.append(f"note: {d.message}; rerun with --extend to try it")
-        elif d.wide_margin or d.above_bound:
-            lines.append(f"note: {d.message}")
-        if d.above_bound and result.search.plan.binding_cell is None:
-            lines.append("note: the bound is the paper's default, not a tuned cell's optimum; tune this cell over "
-                         "LRs above it first (a grid with tuner.sweep, or tuner.ledger import of a result you "
-                         "trust), then bound the next cells by it")
+        lines.append(f"chosen lr: {v.lr:g} (val_loss {v.loss:.4g}), {v.stop}")
+        lines.append(f"  {v.message}")
         if result.incomplete:
-            lines.append(f"note: the third trial at lr {result.incomplete[-1]:g} did not finish")
-        lines.append(f"recorded in ledger {result.search.ledger_uri} as {result.recorded['trial_id']}")
+            missing = ", ".join(f"{lr:g}" for lr in result.incomplete)
+            lines.append(f"note: the trial(s) at lr {missing} did not finish: the search stopped unbracketed; "
+                         "rerun the same command to continue it")
+        elif v.stop not in COMPLETE_STOPS:
+            lines.append("note: not bracketed; rerun the same command to continue the search")
+        if result.recorded is not None:
+            lines.append(f"recorded in ledger {result.search.ledger_uri} as {result.recorded['trial_id']}")
     for path in result.failed:
         lines.append(f"failed trial: {path}")
-    lines += [
-        f"TensorBoard logs: {', '.join(filter(None, (result.experiment_dir, result.extension_dir)))}",
-        f"  {result.tensorboard}",
-        f"took {result.wall_seconds:.0f}s",
-    ]
+    if result.experiment_dir:
+        lines += [f"TensorBoard logs: {result.experiment_dir}", f"  {result.tensorboard}"]
+    lines.append(f"took {result.wall_seconds:.0f}s")
     return lines
 
 
@@ -524,8 +587,9 @@ def _json_safe(value: Any) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tuner.lr_search",
-        description="Tune one (variant, epoch budget) cell's learning rate with the paper's two trials: "
-        "the upper bound from the ledger and half of it, run at once on Ray; the better is recorded.",
+        description="Tune one (variant, epoch budget) cell's learning rate: predict its optimum from the ledger, "
+        "run the pair of grid LRs around it at once on Ray, continue up or down until the best is bracketed "
+        "(or ties within the seed noise), and record the best with how it was chosen.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--variant", default=DEFAULT_VARIANT, help="model variant (nano, micro, ..., F0-F7, F0+...; -w/-d suffixes allowed)")
@@ -553,9 +617,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast-compile", action="store_true",
                    help="XLA with most optimizations off: compiles ~2x faster, steps run ~2x slower; "
                    "pays only for very short CPU runs (see docs/benchmarks.md)")
-    p.add_argument("--extend", action="store_true",
-                   help="run a third trial at a quarter of the bound when the lower LR wins by a wide margin")
-    p.add_argument("--margin", type=float, default=WIDE_MARGIN, help="relative loss gap that counts as a wide margin")
+    p.add_argument("--noise", type=float, default=None,
+                   help="relative seed-to-seed spread of a final loss; a win needs a gap over sqrt(2) x it "
+                   f"(default: the median of the ledger's seed repeats of this dataset, else {DEFAULT_NOISE:g})")
+    p.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
+                   help="trials per round, run at once when the cluster has room")
+    p.add_argument("--max-trials", type=int, default=DEFAULT_MAX_TRIALS,
+                   help="trials this search may run before it stops unbracketed (a rerun continues)")
+    p.add_argument("--force", action="store_true",
+                   help="search a cell the ledger already tunes, from scratch (its own runs are not reused)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its last checkpoint")
     p.add_argument("--dry-run", action="store_true", help="print the LRs and the ledger cells that bound them; run nothing")
     p.add_argument("--json", action="store_true", help="print the plan or the result as one JSON object on stdout")
@@ -595,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         log(line)
     if args.json:
         print(json.dumps(_json_safe({"dry_run": False, **result.to_dict()})))
-    return 1 if result.decision is None else 0
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

@@ -2,17 +2,28 @@
 
 [P2] Sec. 3: "one can efficiently tune the learning rate within 2 trials by assuming
 that the optimal learning rate falls slowly but monotonically as both the model size
-and the epoch budget increase". Made precise here:
+and the epoch budget increase". nfscale keeps the two trials as the common case and
+drops the assumption that the optimum only falls:
 
 - LRs live on a factor-2 grid anchored at the paper's 1.6 at batch 4096 and scaled
   linearly with the batch size (the reference code's lr × batch/256 rule).
 - A cell is (variant with its width/depth multipliers, epochs); a cell tuned at one
   batch size gives a tuned point whose optimum is the LR of its lowest final
   held-out loss among finished (or imported) pre-training rows.
-- Every tuned point no larger in parameters and no longer in epochs than the target
-  bounds the target's optimum from above, after transfer to the target's batch size
-  (linear scaling, snapped down to the grid). The smallest bound is `ub`; the two
-  trials are `ub` and `ub/2`.
+- `predict`: with 3 or more tuned cells (and one more than the law has terms), a
+  least-squares law log2 lr* = a + b ln(params) + c ln(epochs) over the tuned cells,
+  each moved to the target's batch size, with its residual spread; with fewer, the
+  paper's monotone bound (`plan`: the smallest optimum of a tuned cell no larger and
+  no longer); with only larger or longer cells, the largest of their optima as a
+  floor; with nothing, the paper's default.
+- `estimate_noise`: --noise, else the median relative seed-to-seed spread of the
+  ledger's seed repeats, else 2%.
+- `Bracket`: the pair of grid points around the prediction, then up or down while
+  the best LR's neighbour loses by more than sqrt(2) × the noise, until the best is
+  bracketed by run neighbours on both sides, or ties its only run neighbour.
+- `plan_cell`: all of the above for one cell, plus what the ledger already holds
+  for that very cell. tuner.lr_search runs it on Ray; tuner.lr_audit's replay runs
+  it on a grid's recorded losses.
 
 No Ray and no JAX here; `variant_params` imports `nfnet` lazily.
 """
@@ -34,6 +45,8 @@ PAPER_LR = 1.6
 PAPER_BATCH = 4096
 # Snapping tolerance in log2 units, so 0.1 × 2^k computed in floating point stays on k.
 GRID_TOLERANCE = 1e-6
+# Relative tolerance for "the same LR" between a planned LR and a trial's or row's.
+LR_SAME = 1e-6
 # Statuses whose final held-out loss is a finished run's (imported rows are assumed finished).
 TUNED_STATUSES = frozenset({"finished", "imported"})
 # The seed noise assumed when the ledger holds no seed repeats and --noise is not
@@ -49,7 +62,10 @@ MIN_FIT_CELLS = 3
 # A win by more than this many times the noise is a steep trend: with room in the
 # round, the search also runs the grid point beyond the next (one round saved when
 # the optimum is two or more steps away, one trial spent when it is not).
-STEEP = 4.0
+STEEP = 3.0
+# Around a fitted prediction the first pair's edge must win by this many times the
+# noise of a difference to walk on: the law says the optimum lies near the pair.
+FIT_FIRST_WIN = 2.0
 
 _LABEL = re.compile(r"^(?P<base>.+?)(?:-w(?P<w>[0-9.]+))?(?:-d(?P<d>[0-9.]+))?$")
 
@@ -564,9 +580,11 @@ class Bracket:
 
     - both neighbours run (or diverged): bracketed, done;
     - one neighbour not run: if the nearest run LR on the other side is worse by more
-      than `noise` (relative) or diverged, the trend continues: run it (and, with room
-      in the round, the next one beyond); if worse by less, the two tie within the
-      noise: done, keeping the lower loss;
+      than sqrt(2) × `noise` (relative) or diverged, the trend continues: run it; if
+      worse by less, the two tie within the noise: done, keeping the lower loss;
+    - a trend steeper than STEEP times that, with room in the round, also runs the
+      grid point beyond the next, when the search started from the paper's default
+      (`eager`: no prior at all) or has already walked a round from its first pair;
     - an unrun gap next to the best is always filled; after every trial diverged the
       search continues below the lowest.
 
@@ -583,6 +601,8 @@ class Bracket:
         known: Iterable[Trial] = (),
         parallel: int = DEFAULT_PARALLEL,
         max_trials: int = DEFAULT_MAX_TRIALS,
+        eager: bool = False,
+        first_win: float = 1.0,
     ):
         if parallel < 1:
             raise TunerError(f"--parallel must be at least 1, got {parallel}")
@@ -592,6 +612,8 @@ class Bracket:
         self.noise = noise
         self.parallel = parallel
         self.max_trials = max_trials
+        self.eager = eager
+        self.first_win = first_win
         self.trials: dict[int, Trial] = {}
         self.known: set[int] = set()
         self.rounds: list[tuple[float, ...]] = []
@@ -655,10 +677,12 @@ class Bracket:
                 needs.append(neighbour)  # nothing on either side yet: look both ways
                 continue
             nearest = max(behind, key=lambda k: (k - best) * step)
-            if self._worse(nearest, best):
+            if self._worse(nearest, best, self.first_win if len(self.rounds) <= 1 else 1.0):
                 needs.append(neighbour)
-                if self._worse(nearest, best, STEEP):
-                    spec.append(neighbour + step)  # a steep trend: likely more than one step to go
+                if self._worse(nearest, best, STEEP) and (self.eager or len(self.rounds) >= 2):
+                    # A steep trend, from a weak start or one already walked from: likely more
+                    # than one step to go.
+                    spec.append(neighbour + step)
             else:
                 tied = True
         return needs, spec, tied
@@ -700,15 +724,20 @@ class Bracket:
 
     # -- rounds
 
-    def next_round(self) -> list[float]:
-        """The LRs to run now: what the bracket needs, then speculative ones, at most `parallel`."""
+    def next_round_preview(self) -> list[float]:
+        """What `next_round` would return, without starting a round."""
         needs, spec, _ = self._needs()
         room = min(self.parallel, self.max_trials - self.run)
         if not needs or room <= 0:
             return []
         chosen = list(dict.fromkeys(needs + [k for k in spec if k not in self.trials]))[:room]
-        lrs = tuple(grid_lr(k, self.batch_size) for k in chosen)
-        self.rounds.append(lrs)
+        return [grid_lr(k, self.batch_size) for k in chosen]
+
+    def next_round(self) -> list[float]:
+        """The LRs to run now: what the bracket needs, then speculative ones, at most `parallel`."""
+        lrs = tuple(self.next_round_preview())
+        if lrs:
+            self.rounds.append(lrs)
         return list(lrs)
 
     def record(self, trials: Iterable[Trial]) -> None:
@@ -784,7 +813,9 @@ class CellSearch:
     max_trials: int = DEFAULT_MAX_TRIALS
 
     def bracket(self) -> Bracket:
-        return Bracket(self.batch_size, self.start, self.noise.value, self.known, self.parallel, self.max_trials)
+        return Bracket(self.batch_size, self.start, self.noise.value, self.known, self.parallel, self.max_trials,
+                       eager=self.prediction.source == "default",
+                       first_win=FIT_FIRST_WIN if self.prediction.source == "fit" else 1.0)
 
     def describe(self) -> str:
         if self.status == "done":
