@@ -97,46 +97,26 @@ for seed in 1 2; do
     run_grid "cpu-scaling-seed$seed" "$SEEDS_PRESET" "$SEEDS_LEDGER" --seed "$seed"
 done
 
-# (2) The two-trial LR search, cell by cell, smallest model and shortest budget first;
-# each cell's bound comes from the cells the walk has already tuned (its own ledger).
-# The trials use the grid's trainer settings, so a found LR's loss is the grid's.
-# The walk is anchored as the paper's was: the smallest model at the shortest budget
-# is tuned by a full sweep (here, the grid's own runs of that cell, imported), and
-# every later cell gets two trials. `tuner.lr_audit` also replays the walk without
-# the anchor (the paper's 1.6 at batch 4096 as the first bound) at no compute.
-if [ ! -d "$WALK_LEDGER" ]; then
-    stamp "walk: anchor ${VARIANTS[0]} at ${EPOCHS[0]} epochs from the grid"
-    "$PY" -m tuner.ledger show --ledger "$GRID_LEDGER" --kind pretrain --json |
-        "$PY" -c '
-import csv, json, sys
-variant, epochs = sys.argv[1], float(sys.argv[2])
-rows = [r for r in json.load(sys.stdin) if r["variant"] == variant and r["epochs"] == epochs
-        and r["status"] == "finished"]
-if not rows:
-    sys.exit(f"error: the grid ledger has no finished {variant} run at {epochs:g} epochs to anchor the walk")
-cols = ["variant", "width_mult", "depth_mult", "params", "epochs", "lr", "batch_size", "dataset",
-        "val_loss", "top1", "compute"]
-out = csv.writer(sys.stdout)
-out.writerow(cols)
-for r in rows:
-    out.writerow([r["variant"], r["width_mult"], r["depth_mult"], r["params"], r["epochs"], r["lr"],
-                  r["batch_size"], r["dataset"], r["final_val_loss"], r["top1"], r["flops"]])
-' "${VARIANTS[0]}" "${EPOCHS[0]}" > "$OUT/walk-anchor.csv"
-    "$PY" -m tuner.ledger import "$OUT/walk-anchor.csv" --ledger "$WALK_LEDGER" --source grid-anchor
-fi
+# (2) The LR search, cell by cell, smallest model and shortest budget first, from an
+# empty ledger: each cell is predicted from the cells the walk has already tuned (its
+# own ledger; the first from the paper's 1.6 at batch 4096) and bracketed two ways.
+# The trials use the grid's trainer settings and seed, so a trial's loss is the grid's
+# run at that LR. No anchor: the first cell climbs from the paper's default itself.
+# `tuner.lr_audit` replays the same walk on the grid with the same planner code.
 for variant in "${VARIANTS[@]}"; do
     for epochs in "${EPOCHS[@]}"; do
         common=(--variant "$variant" --epochs "$epochs" --batch-size 128 --resolution 16
                 --dataset fashion_mnist --max-eval-examples 5000 --evals-per-run 4
                 --fast-compile --ledger "$WALK_LEDGER" --storage "$OUT")
-        tuned=$("$PY" -m tuner.lr_search "${common[@]}" --dry-run --json | json_get 'd["plan"]["already_tuned"]')
-        if [ "$tuned" = "True" ]; then
+        status=$("$PY" -m tuner.lr_search "${common[@]}" --dry-run --json | json_get 'd["status"]')
+        if [ "$status" = "done" ]; then
             stamp "walk: $variant at $epochs epochs already tuned"
             continue
         fi
         stamp "walk: tuner.lr_search --variant $variant --epochs $epochs"
-        "$PY" -m tuner.lr_search "${common[@]}" --experiment-name "walk-$variant-e$epochs" --json \
-            > "$OUT/walk/$variant-e$epochs.json"
+        # A search that stops unbracketed exits 1; the next run of this script continues it.
+        "$PY" -m tuner.lr_search "${common[@]}" --experiment-name "walk-$variant-e$epochs-$(date -u +%H%M%S)" \
+            --json > "$OUT/walk/$variant-e$epochs.json" || stamp "walk: $variant at $epochs epochs did not end bracketed"
     done
 done
 

@@ -484,8 +484,8 @@ def replay(
     its `Bracket` runs round by round with every trial's loss looked up in the grid:
     the same LRs, rounds and choice as lr_search on the same losses. A trial at an
     LR the grid never ran is charged its compute (every LR of a cell costs the same)
-    and reported as off the grid; the search continues without it, and stops when
-    a round asks only for such LRs. The winner's row, with its search record, joins
+    and reported as off the grid; the search goes on without it (a side it would
+    have closed stays open: the cell stops "off-grid"). The winner's row, with its search record, joins
     the ledger the later cells are planned from.
     """
     _check(tolerance)
@@ -501,7 +501,7 @@ def replay(
         spent: float | None = 0.0
         while True:
             lrs = bracket.next_round()
-            if not lrs or all(any(math.isclose(lr, o, rel_tol=LR_MATCH) for o in off_grid) for lr in lrs):
+            if not lrs:
                 break
             outcomes = []
             for lr in lrs:
@@ -511,13 +511,15 @@ def replay(
                     off_grid.append(lr)
                 else:
                     outcomes.append(Trial(outcome[0], outcome[1], outcome[2], cell.flops_at(lr)))
+            bracket.skip(off_grid)
             bracket.record(outcomes)
         verdict = bracket.verdict()
         notes = []
         if off_grid:
             notes.append(f"lr {', '.join(f'{lr:g}' for lr in off_grid)} not in the grid")
         if verdict.lr is None:
-            notes.append("every trial diverged (or none ran in the grid): nothing tuned")
+            notes.append("every trial diverged: nothing tuned" if bracket.history()
+                         else "no LR it asked for is in the grid: nothing tuned")
         else:
             if verdict.stop not in ("bracketed", "tied"):
                 notes.append(f"stopped {verdict.stop}")
@@ -641,7 +643,7 @@ def audit_markdown(result: Audit, title: str, level: int = 2) -> str:
 
 def section_markdown(replayed: Audit | None, searched: Audit | None, level: int = 2, note: str = "") -> str:
     """The report's section: the real walk's audit (if any), then the replay (or why there is none)."""
-    lines = [f"{'#' * level} Two-trial LR search against the grid", ""]
+    lines = [f"{'#' * level} The LR search against the grid", ""]
     parts = ["\n".join(lines)]
     if searched is not None:
         parts.append(audit_markdown(searched, "The walk's lr_search rows", level + 1))
@@ -699,7 +701,7 @@ def read_search_rows(uri: str, flag: str) -> list[dict[str, Any]]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tuner.lr_audit",
-        description="Compare the two-trial LR search with a full LR grid: how often it finds each cell's "
+        description="Compare the LR search with a full LR grid: how often it finds each cell's "
         "optimum (or a loss within the tolerance of it), and at what share of the grid's compute.",
     )
     p.add_argument("--grid", required=True, metavar="LEDGER", help="ledger of the full grid (tuner.sweep --grid)")

@@ -616,6 +616,7 @@ class Bracket:
         self.first_win = first_win
         self.trials: dict[int, Trial] = {}
         self.known: set[int] = set()
+        self.skipped: set[int] = set()  # LRs that cannot be run (a replayed grid lacks them)
         self.rounds: list[tuple[float, ...]] = []
         for trial in known:
             k = on_grid(trial.lr, batch_size)
@@ -654,7 +655,7 @@ class Bracket:
 
     def _needs(self) -> tuple[list[int], list[int], bool]:
         """(LRs the bracket needs, speculative ones beyond them, closed by a tie)."""
-        pending = [k for k in self._start if k not in self.trials]
+        pending = [k for k in self._start if k not in self.trials and k not in self.skipped]
         if pending:
             return pending, [], False
         if not self.trials:
@@ -662,11 +663,11 @@ class Bracket:
         best = self._best()
         if best is None:
             low = min(self.trials)
-            return [low - 1], [low - 2], False
+            return [k for k in (low - 1,) if k not in self.skipped], [low - 2], False
         needs, spec, tied = [], [], False
         for step in (-1, 1):
             neighbour = best + step
-            if neighbour in self.trials:
+            if neighbour in self.trials or neighbour in self.skipped:
                 continue
             beyond = [k for k in self.trials if (k - best) * step > 1]
             if beyond:
@@ -704,8 +705,9 @@ class Bracket:
         runner_up = grid_lr(others[0][1], self.batch_size) if others else None
         gap = (others[0][0] / loss - 1.0) if others and loss > 0 else None
         lr = self.trials[best].lr
+        blocked = any(best + step in self.skipped for step in (-1, 1))
         if not needs:
-            stop = "bracketed" if bracketed and not tied else ("tied" if tied else "bracketed")
+            stop = "tied" if tied else ("bracketed" if bracketed else "off-grid" if blocked else "bracketed")
         else:
             stop = "max-trials" if over else "running"
         msg = f"lr {lr:g} is best with val_loss {loss:.4g}"
@@ -739,6 +741,13 @@ class Bracket:
         if lrs:
             self.rounds.append(lrs)
         return list(lrs)
+
+    def skip(self, lrs: Iterable[float]) -> None:
+        """LRs that cannot be run: never asked for again (tuner.lr_audit's replay, for LRs its grid lacks)."""
+        for lr in lrs:
+            k = on_grid(lr, self.batch_size)
+            if k is not None:
+                self.skipped.add(k)
 
     def record(self, trials: Iterable[Trial]) -> None:
         for trial in trials:

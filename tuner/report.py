@@ -11,7 +11,7 @@ best-seen loss of a run can come from mid-schedule. Compute is training FLOPs (l
 `flops`). Diverged and early-stopped runs are left out of the fits and LR table.
 
 When some (variant, epochs) cell was run at 2 or more LRs the rows are taken for a
-grid, and the summary ends with `tuner.lr_audit`'s replay of the two-trial LR
+grid, and the summary ends with `tuner.lr_audit`'s replay of the LR
 search on it; `--lr-search-ledger` adds the audit of a real walk's rows.
 """
 

@@ -174,9 +174,9 @@ def test_planner_reads_ledger_rows(tmp_path):
 
 
 GOOD_CSV = """variant,epochs,lr,batch_size,val_loss,compute,top1,params
-nano,1,0.1,256,1.5,1e12,0.4,300000
-micro,2,0.05,256,1.2,3e12,,860000
-F0-w0.5,4,0.025,256,1.1,,0.6,18000000
+nano,1,0.1,256,1.5,1e12,0.4,117350
+micro,2,0.05,256,1.2,3e12,,
+F0-w0.5,4,0.025,256,1.1,,0.6,17183718
 """
 
 
@@ -189,8 +189,9 @@ def test_csv_import_and_reimport_adds_nothing(tmp_path, capsys):
     rows = {r["variant"]: r for r in Ledger(ledger_dir).read().to_pylist()}
     assert set(rows) == {"nano", "micro", "F0"}
     nano, micro, f0 = rows["nano"], rows["micro"], rows["F0"]
-    assert (nano["final_val_loss"], nano["flops"], nano["top1"], nano["params"]) == (1.5, 1e12, 0.4, 300000)
+    assert (nano["final_val_loss"], nano["flops"], nano["top1"], nano["params"]) == (1.5, 1e12, 0.4, 117350)
     assert micro["top1"] is None and f0["flops"] is None
+    assert micro["params"] == 482959  # counted with digits' 10-way head
     assert (f0["width_mult"], f0["depth_mult"]) == (0.5, 1.0)
     assert all(r["status"] == "imported" and r["kind"] == "pretrain" for r in rows.values())
     assert all(r["source"] == "import" and r["dataset"] == "digits" for r in rows.values())
@@ -202,13 +203,27 @@ def test_csv_import_and_reimport_adds_nothing(tmp_path, capsys):
     assert Ledger(ledger_dir).read().num_rows == 3
 
 
-def test_csv_import_counts_params_from_variant_name(tmp_path):
+def test_csv_import_counts_params_for_the_datasets_head_or_says_it_guesses(tmp_path, capsys):
     csv_path = tmp_path / "results.csv"
     csv_path.write_text("variant,epochs,lr,batch_size,val_loss\nnano,1,0.1,256,1.5\nmicro,1,0.1,256,1.4\n")
-    rows = {r["variant"]: r for r in read_results_csv(csv_path)}
-    assert rows["nano"]["params"] > 0
+    rows = {r["variant"]: r for r in read_results_csv(csv_path, dataset="fashion_mnist")}
+    assert rows["nano"]["params"] == 117350  # what nfscale trains on Fashion-MNIST
     assert rows["micro"]["params"] > rows["nano"]["params"]
-    assert rows["nano"]["dataset"] is None
+    assert {r["params"] for r in read_results_csv(csv_path, num_classes=1000)} >= {308420}
+    # No dataset nfscale knows the classes of: a 1000-way guess, said loudly.
+    assert main(["import", str(csv_path), "--ledger", str(tmp_path / "ledger")]) == 0
+    err = capsys.readouterr().err
+    assert "GUESSED" in err and "--num-classes" in err and "line 2, 3" in err
+    assert {r["params"] for r in Ledger(tmp_path / "ledger").read().to_pylist()} >= {308420}
+
+
+def test_an_imported_row_without_params_bounds_the_planner_like_a_trained_one(tmp_path):
+    """A nano row imported with --dataset counts as nano's size, so it bounds the cells above it."""
+    csv_path = tmp_path / "results.csv"
+    csv_path.write_text("variant,epochs,lr,batch_size,val_loss\nnano,0.125,0.4,128,0.99\n")
+    rows = read_results_csv(csv_path, dataset="fashion_mnist")
+    p = plan(rows, "micro", 0.25, 128, 482959, dataset="fashion_mnist")
+    assert p.binding_cell is not None and p.upper_bound == pytest.approx(0.4)
 
 
 @pytest.mark.parametrize(
@@ -219,6 +234,14 @@ def test_csv_import_counts_params_from_variant_name(tmp_path):
         ("variant,epochs,lr,batch_size,val_loss\nnano,1,0.1,256,1.5\nnano,1,0.1,25.5,1.5\n", "line 3"),
         ("variant,epochs,lr,batch_size,val_loss\nnano,,0.1,256,1.5\n", "'epochs' is empty"),
         ("variant,epochs,lr,batch_size,val_loss,notes\nnano,1,0.1,256,1.5,x\n", "unknown column"),
+        ("variant,epochs,lr,batch_size,val_loss\nnano,1,0.1,256,1.5\nF99,1,0.1,256,1.5\n",
+         "line 3: unknown variant 'F99'"),
+        ("variant,epochs,lr,batch_size,val_loss\nnano,1,0,256,1.5\n", "line 2: column 'lr' must be positive"),
+        ("variant,epochs,lr,batch_size,val_loss\nnano,1,-0.1,256,1.5\n", "line 2: column 'lr' must be positive"),
+        ("variant,epochs,lr,batch_size,val_loss\nnano,1,0.1,256,nan\n", "line 2: column 'val_loss' is not a finite"),
+        ("variant,epochs,lr,batch_size,val_loss\nnano,1,0.1,256,inf\n", "line 2: column 'val_loss' is not a finite"),
+        ("variant,epochs,lr,batch_size,val_loss,params,dataset\nnano,1,0.1,256,1.5,308420,digits\n",
+         "line 2: params 308,420 but nano with a 10-way head (digits) has 117,350"),
     ],
 )
 def test_csv_import_errors_are_one_line_exit_2(tmp_path, capsys, text, message):

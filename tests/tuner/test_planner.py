@@ -1,4 +1,5 @@
-"""The two-trial LR planner on hand-built ledger rows (no Ray, no training)."""
+"""The LR planner on hand-built ledger rows (no Ray, no training): the paper's bound, the
+ledger-fitted prediction, the seed noise, the two-way bracketing search and the plan of one cell."""
 
 import math
 
@@ -6,12 +7,20 @@ import pytest
 
 from tuner.errors import TunerError
 from tuner.planner import (
+    DEFAULT_NOISE,
+    Bracket,
+    Trial,
     base_lr,
     cell_label,
-    decide,
+    estimate_noise,
+    first_pair,
+    make_record,
     next_lower,
     parse_label,
     plan,
+    plan_cell,
+    predict,
+    run_bracket,
     snap_to_grid,
     transfer_lr,
     tuned_cells,
@@ -166,56 +175,193 @@ def test_multipliers_are_part_of_the_cell_and_unknown_sizes_bind_only_themselves
     assert [c.variant for c in p.bounding_cells] == ["F0-w0.5"]
 
 
-def test_extend_adds_a_third_trial_and_to_dict_is_plain():
-    p = plan([row("nano", 1, 0.1, 1.0, NANO)], "nano", 2, 256, NANO, extend=True)
-    assert p.lrs == pytest.approx((0.1, 0.05, 0.025))
-    d = p.to_dict()
-    assert d["lrs"] == pytest.approx([0.1, 0.05, 0.025])
+def test_plan_to_dict_is_plain():
+    d = plan([row("nano", 1, 0.1, 1.0, NANO)], "nano", 2, 256, NANO).to_dict()
+    assert d["lrs"] == pytest.approx([0.1, 0.05])
     assert d["binding_cell"]["transferred_lr"] == pytest.approx(0.1)
     assert d["bounding_cells"][0]["variant"] == "nano"
 
 
-def test_decide_picks_lowest_loss():
-    d = decide([(0.1, 1.00, "finished"), (0.05, 1.02, "finished")])
-    assert d.winner == pytest.approx(0.1) and d.winner_loss == pytest.approx(1.0)
-    assert not d.wide_margin and d.suggest_extension is None
+# ---------------------------------------------------------------- prediction
+
+# A known law at batch 256: log2 lr* = 1 - 0.5 log2(params / NANO) + 0.25 log2(epochs).
+def law(params, epochs):
+    return 2.0 ** (1 - 0.5 * math.log2(params / NANO) + 0.25 * math.log2(epochs))
 
 
-def test_decide_diverged_trial_loses():
-    d = decide([(0.1, 0.5, "diverged"), (0.05, 1.0, "finished")])
-    assert d.winner == pytest.approx(0.05)
-    # The upper trial diverging while the lower finished counts as a wide margin.
-    assert d.wide_margin and d.suggest_extension == pytest.approx(0.025)
-    d = decide([(0.1, math.nan, "finished"), (0.05, 1.0, "finished")])
-    assert d.winner == pytest.approx(0.05)
+def law_rows(cells, batch=256):
+    return [row(v, e, law(p, e) * batch / 256, 1.0, p, batch=batch) for v, e, p in cells]
 
 
-def test_a_wide_win_of_the_highest_lr_says_the_optimum_may_lie_above():
-    d = decide([(0.05, 1.0, "finished"), (0.025, 1.3, "finished")])
-    assert d.winner == pytest.approx(0.05) and d.above_bound and not d.wide_margin
-    assert d.suggest_extension is None and "optimum may lie above it" in d.message
-    assert not decide([(0.05, 1.0, "finished"), (0.025, 1.04, "finished")]).above_bound
-    # A diverged lower trial says nothing about what lies above; neither does a single trial.
-    assert not decide([(0.05, 1.0, "finished"), (0.025, None, "diverged")]).above_bound
-    assert not decide([(0.05, 1.0, "finished")]).above_bound
+def test_a_fit_over_tuned_cells_recovers_a_known_law_and_moves_it_across_batch_sizes():
+    cells = [("nano", 1, NANO), ("nano", 4, NANO), ("micro", 1, MICRO), ("micro", 4, MICRO)]
+    # Two of the cells were tuned at batch 1024: linear scaling brings them back.
+    rows = law_rows(cells[:2]) + law_rows(cells[2:], batch=1024)
+    p = predict(rows, "mini", 2, 256, MINI)
+    assert p.source == "fit" and p.cells == 4
+    assert p.lr == pytest.approx(law(MINI, 2), rel=1e-6)
+    assert p.spread == pytest.approx(0.0, abs=1e-6)
+    assert p.coefficients[1] == pytest.approx(-0.5 / math.log(2)) and p.coefficients[2] == pytest.approx(
+        0.25 / math.log(2))
+    # At another batch size the prediction scales linearly.
+    assert predict(rows, "mini", 2, 512, MINI).lr == pytest.approx(2 * law(MINI, 2), rel=1e-6)
 
 
-def test_decide_all_diverged():
-    d = decide([(0.1, math.nan, "diverged"), (0.05, math.inf, "diverged")])
-    assert d.winner is None and d.winner_loss is None
-    assert "diverged" in d.message
-    assert d.suggest_extension == pytest.approx(0.025)
-    with pytest.raises(TunerError):
-        decide([])
+def test_a_rising_optimum_is_predicted_where_the_bound_cannot_go():
+    # The optimum rises with epochs: the paper's bound would cap a longer cell at the shortest one's.
+    rows = [row("nano", e, 0.1 * e, 1.0, NANO) for e in (1, 2, 4)]
+    p = predict(rows, "nano", 8, 256, NANO)
+    assert p.source == "fit" and p.lr == pytest.approx(0.8, rel=1e-6)
+    assert p.bound.upper_bound == pytest.approx(0.1)
 
 
-def test_wide_margin_suggests_extension():
-    d = decide([(0.1, 1.10, "finished"), (0.05, 1.00, "finished")])
-    assert d.winner == pytest.approx(0.05)
-    assert d.wide_margin and d.suggest_extension == pytest.approx(0.025)
-    assert "0.025" in d.message
-    # Within the margin: no extension; a looser margin turns it off too.
-    assert not decide([(0.1, 1.04, "finished"), (0.05, 1.00, "finished")]).wide_margin
-    assert not decide([(0.1, 1.10, "finished"), (0.05, 1.00, "finished")], margin=0.2).wide_margin
-    # The higher LR winning is never a wide margin for extension.
-    assert not decide([(0.1, 1.00, "finished"), (0.05, 1.50, "finished")]).wide_margin
+def test_with_too_few_cells_the_prediction_is_the_paper_bound_then_a_floor_then_the_default():
+    p = predict([row("nano", 1, 0.2, 1.0, NANO), row("nano", 1, 0.1, 1.1, NANO)], "micro", 2, 256, MICRO)
+    assert p.source == "bound" and p.lr == pytest.approx(0.2)
+    # Only a larger cell is tuned: its optimum is a floor, and the pair goes up from it.
+    p = predict([row("mini", 4, 0.1, 1.0, MINI)], "nano", 1, 256, NANO)
+    assert p.source == "floor" and p.lr == pytest.approx(0.1)
+    assert first_pair(p, 256) == pytest.approx((0.1, 0.2))
+    p = predict([], "nano", 1, 128, NANO)
+    assert p.source == "default" and p.lr == pytest.approx(0.05)
+    assert first_pair(p, 128) == pytest.approx((0.05, 0.025))  # the paper's pair
+
+
+def test_the_target_cell_and_other_datasets_never_predict_themselves():
+    rows = law_rows([("nano", 1, NANO), ("nano", 2, NANO), ("nano", 4, NANO)])
+    rows.append(row("micro", 2, 6.4, 0.1, MICRO))  # the target's own run: ignored by the prediction
+    rows.append(row("micro", 1, 6.4, 0.1, MICRO, dataset="other"))
+    p = predict(rows, "micro", 2, 256, MICRO, dataset="digits")
+    assert p.source == "fit" and p.cells == 3
+
+
+def test_first_pair_straddles_a_prediction_between_grid_points():
+    from tuner.planner import Prediction
+
+    assert first_pair(Prediction(0.3, "fit", ""), 256) == pytest.approx((0.4, 0.2))
+    assert first_pair(Prediction(0.1, "fit", ""), 256) == pytest.approx((0.1, 0.05))
+
+
+# ---------------------------------------------------------------- noise
+
+
+def test_noise_comes_from_the_flag_then_the_ledgers_seed_repeats_then_the_default():
+    rows = [row("nano", 1, 0.1, loss, NANO, seed=seed, trial_id=f"s{seed}")
+            for seed, loss in enumerate((1.0, 1.1, 0.9))]
+    rows += [row("nano", 1, 0.2, loss, NANO, seed=seed, trial_id=f"t{seed}") for seed, loss in enumerate((2.0, 2.0))]
+    est = estimate_noise(rows)
+    # Spreads 0.1 (std of 1.0, 1.1, 0.9 over their mean) and 0: the median is 0.05.
+    assert est.source == "ledger" and est.points == 2 and est.value == pytest.approx(0.05)
+    assert estimate_noise(rows, dataset="other").source == "default"
+    assert estimate_noise([]).value == DEFAULT_NOISE
+    assert estimate_noise(rows, flag=0.01).value == 0.01 and estimate_noise(rows, flag=0.01).source == "flag"
+    with pytest.raises(TunerError, match="--noise"):
+        estimate_noise(rows, flag=-0.1)
+
+
+# ---------------------------------------------------------------- the bracket
+
+
+def curve(best_lr, step_cost=0.05, diverge_above=None):
+    """Losses on the grid: 1 at best_lr, rising by step_cost per squared grid step."""
+    def loss(lr):
+        if diverge_above is not None and lr > diverge_above * (1 + 1e-9):
+            return Trial(lr, None, "diverged")
+        return Trial(lr, 1.0 + step_cost * math.log2(lr / best_lr) ** 2)
+    return lambda lrs: [loss(lr) for lr in lrs]
+
+
+def test_the_search_walks_up_to_an_optimum_far_above_the_start_and_brackets_it():
+    b = Bracket(128, (0.05, 0.025), noise=0.01, eager=True)
+    v = run_bracket(b, curve(0.4))
+    assert v.done and v.bracketed and v.stop == "bracketed" and v.lr == pytest.approx(0.4)
+    # Rounds of two; a steep trend from the paper's default also runs the point beyond the next.
+    assert [len(r) for r in b.rounds] == [2, 2, 2]
+    assert sorted(t.lr for t in b.history()) == pytest.approx([0.025, 0.05, 0.1, 0.2, 0.4, 0.8])
+
+
+def test_the_search_walks_down_when_the_lower_lr_wins():
+    b = Bracket(256, (0.1, 0.05), noise=0.01)
+    v = run_bracket(b, curve(0.0125))
+    assert v.bracketed and v.lr == pytest.approx(0.0125)
+    assert b.rounds[0] == pytest.approx((0.1, 0.05)) and b.rounds[1] == pytest.approx((0.025,))
+    assert min(t.lr for t in b.history()) == pytest.approx(0.00625)
+
+
+def test_a_gap_within_the_noise_is_a_tie_and_ends_the_search():
+    flat = curve(0.07, step_cost=0.01)  # 0.1 and 0.05 within 1% of each other
+    b = Bracket(256, (0.1, 0.05), noise=0.02)
+    v = run_bracket(b, flat)
+    assert v.done and v.tied and not v.bracketed and v.stop == "tied" and len(b.history()) == 2
+    assert v.runner_up is not None and "tie" in v.message
+    # With no noise the same gap is a win, and the search brackets it.
+    b = Bracket(256, (0.1, 0.05), noise=0.0)
+    assert run_bracket(b, flat).bracketed
+
+
+def test_a_diverged_neighbour_closes_its_side():
+    b = Bracket(256, (0.2, 0.1), noise=0.01)
+    v = run_bracket(b, curve(0.4, diverge_above=0.2))
+    # 0.2 beat 0.1, 0.4 diverged: 0.2 is bracketed by a worse neighbour and a divergence.
+    assert v.bracketed and v.lr == pytest.approx(0.2)
+
+
+def test_after_every_trial_diverged_the_search_goes_down():
+    b = Bracket(256, (0.8, 0.4), noise=0.01)
+    v = run_bracket(b, curve(0.05, diverge_above=0.1))
+    assert v.lr == pytest.approx(0.05) and v.bracketed
+
+
+def test_max_trials_stops_the_search_unbracketed():
+    b = Bracket(256, (0.1, 0.05), noise=0.0, max_trials=3)
+    v = run_bracket(b, curve(3.2))
+    assert v.done and not v.bracketed and v.stop == "max-trials" and b.run == 3
+    assert "rerun" in v.message
+
+
+def test_known_outcomes_start_the_search_and_cost_nothing():
+    known = curve(0.2)([0.05, 0.1, 0.2])
+    b = Bracket(256, (), noise=0.01, known=known)
+    assert b.next_round() == pytest.approx([0.4])
+    b.record(curve(0.2)([0.4]))
+    v = b.verdict()
+    assert v.bracketed and v.lr == pytest.approx(0.2) and b.run == 1
+    with pytest.raises(TunerError, match="factor-2 grid"):
+        b.record([Trial(0.3, 1.0)])
+
+
+def test_a_round_never_exceeds_parallel():
+    b = Bracket(256, (0.1, 0.05), noise=0.0, parallel=1, eager=True)
+    run_bracket(b, curve(1.6))
+    assert all(len(r) == 1 for r in b.rounds) and b.verdict().lr == pytest.approx(1.6)
+    with pytest.raises(TunerError, match="--parallel"):
+        Bracket(256, (0.1,), noise=0.0, parallel=0)
+
+
+# ---------------------------------------------------------------- one cell
+
+
+def test_plan_cell_reuses_the_ledgers_runs_of_the_cell_and_a_finished_search_is_done():
+    import json
+
+    rows = [row("nano", 1, lr, 1.0 + abs(math.log2(lr / 0.2)) / 10, NANO, seed=0, source="sweep",
+                trial_id=f"g{lr}") for lr in (0.1, 0.2, 0.4)]
+    cell = plan_cell(rows, "nano", 1, 256, NANO, dataset="digits", seed=0)
+    assert cell.status == "new" and cell.start == () and len(cell.known) == 3
+    assert cell.bracket().next_round() == []  # the sweep's runs already bracket it
+    # Runs at another seed are not this search's.
+    assert plan_cell(rows, "nano", 1, 256, NANO, dataset="digits", seed=1).known == ()
+
+    bracket = Bracket(256, (0.1, 0.05), noise=0.02)
+    verdict = run_bracket(bracket, curve(0.1))
+    record = make_record(cell, bracket, verdict)
+    searched = [row("nano", 2, 0.1, 1.0, NANO, source="lr_search", search=json.dumps(record), trial_id="s")]
+    done = plan_cell(searched, "nano", 2, 256, NANO, dataset="digits")
+    assert done.status == "done" and "already tuned" in done.describe()
+    forced = plan_cell(searched, "nano", 2, 256, NANO, dataset="digits", force=True)
+    assert forced.status == "new" and forced.known == () and forced.start
+
+    unfinished = dict(record, stop="max-trials")
+    rows = [row("nano", 2, 0.1, 1.0, NANO, source="lr_search", search=json.dumps(unfinished), trial_id="u")]
+    cont = plan_cell(rows, "nano", 2, 256, NANO, dataset="digits")
+    assert cont.status == "continue" and {t.lr for t in cont.known} == {t.lr for t in bracket.history()}
