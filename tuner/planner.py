@@ -585,6 +585,8 @@ class Bracket:
     - a trend steeper than STEEP times that, with room in the round, also runs the
       grid point beyond the next, when the search started from the paper's default
       (`eager`: no prior at all) or has already walked a round from its first pair;
+    - from the paper's default a tie in the first pair is no answer (it may be a
+      plateau where nothing trains): both neighbours are run;
     - an unrun gap next to the best is always filled; after every trial diverged the
       search continues below the lowest.
 
@@ -684,6 +686,10 @@ class Bracket:
                     # A steep trend, from a weak start or one already walked from: likely more
                     # than one step to go.
                     spec.append(neighbour + step)
+            elif self.eager and len(self.rounds) <= 1:
+                # From the paper's default nothing says the pair is near the optimum: a tie there
+                # may be a plateau (too low an LR to learn at all). Look on both sides.
+                needs.append(neighbour)
             else:
                 tied = True
         return needs, spec, tied

@@ -18,13 +18,11 @@ from tuner.ledger import Ledger
 from tuner.lr_search import (
     DEFAULT_EPOCHS,
     LRSearchOptions,
-    extension_lr,
-    incomplete_lrs,
     main,
     plan_search,
     trial_config,
 )
-from tuner.planner import base_lr, decide
+from tuner.planner import base_lr
 from tuner.trainable import FAST_COMPILE
 
 NANO_PARAMS = 117350  # nano with a 10-way head
@@ -78,10 +76,11 @@ def test_dry_run_json_on_an_empty_ledger_prints_one_object_and_starts_nothing(ca
     assert code == 0
     plan = json.loads(out)  # stdout holds the JSON object and nothing else
     assert plan["dry_run"] is True and plan["variant"] == "nano" and plan["dataset"] == "digits"
-    assert plan["lrs"] == [base_lr(128), base_lr(128) / 2] == [0.05, 0.025]
+    assert plan["first_round"] == [base_lr(128), base_lr(128) / 2] == [0.05, 0.025]
     assert plan["epochs"] == DEFAULT_EPOCHS["digits"] and plan["params"] == NANO_PARAMS
-    assert plan["plan"]["binding_cell"] is None and "no prior cell" in plan["plan"]["reason"]
-    assert "trials: lr 0.05 and 0.025" in err
+    assert plan["status"] == "new" and plan["prediction"]["source"] == "default"
+    assert plan["noise"] == {"value": 0.02, "source": "default", "points": 0}
+    assert "search: first pair lr 0.05 and 0.025 around the prediction 0.05" in err
     assert not ray.is_initialized()
     assert len(ledger.read()) == 0
 
@@ -106,7 +105,9 @@ def test_dry_run_names_the_cells_that_bound_the_lrs(capsys, ledger):
     assert "bound: nano at 0.25 epochs: lr 0.05 at batch 256 -> 0.025 at batch 128  <- binds" in out
     assert "bound: nano at 1 epochs: lr 0.1 at batch 128 -> 0.1 at batch 128" in out
     assert out.count("bound:") == 2
-    assert "trials: lr 0.025 and 0.0125" in out
+    # Four tuned cells of digits (nano at 0.25, 1 and 8 epochs, micro): a law in params and epochs.
+    assert "prediction (fit): predicted " in out and "over 4 tuned cell(s)" in out
+
 
 
 def test_dry_run_prints_each_trials_placement_derived_from_the_variant(capsys, ledger):
@@ -131,34 +132,29 @@ def test_a_training_subset_is_its_own_cell(capsys, ledger):
                             "--ledger", ledger.uri, "--dry-run", "--json")
     plan = json.loads(out)
     assert plan["dataset"] == "digits[256]"
-    # Only the subset's row bounds it (0.0125 at batch 256 -> 0.00625 at 128); the subset cell is tuned already.
-    assert plan["lrs"] == [0.00625, 0.003125]
-    assert plan["plan"]["already_tuned"] is True
+    # The whole dataset's row predicts nothing for the subset; the subset's own row (batch 256) is its
+    # cell at another batch size: not a run of this search, not a prediction for itself.
+    assert plan["prediction"]["source"] == "default" and plan["known"] == []
+    ledger.append([row("j", epochs=0.5, lr=0.0125, loss=0.2, dataset="digits[256]")])
+    code, out, _ = run_main(capsys, "--dataset", "digits", "--epochs", "1", "--max-train-examples", "256",
+                            "--ledger", ledger.uri, "--dry-run", "--json")
+    plan = json.loads(out)
+    # The subset at 0.5 epochs bounds it: 0.0125 at batch 256 -> 0.00625 at 128, the paper's pair.
+    assert plan["prediction"]["source"] == "bound" and plan["first_round"] == [0.00625, 0.003125]
 
 
-def test_extend_says_what_the_third_trial_would_be(capsys, ledger):
-    code, out, _ = run_main(capsys, "--dataset", "digits", "--ledger", ledger.uri, "--dry-run", "--extend")
-    assert code == 0
-    assert "--extend: a third trial at lr 0.0125 if lr 0.025 wins by a wide margin" in out
-
-
-def test_extension_runs_only_when_asked_and_the_lower_lr_wins_wide():
-    wide = decide([(0.05, 1.5, "finished"), (0.025, 1.0, "finished")])
-    close = decide([(0.05, 1.01, "finished"), (0.025, 1.0, "finished")])
-    upper_wins = decide([(0.05, 1.0, "finished"), (0.025, 1.5, "finished")])
-    assert extension_lr(wide, extend=True) == 0.0125
-    assert extension_lr(wide, extend=False) is None
-    assert extension_lr(close, extend=True) is None
-    assert extension_lr(upper_wins, extend=True) is None
-    diverged_upper = decide([(0.05, math.inf, "diverged"), (0.025, 1.0, "finished")])
-    assert extension_lr(diverged_upper, extend=True) == 0.0125
-
-
-def test_a_pair_is_complete_only_when_both_trials_ended_their_schedule():
-    rows = [{"lr": 0.1, "status": "finished"}, {"lr": 0.05, "status": "stopped"}]
-    assert incomplete_lrs([0.1, 0.05], rows) == [0.05]
-    assert incomplete_lrs([0.1, 0.05], rows[:1]) == [0.05]  # a trial that never reported
-    assert incomplete_lrs([0.1, 0.05], [{"lr": 0.1, "status": "diverged"}, {"lr": 0.05, "status": "finished"}]) == []
+def test_a_cell_the_ledger_already_brackets_runs_nothing_and_force_searches_again(capsys, ledger):
+    # A sweep's runs of the very cell, at the search's seed: 0.1 is bracketed by 0.05 and 0.2.
+    ledger.append([row(f"g{lr}", epochs=0.5, lr=lr, loss=loss, batch_size=128, seed=0, source="sweep")
+                   for lr, loss in ((0.05, 1.3), (0.1, 1.0), (0.2, 1.2))])
+    code, out, _ = run_main(capsys, "--dataset", "digits", "--epochs", "0.5", "--ledger", ledger.uri, "--json")
+    result = json.loads(out)
+    assert code == 0 and result["experiment"] is None and result["chosen_lr"] == 0.1 and result["bracketed"]
+    assert not ray.is_initialized() and len(ledger.read()) == 3  # nothing trained, nothing recorded
+    code, out, _ = run_main(capsys, "--dataset", "digits", "--epochs", "0.5", "--ledger", ledger.uri, "--dry-run",
+                            "--json", "--force")
+    forced = json.loads(out)
+    assert forced["status"] == "new" and forced["known"] == [] and forced["first_round"] == [0.05, 0.025]
 
 
 def test_default_falls_back_to_digits_when_fashion_mnist_is_missing(capsys, ledger, tmp_path, monkeypatch):
@@ -202,6 +198,10 @@ def test_trial_config_holds_trainer_fields(ledger):
         (["--dataset", "nosuch"], "error: "),
         (["--experiment-name", "a/b"], "error: --experiment-name must be"),
         (["--accelerator", "v9-8"], "error: unknown --accelerator 'v9-8'"),
+        (["--noise", "-0.1"], "error: --noise must be a relative spread in [0, 1)"),
+        (["--noise", "1.5"], "error: --noise must be a relative spread in [0, 1)"),
+        (["--parallel", "0"], "error: --parallel must be an integer >= 1"),
+        (["--max-trials", "1"], "error: --max-trials must be an integer >= 2"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(capsys, ledger, args, message):
