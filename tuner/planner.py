@@ -585,8 +585,9 @@ class Bracket:
     - a trend steeper than STEEP times that, with room in the round, also runs the
       grid point beyond the next, when the search started from the paper's default
       (`eager`: no prior at all) or has already walked a round from its first pair;
-    - from the paper's default a tie in the first pair is no answer (it may be a
-      plateau where nothing trains): both neighbours are run;
+    - from the paper's default (`eager`), trials that all lie within the noise of the
+      best, none diverged, are a plateau, not a tie (most likely LRs too low to learn
+      at all): the search walks up, two at a time;
     - an unrun gap next to the best is always filled; after every trial diverged the
       search continues below the lowest.
 
@@ -666,6 +667,16 @@ class Bracket:
         if best is None:
             low = min(self.trials)
             return [k for k in (low - 1,) if k not in self.skipped], [low - 2], False
+        if self.eager and not any(self._worse(k, best) for k in self.trials if k != best):
+            # From the paper's default, with every trial within the noise of the best and none
+            # diverged, nothing says the search is near an optimum: a plateau, most likely LRs too
+            # low to learn at all (too high an LR diverges or blows the loss up). Walk up; where
+            # the LRs above cannot run, down.
+            alive = sorted(self._alive())
+            for k, beyond in ((alive[-1] + 1, alive[-1] + 2), (alive[0] - 1, alive[0] - 2)):
+                if k not in self.skipped and k not in self.trials:
+                    return [k], [beyond], False
+            return [], [], False
         needs, spec, tied = [], [], False
         for step in (-1, 1):
             neighbour = best + step
@@ -686,10 +697,6 @@ class Bracket:
                     # A steep trend, from a weak start or one already walked from: likely more
                     # than one step to go.
                     spec.append(neighbour + step)
-            elif self.eager and len(self.rounds) <= 1:
-                # From the paper's default nothing says the pair is near the optimum: a tie there
-                # may be a plateau (too low an LR to learn at all). Look on both sides.
-                needs.append(neighbour)
             else:
                 tied = True
         return needs, spec, tied

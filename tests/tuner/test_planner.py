@@ -365,3 +365,17 @@ def test_plan_cell_reuses_the_ledgers_runs_of_the_cell_and_a_finished_search_is_
     rows = [row("nano", 2, 0.1, 1.0, NANO, source="lr_search", search=json.dumps(unfinished), trial_id="u")]
     cont = plan_cell(rows, "nano", 2, 256, NANO, dataset="digits")
     assert cont.status == "continue" and {t.lr for t in cont.known} == {t.lr for t in bracket.history()}
+
+
+def test_from_the_default_a_plateau_walks_up():
+    # Too low to learn anything: every loss is the same until 0.4.
+    def plateau(lrs):
+        return [Trial(lr, 2.303 if lr < 0.4 else 2.303 - 0.5 + 0.1 * abs(math.log2(lr / 0.8))) for lr in lrs]
+
+    b = Bracket(128, (0.05, 0.025), noise=0.02, eager=True)
+    v = run_bracket(b, plateau)
+    assert b.rounds[1] == pytest.approx((0.1, 0.2)) and v.lr == pytest.approx(0.8) and v.bracketed
+    # Without `eager` (a prior from the ledger) the same first pair is a tie and the search ends.
+    b = Bracket(128, (0.05, 0.025), noise=0.02)
+    assert run_bracket(b, plateau).tied
+
