@@ -14,25 +14,24 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from collections import defaultdict
 
 from tuner.errors import TunerError
 from tuner.ledger import Ledger
-from tuner.planner import cell_label
+from tuner.planner import seed_repeats
 
 
 def points(ledgers: list[str]) -> dict[tuple[str, float], dict[float, dict[int, float]]]:
-    """(label, epochs) -> lr -> seed -> final loss, for points with 2 or more seeds."""
-    found: dict[tuple[str, float], dict[float, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
-    for uri in ledgers:
-        for row in Ledger(uri).read().to_pylist():
-            if row["kind"] != "pretrain" or row["status"] != "finished" or row["final_val_loss"] is None:
-                continue
-            label = cell_label(row["variant"], row["width_mult"] or 1.0, row["depth_mult"] or 1.0)
-            found[(label, float(row["epochs"]))][round(float(row["lr"]), 12)][int(row["seed"])] = float(
-                row["final_val_loss"])
-    return {cell: {lr: seeds for lr, seeds in lrs.items() if len(seeds) >= 2}
-            for cell, lrs in found.items() if any(len(s) >= 2 for s in lrs.values())}
+    """(label, epochs) -> lr -> seed -> final loss, for points with 2 or more seeds.
+
+    The grouping is the planner's (`tuner.planner.seed_repeats`), which lr_search
+    uses for its noise estimate: the same points, the same median.
+    """
+    rows = [row for uri in ledgers for row in Ledger(uri).read().to_pylist()]
+    found: dict[tuple[str, float], dict[float, dict[int, float]]] = {}
+    for (label, epochs, _batch, _dataset), lrs in seed_repeats(rows).items():
+        for lr, by_seed in lrs.items():
+            found.setdefault((label, epochs), {}).setdefault(lr, {}).update(by_seed)
+    return found
 
 
 def report(found: dict[tuple[str, float], dict[float, dict[int, float]]]) -> str:
