@@ -1,8 +1,9 @@
 """`python -m tuner.lr_search`: plans on hand-built ledgers (no Ray), its errors, and one real search.
 
-The end-to-end test starts Ray in-process and trains nano twice on a 256-example
-subset of scikit-learn's digits: two trials, one ledger row, TensorBoard event
-files with the hparams view, and the chosen LR one of the two planned.
+The end-to-end test starts Ray in-process and trains nano on scikit-learn's digits
+in two rounds (three trials): the optimum bracketed, one ledger row with its search
+record, the second round's programs from the compilation cache, TensorBoard event
+files with the hparams view, and a second run that trains nothing.
 """
 
 import json
@@ -238,48 +239,111 @@ def test_plan_search_raises_the_package_error(ledger):
 # ---------------------------------------------------------------- end to end, with Ray
 
 
+def last_results(experiment: Path) -> dict[float, dict]:
+    """Each trial's last reported result (Tune's result.json), by LR."""
+    out = {}
+    for path in experiment.glob("*/result.json"):
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        last = json.loads(lines[-1])
+        out[last["config"]["lr"]] = last
+    return out
+
+
 @pytest.mark.slow
-def test_lr_search_end_to_end_records_the_winner(capsys, ledger, tmp_path, monkeypatch):
+def test_lr_search_end_to_end_brackets_records_one_row_and_runs_nothing_the_second_time(capsys, ledger, tmp_path,
+                                                                                         monkeypatch):
+    """Real Ray, real training on digits: the search walks past its first pair and brackets the optimum.
+
+    An imported row (nano at 0.5 epochs, lr 0.4 at batch 32) bounds the 1-epoch cell at 0.4: the first
+    pair is 0.4 and 0.2. On digits at batch 32 the 1-epoch optimum is 0.4 (a 10-trial search from the
+    paper's default found 0.4 bracketed by 0.2 and 0.8, losses 1.52, 1.29, 1.47), so 0.4 beats 0.2 by far
+    more than the noise, the search runs 0.8 in a second round, and 0.4 is bracketed.
+    """
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax-cache"))
     storage = tmp_path / "results"
+    ledger.append([row("prior", epochs=0.5, lr=0.4, loss=1.4, batch_size=32, status="imported", source="import")])
+    args = ["--dataset", "digits", "--epochs", "1", "--batch-size", "32", "--max-eval-examples", "128",
+            "--evals-per-run", "2", "--ledger", ledger.uri, "--storage", str(storage), "--num-cpus", "2",
+            "--experiment-name", "e2e", "--fast-compile", "--json"]
     try:
-        code, out, err = run_main(
-            capsys, "--dataset", "digits", "--epochs", "1", "--batch-size", "32", "--max-train-examples", "256",
-            "--max-eval-examples", "128", "--evals-per-run", "2", "--ledger", ledger.uri, "--storage", str(storage),
-            "--num-cpus", "2", "--experiment-name", "e2e", "--fast-compile", "--json",
-        )
+        code, out, err = run_main(capsys, *args)
     finally:
         ray.shutdown()
     assert code == 0, err
     result = json.loads(out)
-    planned = result["search"]["lrs"]
-    assert planned == [0.0125, 0.00625]  # no prior cell: 1.6 at 4096 scaled to batch 32
-    assert len(result["trials"]) == 2 and {t["lr"] for t in result["trials"]} == set(planned)
-    assert all(t["status"] == "finished" for t in result["trials"])
-    assert result["chosen_lr"] in planned
-    best = min(result["trials"], key=lambda t: t["final_val_loss"])
-    assert result["chosen_lr"] == best["lr"]
+    record = result["record"]
+    assert result["search"]["prediction"]["source"] == "bound" and result["search"]["first_round"] == [0.4, 0.2]
+    assert record["rounds"] == [[0.4, 0.2], [0.8]]
+    assert result["stop"] == "bracketed" and result["bracketed"] and result["chosen_lr"] == 0.4
+    losses = {t["lr"]: t["final_val_loss"] for t in result["trials"]}
+    assert set(losses) == {0.2, 0.4, 0.8} and all(t["status"] == "finished" for t in result["trials"])
+    assert losses[0.4] < min(losses[0.2], losses[0.8])
+    assert {t["lr"]: t["loss"] for t in record["trials"]} == pytest.approx(losses)
+    assert record["noise"]["source"] == "default" and record["trials_run"] == 3
 
-    rows = ledger.read().to_pylist()
-    assert len(rows) == 1  # two trials, one ledger row: the cell's optimum
+    rows = [r for r in ledger.read().to_pylist() if r["source"] == "lr_search"]
+    assert len(rows) == 1  # three trials, one ledger row: the cell's optimum with its search
     recorded = rows[0]
     assert recorded["trial_id"] == result["recorded_trial_id"] and recorded["trial_id"].startswith("e2e/")
-    assert recorded["lr"] == result["chosen_lr"] and recorded["status"] == "finished"
-    assert recorded["source"] == "lr_search" and recorded["dataset"] == "digits[256]"
+    assert recorded["lr"] == 0.4 and recorded["status"] == "finished" and recorded["dataset"] == "digits"
     assert recorded["variant"] == "nano" and recorded["epochs"] == 1.0 and recorded["batch_size"] == 32
-    assert recorded["images_seen"] == 256 and recorded["params"] == NANO_PARAMS
-    assert recorded["flops"] > 0 and recorded["device_hours"] > 0
+    assert recorded["params"] == NANO_PARAMS and recorded["flops"] > 0 and recorded["device_hours"] > 0
     assert Path(recorded["checkpoint_uri"]).is_dir()
+    assert json.loads(recorded["search"])["rounds"] == [[0.4, 0.2], [0.8]]
+
+    # The second round reused the programs the first compiled: every one came from the cache.
+    last = last_results(storage / "e2e")
+    assert last[0.8]["compile_cache_hits"] > max(last[0.4]["compile_cache_hits"], last[0.2]["compile_cache_hits"])
 
     # TensorBoard: one log directory for the experiment, hparams by variant, epochs and LR.
     assert result["tensorboard"] == f"tensorboard --logdir {storage / 'e2e'}"
     hparams = trial_hparams(storage / "e2e")
-    assert sorted(h["lr"] for h in hparams) == sorted(planned)
+    assert sorted(h["lr"] for h in hparams) == [0.2, 0.4, 0.8]
     assert all(h["variant"] == "nano" and h["epochs"] == 1.0 and h["dataset"] == "digits" for h in hparams)
-    assert "chosen lr: " in err and "tensorboard --logdir" in err
+    assert "chosen lr: 0.4" in err and "bracketed by lr 0.2 and 0.8" in err
 
-    # The cell now counts as tuned: planning it again says so and bounds by its optimum.
-    code, out, _ = run_main(capsys, "--dataset", "digits", "--epochs", "1", "--batch-size", "32",
-                            "--max-train-examples", "256", "--ledger", ledger.uri, "--dry-run", "--json")
+    # Run again: the cell is tuned and bracketed, so nothing trains and nothing is recorded.
+    code, out, err = run_main(capsys, *args[:-4], "--json")
     again = json.loads(out)
-    assert again["plan"]["already_tuned"] is True and again["lrs"][0] == result["chosen_lr"]
+    assert code == 0 and again["experiment"] is None and again["chosen_lr"] == 0.4
+    assert "already tuned" in err and not ray.is_initialized()
+    assert len(ledger.read()) == 2
+
+
+# ---------------------------------------------------------------- the Tune searcher, driven by hand
+
+
+def test_the_searcher_plans_a_round_only_when_the_last_has_ended_and_stops_after_a_failure():
+    from ray.tune.search import Searcher
+
+    from tuner.lr_searcher import BracketSearcher
+    from tuner.planner import Bracket
+
+    def done(loss):
+        return {"val_loss": loss, "schedule_done": True, "progress": 1.0, "flops": 1e9}
+
+    searcher = BracketSearcher(Bracket(256, (0.1, 0.05), noise=0.01))
+    assert searcher.suggest("a") == {"lr": 0.1} and searcher.suggest("b") == {"lr": 0.05}
+    assert searcher.suggest("c") is None  # the round is in flight: nothing more yet
+    searcher.on_trial_complete("a", done(1.0))
+    assert searcher.suggest("c") is None  # still one trial of the round running
+    searcher.on_trial_complete("b", done(1.2))
+    assert searcher.suggest("c") == {"lr": 0.2}  # 0.1 won by more than the noise: up
+    searcher.on_trial_complete("c", done(1.3))
+    assert searcher.suggest("d") == Searcher.FINISHED
+    verdict = searcher.bracket.verdict()
+    assert verdict.bracketed and verdict.lr == 0.1 and searcher.failed == []
+
+    failing = BracketSearcher(Bracket(256, (0.1, 0.05), noise=0.01))
+    failing.suggest("a"), failing.suggest("b")
+    failing.on_trial_complete("a", done(1.0))
+    failing.on_trial_complete("b", None, error=True)  # failed for good after its retries
+    assert failing.suggest("c") == Searcher.FINISHED and failing.failed == [0.05]
+    # What finished is recorded; the bracket is not closed, so a rerun continues it.
+    assert [t.lr for t in failing.bracket.history()] == [0.1]
+    # A trial stopped before the end of its schedule counts as not finished, a NaN loss as diverged.
+    stopped = BracketSearcher(Bracket(256, (0.1, 0.05), noise=0.01))
+    stopped.suggest("a"), stopped.suggest("b")
+    stopped.on_trial_complete("a", {"val_loss": 1.0, "progress": 0.5})
+    stopped.on_trial_complete("b", {"val_loss": float("nan"), "progress": 1.0, "schedule_done": True})
+    assert stopped.failed == [0.1] and stopped.bracket.history()[0].diverged
