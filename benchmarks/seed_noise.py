@@ -6,7 +6,8 @@ Reads finished pre-training rows from one or more ledgers, keeps the (variant,
 epochs, lr) points run at 2 or more seeds, and prints a Markdown report: each point's
 final held-out loss per seed, mean and standard deviation; per cell, the best LR of
 each seed against the best of the mean; and the spread as a share of the loss, to set
-beside the 0.5% tolerance that tuner.lr_audit grades the two-trial search with.
+beside the 0.5% tolerance that tuner.lr_audit grades the LR search with; tuner.lr_search
+estimates its noise the same way (tuner.planner.seed_repeats).
 """
 
 from __future__ import annotations
