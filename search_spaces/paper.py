@@ -7,7 +7,7 @@
 Cost: [P1] reports 0.4k TPU-v4 core-hours for F0 at 0.25 epochs and ~110k for F7+ at
 8 epochs on JFT-4B; cost grows with MACs × epochs, so one LR of every (variant,
 epochs) cell is ~0.6M core-hours and the full grid (216 runs, 6 LRs) ~3.6M. The
-paper's two-trial LR rule (`tuner.lr_search`) needs ~1.2M; an Optuna sweep costs what
+LR search (`tuner.lr_search`, 2 to 3 trials a cell) needs ~1.2-1.8M; an Optuna sweep costs what
 `--budget-device-hours` allows. The dataset is a placeholder: JFT-4B is not public,
 so pass `--dataset parquet:<uri>` with image shards of your own.
 
