@@ -313,27 +313,6 @@ def _parse_cell(text: str, kind: type, column: str, where: str) -> Any:
     return value
 
 
-def _count(variant: str, width: float, depth: float, classes: int, where: str) -> int:
-    try:
-        return _count_cached(variant, width, depth, classes)
-    except TunerError as exc:
-        raise TunerError(f"{where}: {exc}") from None
-
-
-@functools.lru_cache(maxsize=None)
-def _count_cached(variant: str, width: float, depth: float, classes: int) -> int:
-    try:
-        from nfnet.counting import count_params
-        from nfnet.errors import NFNetError
-        from nfnet.variants import get_variant
-    except ImportError:  # nfnet's dependencies missing: nothing to count with
-        return variant_params(variant, width, depth)
-    try:
-        return int(count_params(get_variant(variant, width, depth), num_classes=classes))
-    except NFNetError as exc:
-        raise TunerError(str(exc)) from None
-
-
 def read_results_csv(
     path: str | os.PathLike[str],
     dataset: str | None = None,
@@ -401,7 +380,7 @@ def read_results_csv(
         if classes is None:
             guessed.append(line)
             classes = GUESS_CLASSES
-        expected = _count(variant, row["width_mult"], row["depth_mult"], classes, where)
+        expected = variant_params(variant, row["width_mult"], row["depth_mult"], classes)
         if row.get("params") is None:
             row["params"] = expected
         elif line not in guessed and row["params"] != expected:

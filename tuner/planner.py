@@ -119,11 +119,11 @@ def parse_label(label: str) -> tuple[str, float, float]:
 
 
 @lru_cache(maxsize=None)
-def variant_params(name: str, width_mult: float = 1.0, depth_mult: float = 1.0) -> int | None:
-    """Parameter count of a variant with a 1000-way head, or None when nfnet cannot say.
+def variant_params(name: str, width_mult: float = 1.0, depth_mult: float = 1.0, num_classes: int = 1000) -> int | None:
+    """Parameter count of a variant with a `num_classes`-way head, or None when nfnet cannot say.
 
-    Used for rows (imported CSVs) that carry no `params`; None falls back to
-    ordering by variant name.
+    Used for rows (imported CSVs) that carry no `params`; None is an unknown
+    variant (or nfnet missing).
     """
     try:
         from nfnet.counting import count_params
@@ -132,7 +132,7 @@ def variant_params(name: str, width_mult: float = 1.0, depth_mult: float = 1.0) 
     except ImportError:
         return None
     try:
-        return int(count_params(get_variant(name, width_mult, depth_mult), num_classes=1000))
+        return int(count_params(get_variant(name, width_mult, depth_mult), num_classes=num_classes))
     except NFNetError:
         return None
 
