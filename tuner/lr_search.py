@@ -435,7 +435,7 @@ def _recorded_row(search: SearchPlan, rows: list[dict[str, Any]], verdict: Verdi
     """
     import json
 
-    from tuner.planner import LR_SAME
+    from tuner.planner import LR_SAME, latest_row
 
     def same(lr: Any) -> bool:
         return lr is not None and math.isclose(float(lr), verdict.lr, rel_tol=LR_SAME)
@@ -447,7 +447,7 @@ def _recorded_row(search: SearchPlan, rows: list[dict[str, Any]], verdict: Verdi
     earlier = [r for r in search.rows if same(r.get("lr")) and r.get("status") in ("finished", "imported")]
     if not earlier:
         return None
-    latest = max(enumerate(earlier), key=lambda ir: (ir[1].get("time") is not None, ir[1].get("time") or 0, ir[0]))[1]
+    latest = latest_row(earlier)
     copy = {k: v for k, v in latest.items() if k not in ("code_version", "time")}
     copy.update(trial_id=f"{experiment}/from-{latest['trial_id']}", experiment=experiment, source=SOURCE,
                 search=text, status="finished")

@@ -807,6 +807,11 @@ def search_record(row: Mapping[str, Any]) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def latest_row(rows: list[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The row with the latest `time`; rows without a time count as older, ties go to the later one."""
+    return max(enumerate(rows), key=lambda ir: (ir[1].get("time") is not None, ir[1].get("time") or 0, ir[0]))[1]
+
+
 def _cell_key(row: Mapping[str, Any]) -> tuple:
     return (row["variant"], _float(row.get("width_mult"), 1.0), _float(row.get("depth_mult"), 1.0),
             float(row["epochs"]), int(row["batch_size"]) if row.get("batch_size") is not None else None,
@@ -892,9 +897,7 @@ def plan_cell(
     if not force:
         searches = [r for r in mine if r.get("source") == SEARCH_SOURCE and search_record(r) is not None]
         if searches:
-            latest = max(enumerate(searches), key=lambda ir: (ir[1].get("time") is not None, ir[1].get("time") or 0,
-                                                              ir[0]))[1]
-            previous = search_record(latest)
+            previous = search_record(latest_row(searches))
             for t in previous.get("trials", []):
                 k = on_grid(float(t["lr"]), batch_size)
                 if k is not None:
