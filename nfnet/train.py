@@ -64,6 +64,7 @@ from nfnet.layers import CONV_LOWERINGS, resolve_conv_lowering
 from nfnet.metrics import MetricWriter, ProgressBar, json_safe
 from nfnet.model import NFNet
 from nfnet.optim import OptimConfig, make_optimizer, make_schedule
+from nfnet.paths import dir_problem
 from nfnet.sam import sam_gradients
 from nfnet.variants import Variant, get_variant
 
@@ -175,6 +176,9 @@ def validate(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise NFNetError(message)
+    problem = dir_problem(c.workdir)
+    if problem is not None:
+        raise NFNetError(f"--workdir {problem}; pass a directory (it is created when missing)")
 
 
 class Subset:

@@ -18,6 +18,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -157,6 +159,9 @@ def connect(
         log_to_driver=False,
         configure_logging=True,
     )
+    # Ray starts its processes with subprocess (fork, then exec at once), which JAX's
+    # fork warning does not concern; it would add two lines to every command's output.
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     if address is None:
         # Ray turns on token authentication for the instance it starts and says so
         # at WARNING; for an in-process instance that only this driver uses it is noise.
@@ -174,6 +179,157 @@ def connect(
     return RayConnection(target, started=False)
 
 
+# How long a command waits for a cluster's autoscaler to add a node a trial needs.
+DEFAULT_NODE_WAIT_S = 900.0
+NODE_POLL_S = 5.0
+NODE_WAIT_HELP = (f"seconds to wait for a cluster's autoscaler to add a node that can hold a trial before "
+                  f"giving up (default {DEFAULT_NODE_WAIT_S:g}); an in-process Ray never waits")
+
+
+def _fmt_resources(resources: Mapping[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in resources.items()) + "}"
+
+
+def _alive_nodes() -> list[dict[str, float]]:
+    return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def _fits(request: Mapping[str, float], node: Mapping[str, float]) -> bool:
+    return all(node.get(k, 0.0) >= v for k, v in request.items() if v > 0)
+
+
+def _shortfall(label: str, request: Mapping[str, float], nodes: Sequence[Mapping[str, float]],
+               in_process: bool) -> str:
+    """One line: what a trial asks for that no node has, and the flag that fixes it."""
+    where = "the in-process Ray" if in_process else "the cluster"
+    wanted = _fmt_resources(request)
+    missing = [k for k in request if request[k] > 0 and not any(n.get(k, 0.0) >= request[k] for n in nodes)]
+    most_cpus = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    if "CPU" in missing and len(missing) == 1:
+        fix = f"lower --cpus-per-trial to at most {most_cpus:g}" if most_cpus > 0 else "give Ray CPUs"
+        if in_process:
+            fix += " (or raise --num-cpus to oversubscribe this machine)"
+        return (f"a {label} trial asks for {wanted}, but no node of {where} has more than {most_cpus:g} CPUs; {fix}")
+    if "GPU" in missing:
+        fix = ("use --accelerator cpu, or join a cluster with GPU nodes (--address)" if in_process
+               else "use --accelerator cpu, or add GPU nodes to the cluster")
+        return f"a {label} trial asks for {wanted}, but {where} has no GPU; {fix}"
+    if any(k.startswith("TPU") or k.startswith("accelerator_type") for k in missing):
+        fix = ("run on a TPU cluster (--address auto on its head node), or use --accelerator cpu" if in_process
+               else "check the cluster's TPU node types (cluster/*.yaml) and --accelerator")
+        return f"a {label} trial asks for {wanted}, but {where} has no node with {', '.join(missing)}; {fix}"
+    return (f"a {label} trial asks for {wanted}, but no node of {where} holds all of it "
+            f"(largest: {_fmt_resources(max(nodes, key=lambda n: n.get('CPU', 0.0)) if nodes else {})}); "
+            "lower --cpus-per-trial or change --accelerator")
+
+
+def check_num_cpus(num_cpus: int | None) -> None:
+    if num_cpus is not None and num_cpus < 1:
+        raise TunerError(f"--num-cpus must be at least 1, got {num_cpus}; leave it out to give Ray every CPU")
+
+
+def placement_requests(placements: Iterable[Any]) -> dict[str, dict[str, float]]:
+    """What each trial placement (tuner.placement.TrialPlacement) asks one node for, by label."""
+    out: dict[str, dict[str, float]] = {}
+    for p in placements:
+        out[p.variant] = dict(p.resources)
+        if p.worker_resources:
+            out[f"{p.variant} (slice host)"] = dict(p.worker_resources)
+    return out
+
+
+def check_resources(
+    requests: Mapping[str, Mapping[str, float]],
+    connection: RayConnection,
+    log: Any = print,
+    wait_s: float = DEFAULT_NODE_WAIT_S,
+    poll_s: float = NODE_POLL_S,
+) -> None:
+    """Fail in one line, before any trial starts, when no node can ever hold a trial.
+
+    `requests` maps a label (the variant) to one trial's resources (its placement
+    group's bundle, or a slice host's). An in-process Ray cannot grow, so a request
+    none of its nodes meets is an error at once. A joined cluster may autoscale: the
+    command says what it waits for, asks the autoscaler for it, and gives up after
+    `wait_s` seconds instead of waiting forever.
+    """
+    pending = {label: dict(r) for label, r in requests.items()}
+
+    def unmet() -> dict[str, dict[str, float]]:
+        nodes = _alive_nodes()
+        return {label: r for label, r in pending.items() if not any(_fits(r, n) for n in nodes)}
+
+    missing = unmet()
+    if not missing:
+        return
+    label, request = next(iter(missing.items()))
+    if connection.started:
+        raise TunerError(_shortfall(label, request, _alive_nodes(), in_process=True))
+    from ray.autoscaler.sdk import request_resources
+
+    wanted = "; ".join(f"{lbl}: {_fmt_resources(r)}" for lbl, r in missing.items())
+    log(f"waiting up to {wait_s:g}s for the cluster to add a node for a trial ({wanted}); "
+        "its autoscaler starts one when a node type has these resources (Ctrl-C stops)")
+    request_resources(bundles=list(missing.values()))
+    deadline = time.monotonic() + wait_s
+    try:
+        while missing and time.monotonic() < deadline:
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+            missing = unmet()
+    finally:
+        request_resources(bundles=[])
+    if missing:
+        label, request = next(iter(missing.items()))
+        raise TunerError(f"gave up after {wait_s:g}s: " + _shortfall(label, request, _alive_nodes(), in_process=False)
+                         + " (or raise --wait-for-nodes)")
+
+
+# The exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED_EXIT = 130
+
+
+class InterruptWatch(logging.Filter):
+    """Notes a Ctrl-C that Tune caught, and drops Tune's lines about it.
+
+    Tune ends the run on the first SIGINT and advises `Tuner.restore(...)`, a Python
+    call with no command-line form; the commands print the nfscale command that
+    continues instead. Use as a context manager around `Tuner.fit`.
+    """
+
+    LOGGERS = ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")
+    MARKS = ("Stop signal received", "has been interrupted")
+    # After a Ctrl-C, trials stopped before their first report have no metrics to fetch.
+    AFTER = ("Failed to fetch metrics",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if any(mark in text for mark in self.MARKS):
+            self.interrupted = True
+            return False
+        return not (self.interrupted and any(mark in text for mark in self.AFTER))
+
+    def __enter__(self) -> InterruptWatch:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+
+
+def command_line(module: str, argv: Sequence[str] | None = None) -> str:
+    """The shell command that runs `module` with `argv` (default: this process's arguments)."""
+    import shlex
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return " ".join(["python", "-m", module, *(shlex.quote(a) for a in args)])
+
+
 def quiet_tune_output() -> None:
     """Make `RunConfig(verbose=0)` silent: Ray's newer console output still prints a header.
 
@@ -182,6 +338,8 @@ def quiet_tune_output() -> None:
     Call before `Tuner.fit`.
     """
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    # Short trials checkpoint often; Tune's advice about snapshot frequency is not the user's to act on.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 # ---------------------------------------------------------------- storage, names, cache
@@ -195,6 +353,15 @@ def storage_path(storage: str | None) -> str:
     if storage and "://" in storage:
         return storage
     return str(Path(storage or DEFAULT_STORAGE).expanduser().absolute())
+
+
+def check_storage(storage: str | None, flag: str = "--storage") -> None:
+    """Fail in one line when a local storage path (None: the default) cannot hold experiments; creates nothing."""
+    from nfnet.paths import dir_problem
+
+    problem = dir_problem(storage or DEFAULT_STORAGE)
+    if problem is not None:
+        raise TunerError(f"{flag} {problem}; pass a directory (it is created when missing)")
 
 
 def experiment_dir(storage: str, name: str) -> str:
@@ -360,7 +527,12 @@ class ProgressPrinter(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         parts = [f"  trial {self._name(trial)}:"]
-        if "epoch" in result:
+        budget = trial.config.get("epochs")
+        if isinstance(result.get("progress"), (int, float)) and isinstance(budget, (int, float)):
+            # The share of the budget's steps done (the last batch is whole, so images
+            # seen may pass the budget by less than a batch: "epoch" in the metrics).
+            parts.append(f"epoch {result['progress'] * budget:.3g}/{budget:g}")
+        elif "epoch" in result:
             parts.append(f"epoch {result['epoch']:.3g}")
         for key in ("val_loss", "val_top1", "images_per_sec"):
             if isinstance(result.get(key), (int, float)):

@@ -199,6 +199,18 @@ class Ledger:
             seen.add(trial_id)
         return table if all(keep) else table.filter(pa.array(keep))
 
+    def check(self) -> pa.Table:
+        """`read()`, after checking that a local ledger can be written: what a command
+        calls before its first trial, so neither a damaged part file nor an unwritable
+        path surfaces only when a finished trial is recorded. Creates nothing."""
+        from nfnet.paths import dir_problem
+
+        if self.fs.type_name == "local":
+            problem = dir_problem(self.path)
+            if problem is not None:
+                raise TunerError(f"--ledger {problem}; pass a directory (it is created when missing)")
+        return self.read()
+
     def trial_ids(self) -> set[str]:
         return set(self.read().column("trial_id").to_pylist())
 

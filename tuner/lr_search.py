@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuner.errors import TunerError
+from tuner.experiment import DEFAULT_NODE_WAIT_S, INTERRUPTED_EXIT, NODE_WAIT_HELP
 from tuner.placement import ACCELERATOR_HELP
 from tuner.planner import (
     COMPLETE_STOPS,
@@ -99,6 +100,7 @@ class LRSearchOptions:
     max_trials: int = DEFAULT_MAX_TRIALS
     force: bool = False
     max_failures: int = 2
+    wait_for_nodes: float = DEFAULT_NODE_WAIT_S
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,7 @@ class SearchResult:
     wall_seconds: float
     failed: list[str] = field(default_factory=list)  # error files of trials that failed for good
     incomplete: list[float] = field(default_factory=list)  # LRs whose trial did not reach its end
+    interrupted: bool = False  # stopped by Ctrl-C
 
     @property
     def chosen_lr(self) -> float | None:
@@ -206,6 +209,7 @@ class SearchResult:
             "ledger": self.search.ledger_uri,
             "tensorboard": self.tensorboard,
             "wall_seconds": self.wall_seconds,
+            "interrupted": self.interrupted,
         }
 
 
@@ -226,8 +230,14 @@ def choose_dataset(dataset: str | None, data_dir: str | None) -> tuple[str, int,
     """(dataset, its class count, a note when the default fell back to digits)."""
     if dataset is not None:
         return dataset, _num_classes(dataset, data_dir), None
+    if data_dir is not None:
+        # A folder the user named is never swapped for another dataset.
+        try:
+            return "fashion_mnist", _num_classes("fashion_mnist", data_dir), None
+        except TunerError as exc:
+            raise TunerError(f"--data-dir {data_dir}: {exc}") from None
     try:
-        return "fashion_mnist", _num_classes("fashion_mnist", data_dir), None
+        return "fashion_mnist", _num_classes("fashion_mnist", None), None
     except TunerError as exc:
         note = f"Fashion-MNIST is not installed ({exc}); using scikit-learn's digits instead"
         return "digits", _num_classes("digits", data_dir), note
@@ -258,6 +268,8 @@ def _check_variant(variant: str, width_mult: float, depth_mult: float) -> tuple[
 
 
 def _check_options(options: LRSearchOptions) -> None:
+    from tuner.experiment import check_num_cpus
+
     def bad(flag: str, value: Any, want: str) -> TunerError:
         return TunerError(f"{flag} must be {want}, got {value}")
 
@@ -273,12 +285,16 @@ def _check_options(options: LRSearchOptions) -> None:
         raise bad("--parallel", options.parallel, "an integer >= 1")
     if options.max_trials < 2:
         raise bad("--max-trials", options.max_trials, "an integer >= 2")
+    if not (math.isfinite(options.wait_for_nodes) and options.wait_for_nodes >= 0):
+        raise bad("--wait-for-nodes", options.wait_for_nodes, "a number of seconds >= 0")
+    check_num_cpus(options.num_cpus)
     if options.experiment_name is not None and (not options.experiment_name or "/" in options.experiment_name):
         raise TunerError(f"--experiment-name must be a non-empty name without '/', got {options.experiment_name!r}")
 
 
 def plan_search(options: LRSearchOptions) -> SearchPlan:
     """Resolve the target cell and ask the planner for its LRs; reads the ledger, starts nothing."""
+    from tuner.experiment import check_storage, storage_path
     from tuner.ledger import Ledger, default_ledger_uri
     from tuner.trainable import dataset_label
 
@@ -287,8 +303,9 @@ def plan_search(options: LRSearchOptions) -> SearchPlan:
     dataset, num_classes, note = choose_dataset(options.dataset, options.data_dir)
     epochs = options.epochs if options.epochs is not None else DEFAULT_EPOCHS.get(dataset, OTHER_EPOCHS)
     label = dataset_label(dataset, options.max_train_examples)
+    check_storage(options.storage)
     ledger = Ledger(options.ledger or default_ledger_uri())
-    rows = ledger.read().to_pylist()
+    rows = ledger.check().to_pylist()
     params = _count_params(variant, width, depth, num_classes)
     cell = plan_cell(
         rows, variant, epochs, options.batch_size, params, width_mult=width, depth_mult=depth, dataset=label,
@@ -299,7 +316,7 @@ def plan_search(options: LRSearchOptions) -> SearchPlan:
                  and (r.get("variant"), r.get("width_mult") or 1.0, r.get("depth_mult") or 1.0,
                       float(r.get("epochs") or 0), r.get("batch_size")) == (variant, width, depth, float(epochs),
                                                                              options.batch_size))
-    return SearchPlan(
+    plan = SearchPlan(
         options=options,
         variant=variant,
         width_mult=width,
@@ -314,6 +331,8 @@ def plan_search(options: LRSearchOptions) -> SearchPlan:
         rows=mine,
         notes=(note,) if note else (),
     )
+    _validate_trainer(plan)  # the trainer's own rules, so --dry-run checks what a run would
+    return plan
 
 
 def trial_config(search: SearchPlan, lr: Any) -> dict[str, Any]:
@@ -391,11 +410,12 @@ def _rows_from_results(grid: Any, experiment: str) -> tuple[list[dict[str, Any]]
 
 def _run_trials(
     search: SearchPlan, bracket: Bracket, name: str, storage: str, to_stderr: bool
-) -> tuple[list[dict[str, Any]], list[str], list[float]]:
-    """Run the bracket's rounds as one Tune experiment; (trial rows, error files, LRs that did not finish)."""
+) -> tuple[list[dict[str, Any]], list[str], list[float], bool]:
+    """Run the bracket's rounds as one Tune experiment: (trial rows, error files, LRs that did not
+    finish, whether Ctrl-C stopped it)."""
     from ray import tune
 
-    from tuner.experiment import HParamsLoggerCallback, ProgressPrinter, quiet_tune_output
+    from tuner.experiment import HParamsLoggerCallback, InterruptWatch, ProgressPrinter, quiet_tune_output
     from tuner.lr_searcher import BracketSearcher
     from tuner.placement import tune_trainable
     from tuner.trainable import train_trial
@@ -420,9 +440,11 @@ def _run_trials(
             log_to_file=True,
         ),
     )
-    rows, failed = _rows_from_results(tuner.fit(), name)
+    with InterruptWatch() as watch:
+        grid = tuner.fit()
+    rows, failed = _rows_from_results(grid, name)
     searcher.finish()
-    return rows, failed, list(searcher.failed)
+    return rows, failed, list(searcher.failed), watch.interrupted
 
 
 def _recorded_row(search: SearchPlan, rows: list[dict[str, Any]], verdict: Verdict, record: dict[str, Any],
@@ -460,7 +482,14 @@ def run_search(search: SearchPlan, log: Callable[[str], None] = print, to_stderr
     `log` takes this command's lines; the trials' progress goes to stdout, or to
     stderr with `to_stderr`. A cell already searched to its end starts nothing.
     """
-    from tuner.experiment import connect, experiment_dir, experiment_name, storage_path
+    from tuner.experiment import (
+        check_resources,
+        connect,
+        experiment_dir,
+        experiment_name,
+        placement_requests,
+        storage_path,
+    )
     from tuner.ledger import Ledger
 
     o = search.options
@@ -470,14 +499,14 @@ def run_search(search: SearchPlan, log: Callable[[str], None] = print, to_stderr
         return SearchResult(search=search, experiment=None, experiment_dir=None, trials=[],
                             verdict=_previous_verdict(search, bracket), record=search.cell.previous,
                             recorded=None, wall_seconds=time.perf_counter() - start)
-    _validate_trainer(search)
     storage = storage_path(o.storage)
     name = o.experiment_name or experiment_name(SOURCE, search.variant, search.epochs, search.width_mult, search.depth_mult)
     path = experiment_dir(storage, name)
     with connect(o.address, num_cpus=o.num_cpus) as connection:
         where = "started Ray in-process" if connection.started else f"joined the Ray cluster at {connection.address}"
+        check_resources(placement_requests([search.placement()]), connection, log, o.wait_for_nodes)
         log(f"{where}; up to {o.parallel} trials at once ({o.cpus_per_trial:g} CPU each) in {path}")
-        rows, failed, incomplete = _run_trials(search, bracket, name, storage, to_stderr)
+        rows, failed, incomplete, interrupted = _run_trials(search, bracket, name, storage, to_stderr)
     verdict = bracket.verdict()
     record = make_record(search.cell, bracket, verdict, incomplete)
     recorded = None
@@ -485,6 +514,9 @@ def run_search(search: SearchPlan, log: Callable[[str], None] = print, to_stderr
         recorded = _recorded_row(search, rows, verdict, record, name)
         if recorded is not None:
             Ledger(search.ledger_uri).append([recorded])
+    if interrupted and recorded is None and not any(r["status"] == "finished" for r in rows):
+        _remove_local(path)  # nothing to look at or continue from
+        path = None
     return SearchResult(
         search=search,
         experiment=name,
@@ -496,7 +528,15 @@ def run_search(search: SearchPlan, log: Callable[[str], None] = print, to_stderr
         wall_seconds=time.perf_counter() - start,
         failed=failed,
         incomplete=incomplete,
+        interrupted=interrupted,
     )
+
+
+def _remove_local(path: str) -> None:
+    import shutil
+
+    if "://" not in path:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _previous_verdict(search: SearchPlan, bracket: Bracket) -> Verdict:
@@ -536,9 +576,11 @@ def describe_plan(search: SearchPlan) -> list[str]:
     return lines
 
 
-def describe_result(result: SearchResult) -> list[str]:
-    from tuner.experiment import results_table
+def describe_result(result: SearchResult, rerun: str | None = None) -> list[str]:
+    """The closing lines; `rerun` is the command that ran (default: this process's), for advice."""
+    from tuner.experiment import command_line, results_table
 
+    rerun = rerun or command_line("tuner.lr_search")
     v = result.verdict
     lines = []
     if result.trials:
@@ -546,29 +588,49 @@ def describe_result(result: SearchResult) -> list[str]:
     if result.record is not None and result.record.get("rounds"):
         rounds = " / ".join(", ".join(f"{lr:g}" for lr in r) for r in result.record["rounds"])
         lines.append(f"rounds: {rounds}")
+    if result.interrupted:
+        lines.append("interrupted (Ctrl-C)")
     if v.lr is None:
         lines.append(f"no LR chosen: {v.message}; nothing recorded")
+        if result.interrupted:
+            lines.append(f"no trial finished; start the search again with: {rerun}")
     elif result.experiment is None:
-        lines.append(f"chosen lr: {v.lr:g} (val_loss {v.loss:.4g}); already tuned, nothing run "
-                     "(--force searches again)")
+        lines.append(f"chosen lr: {v.lr:g} (val_loss {v.loss:.4g}); already tuned, nothing run")
         lines.append(f"  {v.message}")
+        lines.append(f"to search it again from scratch: {rerun} --force")
     else:
         lines.append(f"chosen lr: {v.lr:g} (val_loss {v.loss:.4g}), {v.stop}")
         lines.append(f"  {v.message}")
         if result.incomplete:
             missing = ", ".join(f"{lr:g}" for lr in result.incomplete)
-            lines.append(f"note: the trial(s) at lr {missing} did not finish: the search stopped unbracketed; "
-                         "rerun the same command to continue it")
+            lines.append(f"note: the trial(s) at lr {missing} did not finish: the search stopped unbracketed")
+            lines.append(f"continue it with: {rerun}")
         elif v.stop not in COMPLETE_STOPS:
-            lines.append("note: not bracketed; rerun the same command to continue the search")
+            lines.append("note: not bracketed")
+            lines.append(f"continue the search with: {rerun}")
         if result.recorded is not None:
             lines.append(f"recorded in ledger {result.search.ledger_uri} as {result.recorded['trial_id']}")
     for path in result.failed:
         lines.append(f"failed trial: {path}")
     if result.experiment_dir:
         lines += [f"TensorBoard logs: {result.experiment_dir}", f"  {result.tensorboard}"]
+    if result.ok and not result.interrupted:
+        ledger = result.search.ledger_uri
+        lines.append(f"next: tune another cell (e.g. {_other_cell(result.search)}), then summarise the ledger "
+                     f"with: python -m tuner.report --ledger {ledger} --out report")
     lines.append(f"took {result.wall_seconds:.0f}s")
     return lines
+
+
+def _other_cell(search: SearchPlan) -> str:
+    """A command for the same search at twice the epoch budget: the next cell of a scaling study."""
+    parts = ["python -m tuner.lr_search", f"--variant {search.label}", f"--epochs {2 * search.epochs:g}"]
+    o = search.options
+    if o.dataset:
+        parts.append(f"--dataset {o.dataset}")
+    if o.ledger:
+        parts.append(f"--ledger {o.ledger}")
+    return "`" + " ".join(parts) + "`"
 
 
 def _json_safe(value: Any) -> Any:
@@ -627,6 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="search a cell the ledger already tunes, from scratch (its own runs are not reused)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its last checkpoint")
+    p.add_argument("--wait-for-nodes", type=float, default=DEFAULT_NODE_WAIT_S, metavar="SECONDS", help=NODE_WAIT_HELP)
     p.add_argument("--dry-run", action="store_true", help="print the LRs and the ledger cells that bound them; run nothing")
     p.add_argument("--json", action="store_true", help="print the plan or the result as one JSON object on stdout")
     return p
@@ -638,8 +701,11 @@ def options_from_args(args: argparse.Namespace) -> LRSearchOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tuner.experiment import command_line
+
     args = build_parser().parse_args(argv)
     out = sys.stderr if args.json else sys.stdout
+    rerun = command_line("tuner.lr_search", argv)
 
     def log(text: str) -> None:
         print(text, file=out, flush=True)
@@ -661,10 +727,16 @@ def main(argv: list[str] | None = None) -> int:
     except TunerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for line in describe_result(result):
+    except KeyboardInterrupt:
+        # A second Ctrl-C: Tune stopped without its last snapshot, and nothing was recorded.
+        print(f"interrupted (Ctrl-C) before the search was recorded; start it again with: {rerun}", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    for line in describe_result(result, rerun):
         log(line)
     if args.json:
         print(json.dumps(_json_safe({"dry_run": False, **result.to_dict()})))
+    if result.interrupted:
+        return INTERRUPTED_EXIT
     return 0 if result.ok else 1
 
 

@@ -40,10 +40,18 @@ from typing import Any
 
 from tuner.errors import TunerError
 from tuner.experiment import (
+    DEFAULT_NODE_WAIT_S,
+    INTERRUPTED_EXIT,
+    NODE_WAIT_HELP,
     HParamsLoggerCallback,
+    InterruptWatch,
     LedgerCallback,
     ProgressPrinter,
+    check_num_cpus,
+    check_resources,
+    check_storage,
     connect,
+    placement_requests,
     experiment_dir,
     quiet_tune_output,
     results_table,
@@ -96,6 +104,7 @@ class PromoteOptions:
     fast_compile: bool | None = None
     max_concurrent: int | None = None
     max_failures: int = 2
+    wait_for_nodes: float = DEFAULT_NODE_WAIT_S
     json: bool = False
     dry_run: bool = False
 
@@ -106,6 +115,7 @@ class PromoteResult:
     path: str
     candidates: list[dict[str, Any]]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False  # stopped by Ctrl-C
 
 
 # ---------------------------------------------------------------- choosing candidates
@@ -311,7 +321,11 @@ def plan_promotion(options: PromoteOptions) -> tuple[list[dict[str, Any]], dict[
         raise TunerError(f"--max-failures must be >= 0, got {options.max_failures}")
     if options.lrs and any(not (_finite(lr) and lr > 0) for lr in options.lrs):
         raise TunerError(f"--lrs must be positive numbers, got {list(options.lrs)}")
-    rows = Ledger(options.ledger or default_ledger_uri()).read().to_pylist()
+    if not (math.isfinite(options.wait_for_nodes) and options.wait_for_nodes >= 0):
+        raise TunerError(f"--wait-for-nodes must be a number of seconds >= 0, got {options.wait_for_nodes}")
+    check_num_cpus(options.num_cpus)
+    check_storage(options.storage)
+    rows = Ledger(options.ledger or default_ledger_uri()).check().to_pylist()
     candidates = select_candidates(
         rows, options.top_k, options.budget_flops, options.budget_device_hours,
         options.experiment, options.pretrain_dataset, per_cell=options.per_cell,
@@ -334,7 +348,7 @@ def promote(options: PromoteOptions, log: Callable[..., None] = print) -> Promot
     from tuner.trainable import train_trial
 
     quiet_tune_output()
-    candidates, configs, _ = plan_promotion(options)
+    candidates, configs, placements = plan_promotion(options)
     name = _experiment_name(options)
     if not candidates:
         log(f"every candidate has been fine-tuned on {options.dataset} already (--skip-promoted): nothing to run")
@@ -350,6 +364,7 @@ def promote(options: PromoteOptions, log: Callable[..., None] = print) -> Promot
         f"{len(configs) * len(lrs)} trials in {path}")
     connection = connect(options.address, num_cpus=options.num_cpus)
     try:
+        check_resources(placement_requests(placements.values()), connection, log, options.wait_for_nodes)
         tuner = tune.Tuner(
             tune_trainable(train_trial, options.accelerator, options.cpus_per_trial),
             param_space=param_space(configs, options.lrs),
@@ -363,7 +378,8 @@ def promote(options: PromoteOptions, log: Callable[..., None] = print) -> Promot
                 verbose=0,
             ),
         )
-        results = tuner.fit()
+        with InterruptWatch() as watch:
+            results = tuner.fit()
     finally:
         connection.shutdown()
     rows = [r for r in Ledger(ledger_uri).read().to_pylist() if r["experiment"] == name]
@@ -380,7 +396,10 @@ def promote(options: PromoteOptions, log: Callable[..., None] = print) -> Promot
             f"from {best['parent_trial_id']} top1={best['top1']:.4g}")
     log(f"ledger: {ledger_uri}")
     log(f"TensorBoard: {tensorboard_hint(path)}")
-    return PromoteResult(name, path, candidates, rows)
+    if watch.interrupted:
+        log("interrupted (Ctrl-C): finished fine-tuning trials are in the ledger; promote has no --resume: "
+            "run the same command with --skip-promoted to fine-tune the candidates not yet done")
+    return PromoteResult(name, path, candidates, rows, interrupted=watch.interrupted)
 
 
 # ---------------------------------------------------------------- command line
@@ -434,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                               help="XLA's full optimisations (default on clusters and accelerators)")
     p.add_argument("--max-concurrent", type=int, default=None)
     p.add_argument("--max-failures", type=int, default=2)
+    p.add_argument("--wait-for-nodes", type=float, default=DEFAULT_NODE_WAIT_S, metavar="SECONDS", help=NODE_WAIT_HELP)
     p.add_argument("--json", action="store_true", help="print the result (or plan) as one JSON object on stdout")
     p.add_argument("--dry-run", action="store_true", help="print the candidates and trial configs, run nothing")
     return p
@@ -467,11 +487,16 @@ def main(argv: list[str] | None = None) -> int:
         if options.json:
             print(json.dumps({"experiment": result.experiment, "path": result.path,
                               "candidates": [json_row(c) for c in result.candidates],
-                              "rows": [json_row(r) for r in result.rows]}, indent=1))
-        return 0
+                              "rows": [json_row(r) for r in result.rows],
+                              "interrupted": result.interrupted}, indent=1))
+        return INTERRUPTED_EXIT if result.interrupted else 0
     except TunerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C) twice; finished fine-tuning trials are in the ledger: run the same command "
+              "with --skip-promoted to fine-tune the rest", file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

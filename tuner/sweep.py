@@ -45,16 +45,25 @@ from search_spaces import CELL_KEYS, Preset, PresetSpace, get_preset, grid_space
 from search_spaces.space import DistinctCellSampler, GridCellSampler
 from tuner.errors import TunerError
 from tuner.experiment import (
+    DEFAULT_NODE_WAIT_S,
+    NODE_WAIT_HELP,
+    INTERRUPTED_EXIT,
     HParamsLoggerCallback,
+    InterruptWatch,
     LedgerCallback,
     ProgressPrinter,
+    check_num_cpus,
+    check_resources,
+    check_storage,
     connect,
     experiment_dir,
+    placement_requests,
     quiet_tune_output,
     results_table,
     storage_path,
     tensorboard_hint,
 )
+from tuner.ledger import Ledger
 from tuner.placement import ACCELERATOR_HELP
 from tuner.planner import cell_label
 from tuner.trainable import FAST_COMPILE
@@ -105,6 +114,7 @@ class SweepOptions:
     finetune_top_k: int = 1
     finetune_lrs: tuple[float, ...] = ()
     finetune_epochs: float | None = None
+    wait_for_nodes: float = DEFAULT_NODE_WAIT_S
     json: bool = False
     dry_run: bool = False
 
@@ -208,6 +218,7 @@ class SweepResult:
     device_hours: float
     budget: tuple[str, float] | None
     finetune: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False  # stopped by Ctrl-C; `--resume` continues it
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -227,6 +238,7 @@ class SweepResult:
             "ledger": self.plan_json.get("ledger"),
             "tensorboard": tensorboard_hint(self.path),
             "finetune": [json_row(r) for r in self.finetune],
+            "interrupted": self.interrupted,
         }
 
 
@@ -415,6 +427,9 @@ def _dataset_choice(preset: Preset, options: SweepOptions) -> tuple[str, str | N
     try:
         load_dataset(preset.dataset, "test", data_dir=options.data_dir)
     except NFNetError as exc:
+        if options.data_dir is not None:
+            # A folder the user named is never swapped for another dataset.
+            raise TunerError(f"--data-dir {options.data_dir}: {exc}") from None
         return preset.fallback_dataset, (
             f"dataset {preset.dataset} is not available here ({exc}); using {preset.fallback_dataset} instead"
         )
@@ -450,6 +465,10 @@ def plan_sweep(options: SweepOptions, preset: Preset | None = None, now: datetim
         raise TunerError("--then-finetune needs --finetune-dataset (e.g. digits)")
     if options.finetune_top_k < 1:
         raise TunerError(f"--finetune-top-k must be at least 1, got {options.finetune_top_k}")
+    if not (math.isfinite(options.wait_for_nodes) and options.wait_for_nodes >= 0):
+        raise TunerError(f"--wait-for-nodes must be a number of seconds >= 0, got {options.wait_for_nodes}")
+    check_num_cpus(options.num_cpus)
+    check_storage(options.storage)
 
     dataset, note = _dataset_choice(preset, options)
     base = preset.base_config(dataset=dataset, data_dir=options.data_dir, seed=options.seed)
@@ -472,12 +491,12 @@ def plan_sweep(options: SweepOptions, preset: Preset | None = None, now: datetim
                                                           options.cpus_per_trial)
 
     ledger = options.ledger or default_ledger_uri()
+    # Read now, so a damaged part file or an unwritable path fails before the first trial.
+    ledger_rows = Ledger(ledger).check().to_pylist()
     points = [parse_point(text, preset) for text in options.points]
     recorded = 0
     if options.grid and options.skip_recorded:
-        from tuner.ledger import Ledger
-
-        held = recorded_cells(Ledger(ledger).read().to_pylist(), preset, base)
+        held = recorded_cells(ledger_rows, preset, base)
         recorded = len(held)
         # The cells still to run, as fixed points: Optuna's grid sampler cannot leave cells out.
         points = [{"variant": c.label, "epochs": c.epochs, "lr": c.lr} for c in preset.cells() if c not in held]
@@ -691,7 +710,7 @@ def _grid_usage(results: Iterable[Any]) -> tuple[int, float, float]:
 
 
 def _experiment_rows(ledger_uri: str, experiment: str) -> list[dict[str, Any]]:
-    from tuner.ledger import Ledger, sort_rows
+    from tuner.ledger import sort_rows
 
     rows = [r for r in Ledger(ledger_uri).read().to_pylist() if r["experiment"] == experiment]
     return sort_rows(rows)
@@ -699,8 +718,6 @@ def _experiment_rows(ledger_uri: str, experiment: str) -> list[dict[str, Any]]:
 
 def _run_config(plan: SweepPlan, callbacks: Sequence[Any], quiet: bool):
     from ray import tune
-
-    from tuner.ledger import Ledger
 
     return tune.RunConfig(
         name=plan.experiment,
@@ -734,11 +751,16 @@ def run_sweep(
         plan_json = read_settings(path)["plan"]
         log(f"resuming sweep {plan_json['experiment']} at {path}")
         quiet_tune_output()
+        check_num_cpus(options.num_cpus)
+        Ledger(plan_json["ledger"]).check()
         connection = connect(options.address, num_cpus=options.num_cpus)
         try:
+            check_resources(plan_json.get("resources_per_trial") or {}, connection, log, options.wait_for_nodes)
             tuner = tune.Tuner.restore(path, trainable=_trainable(plan_json["accelerator"], plan_json["cpus_per_trial"]),
                                        resume_unfinished=True)
-            return _finish(plan_json, path, tuner.fit(), options, log)
+            with InterruptWatch() as watch:
+                results = tuner.fit()
+            return _finish(plan_json, path, results, options, log, watch.interrupted)
         finally:
             connection.shutdown()
 
@@ -751,6 +773,7 @@ def run_sweep(
     quiet_tune_output()
     connection = connect(options.address, num_cpus=options.num_cpus)
     try:
+        check_resources(placement_requests(plan.placements.values()), connection, log, options.wait_for_nodes)
         _write_settings(plan, options)
         tuner = tune.Tuner(
             _trainable(plan.accelerator, plan.cpus_per_trial),
@@ -766,19 +789,32 @@ def run_sweep(
             ),
             run_config=_run_config(plan, callbacks, quiet=options.json),
         )
-        results = tuner.fit()
-        return _finish(plan.to_json(), plan.path, results, options, log)
+        with InterruptWatch() as watch:
+            results = tuner.fit()
+        return _finish(plan.to_json(), plan.path, results, options, log, watch.interrupted)
     finally:
         connection.shutdown()
 
 
-def _finish(plan_json: dict[str, Any], path: str, results: Any, options: SweepOptions, log) -> SweepResult:
+def resume_command(plan_json: Mapping[str, Any], options: SweepOptions) -> str:
+    """The command that continues this sweep (its settings come from the experiment directory)."""
+    parts = ["python -m tuner.sweep --resume", f"--name {plan_json['experiment']}"]
+    if options.storage:
+        parts.append(f"--storage {options.storage}")
+    if options.address:
+        parts.append(f"--address {options.address}")
+    return " ".join(parts)
+
+
+def _finish(plan_json: dict[str, Any], path: str, results: Any, options: SweepOptions, log,
+            interrupted: bool = False) -> SweepResult:
     """Print what the sweep did (table, compute, best cell, where things are), then promote."""
     experiment = plan_json["experiment"]
     trials, flops, device_hours = _grid_usage(results)
     rows = _experiment_rows(plan_json["ledger"], experiment)
     budget = None if plan_json["budget"] is None else (plan_json["budget"]["unit"], plan_json["budget"]["total"])
-    result = SweepResult(plan_json, experiment, path, rows, trials, flops, device_hours, budget)
+    result = SweepResult(plan_json, experiment, path, rows, trials, flops, device_hours, budget,
+                         interrupted=interrupted)
     if rows:
         log(results_table(rows))
     used = flops if budget is None or budget[0] == "flops" else device_hours
@@ -793,6 +829,10 @@ def _finish(plan_json: dict[str, Any], path: str, results: Any, options: SweepOp
             f"lr={best['lr']:g} val_loss={best['final_val_loss']:.4g}")
     log(f"ledger: {plan_json['ledger']}")
     log(f"TensorBoard: {tensorboard_hint(path)}")
+    if interrupted:
+        log(f"interrupted (Ctrl-C): finished trials are in the ledger; continue the sweep with: "
+            f"{resume_command(plan_json, options)}")
+        return result
     if not options.then_finetune:
         return result
     from tuner.promote import PromoteOptions, promote
@@ -806,6 +846,7 @@ def _finish(plan_json: dict[str, Any], path: str, results: Any, options: SweepOp
             top_k=options.finetune_top_k,
             lrs=tuple(options.finetune_lrs),
             epochs=options.finetune_epochs,
+            wait_for_nodes=options.wait_for_nodes,
             address=options.address,
             storage=options.storage,
             accelerator=options.accelerator,
@@ -868,6 +909,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_mode.add_argument("--full-compile", dest="fast_compile", action="store_false",
                               help="XLA's full optimisations (default on clusters and accelerators)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial, from its last checkpoint")
+    p.add_argument("--wait-for-nodes", type=float, default=DEFAULT_NODE_WAIT_S, metavar="SECONDS", help=NODE_WAIT_HELP)
     p.add_argument("--resume", action="store_true",
                    help="continue the latest sweep (of --preset, if given) under --storage, or --name; "
                    "it runs with the settings it was started with")
@@ -928,10 +970,14 @@ def main(argv: list[str] | None = None) -> int:
         result = run_sweep(options, log=log)
         if options.json:
             print(json.dumps(result.to_json(), indent=1))
-        return 0
+        return INTERRUPTED_EXIT if result.interrupted else 0
     except TunerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C) twice: Tune stopped without its last snapshot; `python -m tuner.sweep "
+              "--resume` continues from the one before (add --name and --storage as you ran it)", file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

@@ -26,14 +26,21 @@ def _fashion(arg: str, split: str, data_dir: str | None, kw: dict[str, Any]) -> 
     return load_fashion_mnist(split, arg or data_dir)
 
 
+def _no_data_dir(source: str, data_dir: str | None) -> None:
+    if data_dir is not None:
+        raise NFNetError(f"dataset {source!r} is built in and reads no data directory; drop --data-dir {data_dir}")
+
+
 def _digits(arg: str, split: str, data_dir: str | None, kw: dict[str, Any]) -> Dataset:
     _no_kwargs("digits", kw)
+    _no_data_dir("digits", data_dir)
     if arg:
         raise NFNetError(f"dataset 'digits' takes no argument, got {arg!r}")
     return load_digits(split)
 
 
 def _synthetic(arg: str, split: str, data_dir: str | None, kw: dict[str, Any]) -> Dataset:
+    _no_data_dir("synthetic", data_dir)
     params: dict[str, Any] = {}
     for item in filter(None, arg.split(",")):
         key, sep, value = item.partition("=")

@@ -1,0 +1,28 @@
+"""Checks of the local directories a run will write, made before any work starts."""
+
+from __future__ import annotations
+
+import os
+
+
+def dir_problem(path: str) -> str | None:
+    """Why `path` cannot be used (or created) as a writable directory, or None.
+
+    URIs (`gs://...`) are not checked here: only their filesystem can say. Nothing
+    is created: the nearest existing ancestor must be a writable directory.
+    """
+    if "://" in path:
+        return None
+    target = os.path.abspath(os.path.expanduser(path))
+    probe = target
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        where = "is a file" if probe == target else f"lies under {probe}, which is a file"
+        return f"{path} {where}, not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{path} cannot be written ({probe} is not writable by this user)"
+    return None
