@@ -34,7 +34,7 @@ import dataclasses
 import json
 import math
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,14 +233,40 @@ def walk_order(cells: Iterable[GridCell]) -> list[GridCell]:
     return sorted(cells, key=lambda c: (rank[c.label], c.epochs, c.batch_size, c.dataset or ""))
 
 
-def _graded(cells: Mapping[CellKey, GridCell]) -> list[GridCell]:
+GRID_NEEDS = (
+    "the audit needs a grid: runs of the factor-2 LR grid per (variant, epochs) cell, each to the end of its "
+    "schedule, as `tuner.sweep --grid` writes"
+)
+
+
+def _graded(cells: Mapping[CellKey, GridCell], rows: Iterable[Mapping[str, Any]]) -> list[GridCell]:
+    """The cells with an optimum (a finished run with a finite loss), in walk order; a TunerError
+    saying what the ledger holds and lacks when there is none."""
     graded = [c for c in cells.values() if c.best_lr is not None]
-    if not graded:
+    if graded:
+        return walk_order(graded)
+    rows = _as_rows(rows)
+    pretrain = [r for r in rows if _is_pretrain(r)]
+    if not pretrain:
+        raise TunerError(f"the grid ledger has no pre-training runs ({len(rows)} fine-tuning row(s)); {GRID_NEEDS}")
+    searched = [r for r in pretrain if r.get("source") == SEARCH_SOURCE]
+    if len(searched) == len(pretrain):
+        finished = sum(r.get("status") in TUNED_STATUSES and _number(r.get("final_val_loss")) is not None
+                       for r in searched)
+        runs = f"{finished} finished pre-training run(s)"
+        if finished < len(searched):
+            runs += f" ({len(searched)} in all)"
         raise TunerError(
-            f"the grid has no finished pre-training run with a finite loss ({len(cells)} cell(s)); "
-            "a grid needs each cell's LRs run to their end (tuner.sweep --grid)"
+            f"the grid ledger has {runs}, but all were written by tuner.lr_search (source {SEARCH_SOURCE}): "
+            f"the audit checks those against a grid, it does not take them for one; {GRID_NEEDS}; "
+            "pass lr_search's ledger as --search, with a grid's as --grid"
         )
-    return walk_order(graded)
+    statuses = Counter(str(r.get("status")) for r in pretrain if r.get("source") != SEARCH_SOURCE)
+    listing = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+    raise TunerError(
+        f"the grid has no finished pre-training run with a finite loss (its {sum(statuses.values())} "
+        f"run(s) outside lr_search's: {listing}); {GRID_NEEDS}"
+    )
 
 
 # ---------------------------------------------------------------- audit and replay
@@ -387,8 +413,9 @@ def audit(
     _check(tolerance)
     if trials_per_cell < 1:
         raise TunerError(f"trials per cell must be at least 1, got {trials_per_cell}")
+    grid_rows = _as_rows(grid_rows)
     cells = grid_cells(grid_rows)
-    graded = _graded(cells)
+    graded = _graded(cells, grid_rows)
     searched: dict[CellKey, list[Mapping[str, Any]]] = defaultdict(list)
     other: set[CellKey] = set()
     for row in _as_rows(search_rows):
@@ -489,10 +516,11 @@ def replay(
     the ledger the later cells are planned from.
     """
     _check(tolerance)
+    grid_rows = _as_rows(grid_rows)
     cells = grid_cells(grid_rows)
     so_far: list[dict[str, Any]] = []
     audited = []
-    for cell in _graded(cells):
+    for cell in _graded(cells, grid_rows):
         planned = plan_cell(so_far, cell.label, cell.epochs, cell.batch_size, cell.params, dataset=cell.dataset,
                             noise=noise, parallel=parallel, max_trials=max_trials)
         bracket = planned.bracket()

@@ -10,6 +10,14 @@ paper reports the loss at the end of each epoch budget's cosine schedule, and th
 best-seen loss of a run can come from mid-schedule. Compute is training FLOPs (ledger
 `flops`). Diverged and early-stopped runs are left out of the fits and LR table.
 
+A report is of one pre-training dataset: rows of several are refused unless
+`--dataset NAME` picks one. A power law is fitted on 3 or more compute levels
+(`scaling.MIN_FIT_POINTS`); with fewer (a ledger of one lr_search cell, say) the
+report still lists the cells, their best LRs and losses and the LRs each tried,
+and says what a fit needs. An lr_search row counts every LR its search tried
+(its `search` column), and a cell with one LR tried has no measured optimum: the
+"does the optimal LR fall" answers leave it out.
+
 When some (variant, epochs) cell was run at 2 or more LRs the rows are taken for a
 grid, and the summary ends with `tuner.lr_audit`'s replay of the LR
 search on it; `--lr-search-ledger` adds the audit of a real walk's rows.
@@ -43,15 +51,17 @@ from tuner.lr_audit import (
     section_markdown,
     summary_sentence,
 )
-from tuner.planner import cell_label, parse_label
+from tuner.planner import cell_label, parse_label, search_record
 from tuner.scaling import (
     BootstrapCI,
     ComputeOptimal,
     Fit,
     LRTable,
+    MIN_FIT_POINTS,
     ScalingError,
     best_per_cell,
     bootstrap_ci,
+    check_fit_points,
     compute_optimal,
     fit_power_law,
     frontier,
@@ -76,6 +86,8 @@ LEDGER_COLUMNS = {
     "trial_id": "trial_id",
     "parent_trial_id": "parent_trial_id",
     "status": "status",
+    "dataset": "dataset",
+    "source": "source",
 }
 REQUIRED_LEDGER_COLUMNS = ("variant", "epochs", "flops", "final_val_loss")
 # A stopped run's loss is mid-schedule and a diverged run's is meaningless: neither
@@ -162,7 +174,7 @@ def load_ledger(uri: str) -> list[dict[str, Any]]:
 
 def rows_from_table(table: pa.Table, uri: str) -> list[dict[str, Any]]:
     """A ledger table's rows renamed to the report's columns (see LEDGER_COLUMNS)."""
-    present = [c for c in (*LEDGER_COLUMNS, "width_mult", "depth_mult") if c in table.column_names]
+    present = [c for c in (*LEDGER_COLUMNS, "width_mult", "depth_mult", "search") if c in table.column_names]
     rows = []
     for raw in table.select(present).to_pylist():
         row: dict[str, Any] = {LEDGER_COLUMNS[k]: v for k, v in raw.items() if k in LEDGER_COLUMNS}
@@ -175,6 +187,11 @@ def rows_from_table(table: pa.Table, uri: str) -> list[dict[str, Any]]:
             raise TunerError(f"the ledger at {uri} has a row with no variant (trial {row.get('trial_id')})")
         # A width/depth-scaled variant is a different model: label it as the planner does.
         row["variant"] = cell_label(row["variant"], raw.get("width_mult") or 1.0, raw.get("depth_mult") or 1.0)
+        # An lr_search row is its search's winner; its `search` record lists every LR the search tried.
+        record = search_record(raw)
+        trials = record.get("trials") if record else None
+        row["trial_lrs"] = [t["lr"] for t in trials if isinstance(t, dict) and t.get("lr") is not None] \
+            if isinstance(trials, list) else []
         rows.append(row)
     return rows
 
@@ -187,6 +204,7 @@ class ScalingReport:
     """Everything the plots, the summary and the JSON output are made from."""
 
     source: str
+    dataset: str | None  # the pre-training dataset of every point (None: the rows record none)
     n_rows: int
     n_pretrain: int
     n_finetune: int
@@ -195,16 +213,18 @@ class ScalingReport:
     frontier: tuple[int, ...]  # indices into points
     uncontested: tuple[int, ...]  # frontier points beyond every other variant's largest compute
     fit_on: str
-    fit: Fit
-    ci: BootstrapCI
+    fit: Fit | None  # None with too few points (see fit_note)
+    ci: BootstrapCI | None
     optimal: ComputeOptimal
     # The same fits over the frontier without its uncontested points, when they leave
-    # 2 or more computes (None otherwise, and when every frontier point is contested).
+    # MIN_FIT_POINTS or more computes (None otherwise, and when every frontier point is contested).
     contested_fit: Fit | None
     contested_optimal: ComputeOptimal | None
     lr_table: LRTable
     variants: tuple[str, ...]  # smallest to largest
     finetune: tuple[tuple[Mapping[str, Any], Mapping[str, Any]], ...]  # (pretrain parent, finetune row)
+    fit_note: str = ""  # why there is no fit, and what it needs
+    ci_note: str = ""  # why the bootstrap interval says little (too few distinct points), if it does
 
 
 def _exclusion_reason(row: Mapping[str, Any]) -> str | None:
@@ -220,40 +240,119 @@ def _exclusion_reason(row: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _is_finetune(row: Mapping[str, Any]) -> bool:
+    return row.get("kind") == "finetune"
+
+
+def _dataset_listing(counts: Mapping[str | None, int]) -> str:
+    ordered = sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))
+    return ", ".join(f"{name or 'no dataset recorded'}: {n} run(s)" for name, n in ordered)
+
+
+def pick_dataset(
+    rows: Sequence[Mapping[str, Any]], wanted: str | None, source: str
+) -> tuple[list[Mapping[str, Any]], str | None]:
+    """The rows of one pre-training dataset, and its name: `wanted`, else the only one.
+
+    A loss-vs-compute law belongs to one dataset (losses on two are not comparable,
+    and a frontier across them is nonsense), so rows of several are refused unless
+    `wanted` picks one. Fine-tuning rows stay unless their parent is a pre-training
+    run of another dataset (their own dataset is the fine-tuning target).
+    """
+    counts = Counter(r.get("dataset") for r in rows if not _is_finetune(r))
+    if wanted is None:
+        if len(counts) <= 1:
+            return list(rows), next(iter(counts), None)
+        raise TunerError(
+            f"the {source} holds pre-training runs of {len(counts)} datasets ({_dataset_listing(counts)}); "
+            "a scaling fit is per dataset: pick one with --dataset NAME"
+        )
+    if wanted not in counts:
+        raise TunerError(
+            f"the {source} has no pre-training runs of dataset {wanted!r} (--dataset); "
+            f"it holds {_dataset_listing(counts) or 'no pre-training runs'}"
+        )
+    others = {r.get("trial_id") for r in rows if not _is_finetune(r) and r.get("dataset") != wanted}
+    others.discard(None)
+    kept = [
+        r for r in rows
+        if (r.get("dataset") == wanted if not _is_finetune(r) else r.get("parent_trial_id") not in others)
+    ]
+    return kept, wanted
+
+
+def _fit_needs(n_cells: int, n_front: int, n_levels: int, fit_on: str) -> str:
+    """What a fit needs, given what the rows have."""
+    more = "run tuner.lr_search for more (variant, epochs) cells, or tuner.sweep"
+    cells = f"{n_cells} cell{'s' if n_cells != 1 else ''}"
+    if fit_on == "all":
+        return (f"A fit needs the best runs of (variant, epochs) cells at ≥ {MIN_FIT_POINTS} compute levels; "
+                f"the rows have {cells} at {n_levels} compute level(s): {more}")
+    have = f"the rows have {cells}" + (f", {n_front} of them on the frontier" if n_front < n_cells else "")
+    if n_cells < MIN_FIT_POINTS:
+        advice = more
+    else:
+        advice = ("the others cost more without a lower loss: run larger models or longer epoch budgets, "
+                  "or fit every cell with --fit-on all")
+    return (f"A fit needs the best runs of (variant, epochs) cells at ≥ {MIN_FIT_POINTS} compute levels on "
+            f"the compute-optimal frontier; {have}: {advice}")
+
+
 def analyse(
-    rows: Sequence[Mapping[str, Any]], source: str, n_boot: int = 1000, seed: int = 0, fit_on: str = "frontier"
+    rows: Sequence[Mapping[str, Any]],
+    source: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+    fit_on: str = "frontier",
+    dataset: str | None = None,
 ) -> ScalingReport:
     """Best run per (variant, epochs) → frontier → power-law fit with bootstrap CI,
-    compute-optimal params/epochs exponents, optimal-LR table, fine-tuning pairs."""
+    compute-optimal params/epochs exponents, optimal-LR table, fine-tuning pairs.
+
+    The rows are of one pre-training dataset (`pick_dataset`), named by `dataset`.
+    With fewer than `MIN_FIT_POINTS` compute levels to fit there is no fit (`fit` is
+    None and `fit_note` says what it needs); the rest of the report still stands.
+    """
     if fit_on not in ("frontier", "all"):
         raise ValueError(f"fit_on must be 'frontier' or 'all', got {fit_on!r}")
-    pretrain = [r for r in rows if (r.get("kind") or "pretrain") != "finetune"]
-    finetune_rows = [r for r in rows if r.get("kind") == "finetune"]
+    pretrain = [r for r in rows if not _is_finetune(r)]
+    finetune_rows = [r for r in rows if _is_finetune(r)]
     excluded: Counter[str] = Counter()
-    usable = []
+    usable, unusable = [], []
     for row in pretrain:
         reason = _exclusion_reason(row)
         if reason is None:
             usable.append(row)
         else:
             excluded[reason] += 1
+            unusable.append(row)
     points = best_per_cell(usable)
-    if len(points) < 2:
+    if not points:
         raise ScalingError(
-            f"need at least 2 usable pre-training points (distinct variant/epochs) to fit, got {len(points)} "
-            f"from {len(rows)} row(s); {_excluded_text(excluded) or 'none excluded'}"
+            f"no usable pre-training run to report among {len(rows)} row(s) "
+            f"({_excluded_text(excluded) + ' left out' if excluded else 'no pre-training rows'}); "
+            "a report needs finished pre-training runs with a final loss and compute"
         )
     compute = np.array([p["compute"] for p in points])
     loss = np.array([p["val_loss"] for p in points])
     front = frontier(compute, loss)
     chosen = front if fit_on == "frontier" else np.arange(len(points))
-    if fit_on == "frontier" and np.unique(compute[front]).size < 2:
-        raise ScalingError(
-            f"the compute-optimal frontier has {len(front)} point(s): the cheapest run is also the best; "
-            "add runs at larger compute or pass --fit-on all"
-        )
-    fit = fit_power_law(compute[chosen], loss[chosen])
-    ci = bootstrap_ci(compute[chosen], loss[chosen], n_boot=n_boot, seed=seed)
+    fit = ci = None
+    fit_note = ci_note = ""
+    try:
+        check_fit_points(compute[chosen])
+    except ScalingError as err:
+        levels = int(np.unique(compute[chosen]).size)
+        fit_note = f"{err}. {_fit_needs(len(points), len(front), levels, fit_on)}"
+    else:
+        fit = fit_power_law(compute[chosen], loss[chosen])
+        try:
+            ci = bootstrap_ci(compute[chosen], loss[chosen], n_boot=n_boot, seed=seed)
+        except ScalingError as err:
+            ci_note = f"no bootstrap interval: {err}"
+        else:
+            ci_note = ci.caveat()
+
     def allocation(indices: Sequence[int]) -> ComputeOptimal:
         return compute_optimal(
             compute[indices],
@@ -265,7 +364,7 @@ def analyse(
     lone = uncontested(compute, [p["variant"] for p in points], front)
     contested = np.array([i for i in front if i not in lone], dtype=np.int64)
     contested_fit = contested_optimal = None
-    if lone and np.unique(compute[contested]).size >= 2:
+    if lone and np.unique(compute[contested]).size >= MIN_FIT_POINTS:
         contested_fit = fit_power_law(compute[contested], loss[contested])
         contested_optimal = allocation(contested)
     by_id = {r["trial_id"]: r for r in pretrain if r.get("trial_id")}
@@ -280,6 +379,7 @@ def analyse(
     )
     return ScalingReport(
         source=source,
+        dataset=dataset,
         n_rows=len(rows),
         n_pretrain=len(pretrain),
         n_finetune=len(finetune_rows),
@@ -293,9 +393,12 @@ def analyse(
         optimal=optimal,
         contested_fit=contested_fit,
         contested_optimal=contested_optimal,
-        lr_table=optimal_lr_table(usable),
+        # Runs left out of the fits still tried their LR (a diverged run, a stopped one).
+        lr_table=optimal_lr_table(usable, tried=unusable),
         variants=size_order(usable),
         finetune=pairs,
+        fit_note=fit_note,
+        ci_note=ci_note,
     )
 
 
@@ -358,10 +461,11 @@ def plot_loss_vs_compute(report: ScalingReport, path: Path) -> None:
     fl = [report.points[i]["val_loss"] for i in report.frontier]
     ax.plot(fc, fl, linestyle="none", marker="o", markersize=12, markerfacecolor="none",
             markeredgecolor="black", label="compute-optimal frontier")
-    compute = np.array([p["compute"] for p in report.points])
-    xs = np.geomspace(compute.min(), compute.max(), 100)
-    ax.plot(xs, report.fit.predict(xs), "k--",
-            label=f"fit ({report.fit_on}): {report.fit.equation()}, R²={report.fit.r2:.3f}")
+    if report.fit is not None:
+        compute = np.array([p["compute"] for p in report.points])
+        xs = np.geomspace(compute.min(), compute.max(), 100)
+        ax.plot(xs, report.fit.predict(xs), "k--",
+                label=f"fit ({report.fit_on}): {report.fit.equation()}, R²={report.fit.r2:.3f}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     _plain_log_labels(ax.yaxis)
@@ -425,8 +529,19 @@ def plot_finetune_vs_compute(report: ScalingReport, path: Path) -> None:
 # ---------------------------------------------------------------- summaries
 
 
-def _yes_no(answer: bool | None) -> str:
-    return {True: "yes", False: "no", None: "n/a (a single cell)"}[answer]
+def _trend(answer: bool | None, cells: int, not_measured: Sequence[str]) -> str:
+    """A trend's answer over the measured cells of a group of `cells` cells; `not_measured`
+    names the cells with one LR run (an optimum not measured, left out of the answer)."""
+    if cells < 2:
+        return "n/a (a single cell)"
+    where = ", ".join(not_measured)
+    if answer is None:
+        return f"not measured: only one LR was run at {where}"
+    return ("yes" if answer else "no") + (f" (not measured at {where}: only one LR run)" if not_measured else "")
+
+
+def _name(report: ScalingReport) -> str:
+    return report.dataset or "no dataset recorded"
 
 
 def _fmt(value: Any) -> str:
@@ -437,11 +552,37 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _fit_markdown(report: ScalingReport) -> list[str]:
+    fit, ci = report.fit, report.ci
+    if fit is None:
+        return [f"**No fit: {report.fit_note}**"]
+    lines = [
+        f"Fitted on {fit.n} {'frontier points' if report.fit_on == 'frontier' else '(variant, epochs) points'} "
+        f"(least squares in log-log space): **{fit.equation()}**",
+        "",
+    ]
+    if ci is None:
+        lines.append(f"- exponent b = {fit.b:.4f}")
+        lines.append(f"- coefficient a = {fit.a:.4g}")
+    else:
+        pct = f"{100 * ci.level:g}%"
+        lines += [
+            f"- exponent b = {fit.b:.4f} ({pct} bootstrap CI [{ci.b_low:.4f}, {ci.b_high:.4f}], "
+            f"{ci.n_boot} resamples)",
+            f"- coefficient a = {fit.a:.4g} ({pct} CI [{ci.a_low:.4g}, {ci.a_high:.4g}])",
+        ]
+    lines.append(f"- R² (log space) = {fit.r2:.4f}")
+    if report.ci_note:
+        lines.append(f"- note: {report.ci_note}")
+    return lines
+
+
 def summary_markdown(report: ScalingReport, notes: Sequence[str]) -> str:
-    fit, ci, opt = report.fit, report.ci, report.optimal
-    pct = f"{100 * ci.level:g}%"
+    opt = report.optimal
     lines = [
         "# Scaling report",
+        "",
+        f"Dataset: **{_name(report)}** (pre-training).",
         "",
         f"Source: {report.source} — {report.n_rows} rows ({report.n_pretrain} pre-training, "
         f"{report.n_finetune} fine-tuning). Held-out loss is each run's final validation loss; "
@@ -450,12 +591,7 @@ def summary_markdown(report: ScalingReport, notes: Sequence[str]) -> str:
         "",
         "## Loss vs compute",
         "",
-        f"Fitted on {fit.n} {'frontier points' if report.fit_on == 'frontier' else '(variant, epochs) points'} "
-        f"(least squares in log-log space): **{fit.equation()}**",
-        "",
-        f"- exponent b = {fit.b:.4f} ({pct} bootstrap CI [{ci.b_low:.4f}, {ci.b_high:.4f}], {ci.n_boot} resamples)",
-        f"- coefficient a = {fit.a:.4g} ({pct} CI [{ci.a_low:.4g}, {ci.a_high:.4g}])",
-        f"- R² (log space) = {fit.r2:.4f}",
+        *_fit_markdown(report),
         "",
         "### Compute-optimal frontier",
         "",
@@ -502,10 +638,21 @@ def summary_markdown(report: ScalingReport, notes: Sequence[str]) -> str:
         lines += [
             f"| {c.variant} | {c.epochs:g} | {c.lr:g} | {c.val_loss:.4f} | {c.n_lrs} |" for c in table.cells
         ]
+        lines += ["", "LRs tried: the distinct LRs the cell's runs tried (an lr_search row's every trial, "
+                  "diverged and early-stopped runs included). With one LR tried a cell's optimum is not measured, "
+                  "and the trends below leave it out."]
         lines += ["", "Does the optimal LR fall (non-increasing) as the epoch budget grows?", ""]
-        lines += [f"- {v}: {_yes_no(a)}" for v, a in table.monotone_in_epochs.items()]
+        lines += [
+            f"- {v}: " + _trend(a, sum(c.variant == v for c in table.cells),
+                                [f"{e:g} epochs" for e in table.not_measured_in_epochs.get(v, ())])
+            for v, a in table.monotone_in_epochs.items()
+        ]
         lines += ["", f"Does it fall as the model grows ({' < '.join(table.size_order)}), at fixed epochs?", ""]
-        lines += [f"- {e:g} epochs: {_yes_no(a)}" for e, a in table.monotone_in_size.items()]
+        lines += [
+            f"- {e:g} epochs: " + _trend(a, sum(c.epochs == e for c in table.cells),
+                                         list(table.not_measured_in_size.get(e, ())))
+            for e, a in table.monotone_in_size.items()
+        ]
     lines += ["", "## Plots", ""]
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -537,20 +684,26 @@ def report_json(
 ) -> dict[str, Any]:
     table = report.lr_table
     point_keys = ("variant", "epochs", "compute", "val_loss", "lr", "params", "trial_id")
+    fit, ci = report.fit, report.ci
     return _clean(
         {
             "source": report.source,
+            "dataset": report.dataset,
             "fit_on": report.fit_on,
-            "coefficient": report.fit.a,
-            "exponent": report.fit.b,
-            "r2": report.fit.r2,
-            "n": report.fit.n,
-            "ci": {
-                "level": report.ci.level,
-                "n_boot": report.ci.n_boot,
-                "coefficient": [report.ci.a_low, report.ci.a_high],
-                "exponent": [report.ci.b_low, report.ci.b_high],
+            "coefficient": None if fit is None else fit.a,
+            "exponent": None if fit is None else fit.b,
+            "r2": None if fit is None else fit.r2,
+            "n": None if fit is None else fit.n,
+            "fit_note": report.fit_note or None,
+            "ci": None if ci is None else {
+                "level": ci.level,
+                "n_boot": ci.n_boot,
+                "coefficient": [ci.a_low, ci.a_high],
+                "exponent": [ci.b_low, ci.b_high],
+                "points": ci.points,
+                "collapsed": ci.collapsed,
             },
+            "ci_note": report.ci_note or None,
             "frontier": [{k: report.points[i].get(k) for k in point_keys} | {"uncontested": i in report.uncontested}
                          for i in report.frontier],
             "params_exponent": None if report.optimal.params is None else report.optimal.params.b,
@@ -566,11 +719,15 @@ def report_json(
                 "epochs": _fit_dict(report.contested_optimal.epochs),
             },
             "lr_table": [
-                {"variant": c.variant, "epochs": c.epochs, "lr": c.lr, "val_loss": c.val_loss, "n_lrs": c.n_lrs}
+                {"variant": c.variant, "epochs": c.epochs, "lr": c.lr, "val_loss": c.val_loss, "n_lrs": c.n_lrs,
+                 "measured": c.measured}
                 for c in table.cells
             ],
+            # null where there is no answer: a single cell, or optima not measured (see lr_not_measured_*).
             "lr_monotone_in_epochs": table.monotone_in_epochs,
             "lr_monotone_in_size": {f"{e:g}": a for e, a in table.monotone_in_size.items()},
+            "lr_not_measured_in_epochs": {v: list(e) for v, e in table.not_measured_in_epochs.items()},
+            "lr_not_measured_in_size": {f"{e:g}": list(v) for e, v in table.not_measured_in_size.items()},
             "size_order": list(table.size_order),
             "excluded": report.excluded,
             "outputs": dict(outputs),
@@ -598,9 +755,10 @@ def write_tensorboard(logdir: Path, images: Sequence[Path], markdown: str, repor
                 pixels = np.asarray(img.convert("RGB"))
             writer.add_image(f"scaling/{path.stem}", pixels, global_step=0, dataformats="HWC")
         writer.add_text("scaling/summary", markdown, global_step=0)
-        writer.add_scalar("scaling/exponent", report.fit.b, global_step=0)
-        writer.add_scalar("scaling/coefficient", report.fit.a, global_step=0)
-        writer.add_scalar("scaling/r2", report.fit.r2, global_step=0)
+        if report.fit is not None:
+            writer.add_scalar("scaling/exponent", report.fit.b, global_step=0)
+            writer.add_scalar("scaling/coefficient", report.fit.a, global_step=0)
+            writer.add_scalar("scaling/r2", report.fit.r2, global_step=0)
         for name in ("params", "epochs"):
             f = getattr(report.optimal, name)
             if f is not None:
@@ -625,6 +783,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="directory for the plots, summary.md and tensorboard/"
+    )
+    parser.add_argument(
+        "--dataset", metavar="NAME",
+        help="report the pre-training runs of this dataset (needed when the rows hold several: "
+        "a scaling fit is per dataset)",
     )
     parser.add_argument("--json", action="store_true", help="print the fitted numbers as one JSON object on stdout")
     parser.add_argument("--n-boot", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
@@ -697,7 +860,10 @@ def run(args: argparse.Namespace) -> int:
         rows = load_csv(args.csv)
         grid_rows = _grid_rows_from_csv(rows)
     source = f"ledger {args.ledger}" if args.ledger else f"CSV {args.csv}"
-    report = analyse(rows, source, n_boot=args.n_boot, seed=args.seed, fit_on=args.fit_on)
+    rows, dataset = pick_dataset(rows, args.dataset, source)
+    if grid_rows is not None and args.dataset is not None:
+        grid_rows = [r for r in grid_rows if r.get("kind") == "finetune" or r.get("dataset") == dataset]
+    report = analyse(rows, source, n_boot=args.n_boot, seed=args.seed, fit_on=args.fit_on, dataset=dataset)
     lrs_per_cell = max((c.n_lrs for c in report.lr_table.cells), default=0)
     lr_markdown, searched, replayed = lr_search_audit(grid_rows, args.lr_search_ledger, lrs_per_cell)
 
@@ -711,7 +877,7 @@ def run(args: argparse.Namespace) -> int:
 
     plot_loss_vs_compute(report, out / LOSS_PLOT)
     images.append(out / LOSS_PLOT)
-    notes.append(f"`{LOSS_PLOT}`: held-out loss vs compute, frontier and fit")
+    notes.append(f"`{LOSS_PLOT}`: held-out loss vs compute, frontier" + (" and fit" if report.fit else ""))
     if report.lr_table.cells:
         plot_lr_vs_epochs(report, out / LR_PLOT)
         images.append(out / LR_PLOT)
@@ -739,8 +905,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report_json(report, outputs, skipped, searched, replayed), allow_nan=False))
     else:
-        print(f"{report.fit.equation()}  (b {int(100 * report.ci.level)}% CI [{report.ci.b_low:.4f}, "
-              f"{report.ci.b_high:.4f}], R² {report.fit.r2:.4f}, {report.fit.n} points)")
+        for line in console_summary(report):
+            print(line)
         if searched is not None:
             print(f"LR walk: {summary_sentence(searched)}")
         if replayed is not None:
@@ -750,6 +916,27 @@ def run(args: argparse.Namespace) -> int:
         for line in skipped:
             print(line)
     return 0
+
+
+def console_summary(report: ScalingReport) -> list[str]:
+    """The first lines `tuner.report` prints: the dataset and its fit, or why there is none and the cells."""
+    fit, ci = report.fit, report.ci
+    head = f"dataset {_name(report)}: "
+    if fit is None:
+        lines = [head + "no fit: " + report.fit_note]
+        cells = report.lr_table.cells
+        if cells:
+            plural = "s" if len(cells) != 1 else ""
+            lines.append(f"{len(cells)} cell{plural} (best lr, final held-out loss, LRs tried):")
+            lines += [f"  {c.variant} at {c.epochs:g} epochs: lr {c.lr:g}, loss {c.val_loss:.4f}, "
+                      f"{c.n_lrs} LR{'s' if c.n_lrs != 1 else ''} tried" for c in cells]
+        return lines
+    interval = "" if ci is None else (
+        f"b {int(100 * ci.level)}% CI [{ci.b_low:.4f}, {ci.b_high:.4f}], ")
+    lines = [head + f"{fit.equation()}  ({interval}R² {fit.r2:.4f}, {fit.n} points)"]
+    if report.ci_note:
+        lines.append(f"note: {report.ci_note}")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,22 @@ from tuner.errors import TunerError
 
 class ScalingError(TunerError):
     """The data cannot support the requested fit (too few or invalid points)."""
+
+
+# A line through 2 points fits them exactly (R² = 1 whatever they are): a scaling fit
+# that says anything needs 3 or more distinct x values.
+MIN_FIT_POINTS = 3
+# Below this many distinct points a percentile bootstrap has too few different
+# resamples to give an interval (4 points: at most 31 different fits).
+ROUGH_BOOTSTRAP_POINTS = 5
+
+
+def check_fit_points(x: Sequence[float] | np.ndarray, min_points: int = MIN_FIT_POINTS) -> int:
+    """The number of distinct x values, or a ScalingError when there are fewer than `min_points`."""
+    n = int(np.unique(np.asarray(x, dtype=np.float64)).size)
+    if n < min_points:
+        raise ScalingError(f"too few points for a fit: {n} (need ≥ {min_points})")
+    return n
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,28 @@ class BootstrapCI:
     b_high: float
     level: float
     n_boot: int  # resamples that could be fitted (degenerate ones are skipped)
+    points: int = 0  # distinct x values resampled
+    distinct: int = 0  # different resamples (multisets of points) among those fitted
+
+    @property
+    def collapsed(self) -> bool:
+        """Every fitted resample gave the same exponent: the interval is a point."""
+        return self.b_high - self.b_low <= 1e-9 * max(1.0, abs(self.b_low), abs(self.b_high))
+
+    def caveat(self) -> str:
+        """Why the interval says little, or "" when it is a usable interval."""
+        if self.collapsed:
+            return (
+                f"the bootstrap interval collapsed to a point: every fitted resample of the {self.points} distinct "
+                f"points ({self.distinct} different ones) gives the same exponent, so it measures no uncertainty"
+            )
+        if self.points < ROUGH_BOOTSTRAP_POINTS:
+            most = math.comb(2 * self.points - 1, self.points) - self.points
+            return (
+                f"the bootstrap interval rests on {self.points} distinct points: resampling them gives at most "
+                f"{most} different fits, too few for a percentile interval; treat it as rough"
+            )
+        return ""
 
 
 def _positive_log(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
@@ -119,6 +157,8 @@ def bootstrap_ci(
     log_as = by[ok].mean(axis=1) - slopes * bx[ok].mean(axis=1)
     tail = 100.0 * (1.0 - level) / 2.0
     b_low, b_high = np.percentile(slopes, [tail, 100.0 - tail])
+    # Resamples holding the same points (in any order, any multiplicity) give the same fit.
+    distinct = int(np.unique(np.sort(idx[ok], axis=1), axis=0).shape[0])
     la_low, la_high = np.percentile(log_as, [tail, 100.0 - tail])
     return BootstrapCI(
         a_low=float(np.exp(la_low)),
@@ -127,6 +167,8 @@ def bootstrap_ci(
         b_high=float(b_high),
         level=float(level),
         n_boot=int(ok.sum()),
+        points=int(np.unique(lx).size),
+        distinct=distinct,
     )
 
 
@@ -189,7 +231,8 @@ def compute_optimal(
     """Fit the parameter count and epoch budget of frontier points against compute.
 
     Takes the frontier points only (compute, and the params/epochs of each point);
-    points with unknown (NaN) params are left out of the params fit.
+    points with unknown (NaN) params are left out of the params fit. A fit needs
+    `MIN_FIT_POINTS` distinct computes.
     """
     c = np.asarray(compute, dtype=np.float64)
     p = np.asarray(params, dtype=np.float64)
@@ -199,6 +242,7 @@ def compute_optimal(
     def attempt(y: np.ndarray, what: str) -> Fit | None:
         usable = np.isfinite(y) & (y > 0) & np.isfinite(c) & (c > 0)
         try:
+            check_fit_points(c[usable])
             return fit_power_law(c[usable], y[usable])
         except ScalingError as err:
             notes.append(f"no {what} fit: {err}")
@@ -215,18 +259,27 @@ class LRCell:
     epochs: float
     lr: float
     val_loss: float  # mean over repeats at that LR
-    n_lrs: int  # distinct LRs tried in the cell
+    n_lrs: int  # distinct LRs tried in the cell (rows' LRs and their `trial_lrs`)
+
+    @property
+    def measured(self) -> bool:
+        """An optimum picked among 2 or more LRs; with one LR run it is not measured."""
+        return self.n_lrs >= 2
 
 
 @dataclass(frozen=True)
 class LRTable:
     cells: tuple[LRCell, ...]
     # Per variant: does the optimal LR fall (non-increasing) as the epoch budget grows?
-    # None where the variant has a single epoch budget.
+    # Over the cells whose optimum is measured (2 or more LRs run); None where fewer
+    # than 2 such cells: a single epoch budget, or optima not measured.
     monotone_in_epochs: dict[str, bool | None]
-    # Per epoch budget: does it fall as model size grows? None with a single variant.
+    # Per epoch budget: does it fall as model size grows? As above, over measured cells.
     monotone_in_size: dict[float, bool | None]
     size_order: tuple[str, ...]  # variants from smallest to largest
+    # Cells left out of those answers because only one LR was run there.
+    not_measured_in_epochs: dict[str, tuple[float, ...]] = field(default_factory=dict)  # variant -> epochs
+    not_measured_in_size: dict[float, tuple[str, ...]] = field(default_factory=dict)  # epochs -> variants
 
 
 def _non_increasing(values: Sequence[float]) -> bool | None:
@@ -265,10 +318,36 @@ def _as_float(value: Any) -> float:
         return math.nan
 
 
-def optimal_lr_table(rows: Iterable[Mapping[str, Any]]) -> LRTable:
+# LRs within this relative distance are one LR (the grid's LRs are computed, 0.1 × 2^k).
+SAME_LR = 1e-6
+
+
+def _tried_lrs(row: Mapping[str, Any]) -> list[float]:
+    """The LRs a row stands for: its own, and the `trial_lrs` it carries (an lr_search
+    row records its winner and lists every trial of its search)."""
+    lrs = [_as_float(row.get("lr")), *(_as_float(lr) for lr in row.get("trial_lrs") or ())]
+    return [lr for lr in lrs if math.isfinite(lr) and lr > 0]
+
+
+def _count_distinct(values: Iterable[float]) -> int:
+    kept: list[float] = []
+    for value in sorted(values):
+        if not kept or not math.isclose(value, kept[-1], rel_tol=SAME_LR):
+            kept.append(value)
+    return len(kept)
+
+
+def optimal_lr_table(rows: Iterable[Mapping[str, Any]], tried: Iterable[Mapping[str, Any]] = ()) -> LRTable:
     """The LR with the lowest held-out loss per (variant, epochs), averaging repeats
     (seeds) at the same LR first; ties go to the smaller LR. Rows without a finite
-    positive LR or a finite loss are ignored."""
+    positive LR or a finite loss are ignored.
+
+    A cell's `n_lrs` counts the distinct LRs tried in it: those of `rows`, of `tried`
+    (rows that tried an LR without a usable loss: diverged, stopped) and the
+    `trial_lrs` any of them lists (an lr_search row's trials). The trends in epochs
+    and size are read off the cells whose optimum is measured (2 or more LRs).
+    """
+    rows = list(rows)
     usable = [
         r
         for r in rows
@@ -280,25 +359,42 @@ def optimal_lr_table(rows: Iterable[Mapping[str, Any]]) -> LRTable:
     losses: dict[tuple[str, float], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in usable:
         losses[(str(r["variant"]), float(r["epochs"]))][float(r["lr"])].append(float(r["val_loss"]))
+    lrs_tried: dict[tuple[str, float], list[float]] = defaultdict(list)
+    for r in [*usable, *tried]:
+        if math.isfinite(_as_float(r.get("epochs"))):
+            lrs_tried[(str(r["variant"]), float(r["epochs"]))] += _tried_lrs(r)
     cells = []
     for (variant, epochs), by_lr in sorted(losses.items()):
         lr, loss = min(((lr, float(np.mean(v))) for lr, v in by_lr.items()), key=lambda t: (t[1], t[0]))
-        cells.append(LRCell(variant=variant, epochs=epochs, lr=lr, val_loss=loss, n_lrs=len(by_lr)))
+        n_lrs = _count_distinct([*by_lr, *lrs_tried[(variant, epochs)]])
+        cells.append(LRCell(variant=variant, epochs=epochs, lr=lr, val_loss=loss, n_lrs=n_lrs))
 
     order = size_order(usable) if usable else ()
     rank = {name: i for i, name in enumerate(order)}
     cells.sort(key=lambda c: (rank[c.variant], c.epochs))
     in_epochs = {
-        variant: _non_increasing([c.lr for c in sorted(cells, key=lambda c: c.epochs) if c.variant == variant])
+        variant: _non_increasing(
+            [c.lr for c in sorted(cells, key=lambda c: c.epochs) if c.variant == variant and c.measured]
+        )
         for variant in order
     }
+    budgets = sorted({c.epochs for c in cells})
     in_size = {
         epochs: _non_increasing(
-            [c.lr for c in sorted(cells, key=lambda c: rank[c.variant]) if c.epochs == epochs]
+            [c.lr for c in sorted(cells, key=lambda c: rank[c.variant]) if c.epochs == epochs and c.measured]
         )
-        for epochs in sorted({c.epochs for c in cells})
+        for epochs in budgets
     }
-    return LRTable(cells=tuple(cells), monotone_in_epochs=in_epochs, monotone_in_size=in_size, size_order=order)
+    by_variant = {v: tuple(c.epochs for c in cells if c.variant == v and not c.measured) for v in order}
+    by_epochs = {e: tuple(c.variant for c in cells if c.epochs == e and not c.measured) for e in budgets}
+    return LRTable(
+        cells=tuple(cells),
+        monotone_in_epochs=in_epochs,
+        monotone_in_size=in_size,
+        size_order=order,
+        not_measured_in_epochs={v: e for v, e in by_variant.items() if e},
+        not_measured_in_size={e: v for e, v in by_epochs.items() if v},
+    )
 
 
 def best_per_cell(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

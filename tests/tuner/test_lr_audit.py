@@ -280,8 +280,26 @@ def test_cli_mistakes_fail_in_one_line(tmp_path, capsys):
     assert "does not exist" in one_line_error(capsys, ["--grid", str(tmp_path / "nowhere")])
     assert "tolerance" in one_line_error(capsys, ["--grid", grid, "--tolerance", "-0.1"])
     assert "no finished lr_search" in one_line_error(capsys, ["--grid", grid, "--search", grid])
-    diverged = write_ledger(tmp_path / "diverged", [row("nano", 1, 0.1, math.nan, status="diverged")])
-    assert "no finished pre-training run" in one_line_error(capsys, ["--grid", diverged])
+    diverged = write_ledger(tmp_path / "diverged", [row("nano", 1, 0.1, math.nan, status="diverged"),
+                                                    row("nano", 1, 0.2, 1.0, status="stopped")])
+    err = one_line_error(capsys, ["--grid", diverged])
+    assert "no finished pre-training run with a finite loss (its 2 run(s) outside lr_search's: 1 diverged, 1 stopped)" \
+        in err and "tuner.sweep --grid" in err
+
+
+def test_an_lr_search_ledger_as_the_grid_says_what_the_audit_needs(tmp_path, capsys):
+    # The main job's ledger: lr_search's rows only, finished. They are what the audit checks, not a grid.
+    walk = write_ledger(tmp_path / "walk", [row("nano", 1, 0.1, 2.0, source="lr_search"),
+                                            row("nano", 2, 0.05, 1.8, source="lr_search"),
+                                            row("nano", 2, 0.4, math.nan, status="diverged", source="lr_search")])
+    err = one_line_error(capsys, ["--grid", walk])
+    assert "no finished pre-training run" not in err
+    assert ("the grid ledger has 2 finished pre-training run(s) (3 in all), but all were written by "
+            "tuner.lr_search") in err
+    assert "runs of the factor-2 LR grid per (variant, epochs) cell" in err and "tuner.sweep --grid" in err
+    assert "pass lr_search's ledger as --search" in err
+    finetune = write_ledger(tmp_path / "finetune", [row("nano", 1, 0.1, 0.5, kind="finetune")])
+    assert "no pre-training runs (1 fine-tuning row(s))" in one_line_error(capsys, ["--grid", finetune])
 
 
 def test_report_adds_the_audit_and_the_replay(tmp_path, capsys):

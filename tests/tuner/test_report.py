@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tuner.ledger import LEDGER_SCHEMA
+from tuner.ledger import LEDGER_SCHEMA, Ledger
 from tuner.report import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -211,12 +211,22 @@ def test_corrupt_ledger_file_fails_in_one_line(tmp_path, capsys):
     assert "part-0001.parquet" in err
 
 
-def test_ledger_with_too_few_usable_points_fails(tmp_path, capsys):
+def test_ledger_with_one_usable_point_is_summarised_without_a_fit(tmp_path, capsys):
     runs = synthetic_runs()
     rows = [ledger_row(runs[0]), ledger_row(runs[-1], status="diverged")]
     ledger = write_ledger(tmp_path / "ledger", rows)
+    result = report_json(capsys, "--ledger", str(ledger), "--out", str(tmp_path / "r"))
+    assert result["exponent"] is None and result["excluded"] == {"diverged": 1}
+    assert result["fit_note"].startswith("too few points for a fit: 1 (need ≥ 3)")
+    assert [p["trial_id"] for p in result["frontier"]] == [runs[0]["trial_id"]]
+    assert "Left out of the fits: 1 diverged." in (tmp_path / "r" / "summary.md").read_text()
+
+
+def test_ledger_with_no_usable_point_fails(tmp_path, capsys):
+    runs = synthetic_runs()
+    ledger = write_ledger(tmp_path / "ledger", [ledger_row(runs[-1], status="diverged")])
     err = one_line_error(capsys, "--ledger", str(ledger), "--out", str(tmp_path / "r"))
-    assert "at least 2 usable" in err and "1 diverged" in err
+    assert "no usable pre-training run" in err and "1 diverged" in err
 
 
 @pytest.mark.parametrize(
@@ -228,10 +238,8 @@ def test_ledger_with_too_few_usable_points_fails(tmp_path, capsys):
         ("variant,epochs,compute,val_loss\nnano,1,abc,2.0\n", "line 2: column 'compute' is not a number: 'abc'"),
         ("variant,epochs,compute,val_loss\nnano,1,,2.0\n", "line 2: column 'compute' is empty"),
         ("variant,epochs,compute,val_loss,lr\nnano,1,10,2.0,fast\n", "column 'lr' is not a number"),
-        ("variant,epochs,compute,val_loss\nnano,1,10,2.0\n", "at least 2 usable"),
+        ("variant,epochs,compute,val_loss\nnano,1,10,-2.0\n", "no usable pre-training run"),
         ("variant,epochs,compute,val_loss\nnano,1,10,2.0\nnano,2,20,1.0\nnano,4,40,-1\n", None),
-        # The cheapest run is also the best: the frontier is one point.
-        ("variant,epochs,compute,val_loss\nnano,1,10,1.0\nnano,2,20,2.0\n", "--fit-on all"),
     ],
 )
 def test_malformed_csv_fails_in_one_line(tmp_path, capsys, content, fragment):
@@ -239,10 +247,31 @@ def test_malformed_csv_fails_in_one_line(tmp_path, capsys, content, fragment):
     source.write_text(content)
     args = ["--csv", str(source), "--out", str(tmp_path / "r"), "--n-boot", "20"]
     if fragment is None:
-        # A non-positive loss is left out, not fatal, while 2 good points remain.
+        # A non-positive loss is left out, not fatal, while good points remain.
         assert main(args) == 0
         return
     assert fragment in one_line_error(capsys, *args)
+
+
+@pytest.mark.parametrize(
+    "content, needs",
+    [
+        # One run: a summary of its cell, no fit.
+        ("nano,1,10,2.0\n", "the rows have 1 cell: run tuner.lr_search"),
+        # The cheapest run is also the best: the frontier is one point of two cells.
+        ("nano,1,10,1.0\nnano,2,20,2.0\n", "the rows have 2 cells, 1 of them on the frontier: run tuner.lr_search"),
+        # Three cells, the frontier one: more cells would not help, other runs would.
+        ("nano,1,10,1.0\nnano,2,20,2.0\nnano,4,40,3.0\n", "1 of them on the frontier: the others cost more without "
+         "a lower loss: run larger models or longer epoch budgets, or fit every cell with --fit-on all"),
+    ],
+)
+def test_csv_with_too_few_points_for_a_fit_says_what_it_needs(tmp_path, capsys, content, needs):
+    source = tmp_path / "runs.csv"
+    source.write_text("variant,epochs,compute,val_loss\n" + content)
+    result = report_json(capsys, "--csv", str(source), "--out", str(tmp_path / "r"))
+    assert result["fit_note"].startswith("too few points for a fit: 1 (need ≥ 3)") and needs in result["fit_note"]
+    assert result["dataset"] is None
+    assert "Dataset: **no dataset recorded**" in (tmp_path / "r" / "summary.md").read_text()
 
 
 def test_missing_csv_and_bad_n_boot(tmp_path, capsys):
@@ -270,3 +299,157 @@ def test_csv_without_lr_skips_the_lr_plot(tmp_path, capsys):
     assert any(s.startswith("lr_vs_epochs.png skipped") for s in result["skipped"])
     assert result["params_exponent"] is None and result["epochs_exponent"] > 0
     assert not (tmp_path / "r" / "lr_vs_epochs.png").exists()
+
+
+# ---------------------------------------------------------------- datasets, tiny ledgers, unmeasured optima
+
+
+def append_ledger(directory: Path, rows: list[dict]) -> str:
+    """A ledger written by tuner.ledger's own writer."""
+    Ledger(directory).append(rows)
+    return str(directory)
+
+
+def search_row(rows: list[dict], epochs: float, max_trials: int, name: str) -> dict:
+    """The row `python -m tuner.lr_search` records for nano at `epochs` on fashion_mnist: the cell
+    planned from `rows` (a search that stopped continues), its bracket run on a bowl of losses around
+    lr 0.4, and the winner recorded with its search (planner.make_record)."""
+    from tuner.planner import SEARCH_SOURCE, Trial, make_record, plan_cell, run_bracket
+
+    params = 117_350
+    planned = plan_cell(rows, "nano", epochs, 128, params, dataset="fashion_mnist", max_trials=max_trials)
+    bracket = planned.bracket()
+
+    def loss(lr: float) -> float:
+        return 0.6 / epochs**0.2 * (1 + 0.04 * math.log2(lr / 0.4) ** 2)
+
+    verdict = run_bracket(bracket, lambda lrs: [Trial(lr, loss(lr), "finished", 1e11 * epochs) for lr in lrs])
+    record = make_record(planned, bracket, verdict)
+    return dict(
+        trial_id=f"lr_search/{name}", experiment="lr_search-nano", kind="pretrain", variant="nano", params=params,
+        epochs=epochs, lr=verdict.lr, batch_size=128, dataset="fashion_mnist", final_val_loss=verdict.loss,
+        flops=1e11 * epochs, status="finished", source=SEARCH_SOURCE, search=json.dumps(record),
+        time=datetime(2025, 1, 1 + len(rows), tzinfo=timezone.utc),
+    )
+
+
+def main_job_ledger(directory: Path) -> tuple[str, dict]:
+    """What the main job leaves: two lr_search rows of one cell (a search stopped by --max-trials,
+    then continued to its end), and the record of the latest."""
+    rows: list[dict] = []
+    rows.append(search_row(rows, 1.0, 2, "first"))
+    rows.append(search_row(rows, 1.0, 8, "second"))
+    record = json.loads(rows[-1]["search"])
+    assert json.loads(rows[0]["search"])["stop"] == "max-trials" and record["stop"] == "bracketed"
+    return append_ledger(directory, rows), record
+
+
+def test_main_jobs_ledger_gives_a_summary_of_its_cell_and_what_a_fit_needs(tmp_path, capsys):
+    ledger, record = main_job_ledger(tmp_path / "ledger")
+    trials = len({t["lr"] for t in record["trials"]})
+    assert trials >= 3 and record["chosen"] == 0.4
+
+    out = tmp_path / "report"
+    assert main(["--ledger", ledger, "--out", str(out), "--n-boot", "50"]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.startswith("dataset fashion_mnist: no fit: too few points for a fit: 1 (need ≥ 3)")
+    assert "the rows have 1 cell: run tuner.lr_search for more (variant, epochs) cells, or tuner.sweep" in stdout
+    assert f"  nano at 1 epochs: lr 0.4, loss {record['loss']:.4f}, {trials} LRs tried" in stdout
+    assert "R²" not in stdout
+
+    summary = (out / "summary.md").read_text()
+    assert "Dataset: **fashion_mnist**" in summary
+    assert "**No fit: too few points for a fit: 1 (need ≥ 3)." in summary
+    assert f"| nano | 1 | 0.4 | {record['loss']:.4f} | {trials} |" in summary
+    assert "R² (log space)" not in summary
+    assert (out / "loss_vs_compute.png").read_bytes().startswith(PNG_MAGIC)
+
+    result = report_json(capsys, "--ledger", ledger, "--out", str(out))
+    assert result["dataset"] == "fashion_mnist"
+    assert result["exponent"] is None and result["r2"] is None and result["ci"] is None
+    assert result["fit_note"].startswith("too few points for a fit: 1 (need ≥ 3)")
+    assert result["lr_table"] == [{"variant": "nano", "epochs": 1.0, "lr": 0.4, "val_loss": record["loss"],
+                                   "n_lrs": trials, "measured": True}]
+    assert result["lr_replay"] is None  # lr_search's rows are no grid
+
+
+def test_a_two_point_fit_is_refused_rather_than_r2_one(tmp_path, capsys):
+    runs = [r for r in synthetic_runs() if r["variant"] == "nano" and r["epochs"] in (0.25, 0.5)]
+    ledger = append_ledger(tmp_path / "ledger", [ledger_row(r) for r in runs])
+    out = tmp_path / "r"
+    assert main(["--ledger", ledger, "--out", str(out), "--n-boot", "50"]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.startswith("dataset digits: no fit: too few points for a fit: 2 (need ≥ 3)")
+    assert "R² 1.0000" not in stdout
+    result = report_json(capsys, "--ledger", ledger, "--out", str(out), "--fit-on", "all")
+    assert result["r2"] is None and result["fit_note"].startswith("too few points for a fit: 2 (need ≥ 3)")
+    assert "at 2 compute level(s)" in result["fit_note"]
+    assert result["compute_optimal"]["notes"] == [
+        "no params fit: too few points for a fit: 2 (need ≥ 3)",
+        "no epochs fit: too few points for a fit: 2 (need ≥ 3)",
+    ]
+
+
+def test_a_fit_on_few_points_flags_its_bootstrap_interval(tmp_path, capsys):
+    runs = [r for r in synthetic_runs() if r["variant"] == "nano" and r["epochs"] <= 2.0]
+    ledger = append_ledger(tmp_path / "ledger", [ledger_row(r) for r in runs])
+    out = tmp_path / "r"
+    result = report_json(capsys, "--ledger", ledger, "--out", str(out))
+    assert result["n"] == 4 and result["ci"]["points"] == 4
+    assert "rests on 4 distinct points" in result["ci_note"]
+    assert "- note: the bootstrap interval rests on 4 distinct points" in (out / "summary.md").read_text()
+    assert main(["--ledger", ledger, "--out", str(out), "--n-boot", "50"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("note: the bootstrap interval rests on 4")
+
+
+def two_dataset_rows() -> list[dict]:
+    rows = []
+    for dataset, scale in (("digits", 0.5), ("fashion_mnist", 1.0)):
+        for run in synthetic_runs():
+            rows.append(ledger_row(dict(run, trial_id=f"{dataset}/{run['trial_id']}", val_loss=scale * run["val_loss"]),
+                                   dataset=dataset))
+        rows.append(ledger_row(dict(synthetic_runs()[0], trial_id=f"ft-of-{dataset}"), kind="finetune",
+                               parent_trial_id=f"{dataset}/small-4-0", dataset="digits", top1=0.9))
+    return rows
+
+
+def test_rows_of_two_datasets_are_refused_until_one_is_picked(tmp_path, capsys):
+    ledger = append_ledger(tmp_path / "ledger", two_dataset_rows())
+    out = str(tmp_path / "r")
+    err = one_line_error(capsys, "--ledger", ledger, "--out", out)
+    assert "2 datasets (digits: 60 run(s), fashion_mnist: 60 run(s))" in err
+    assert "pick one with --dataset NAME" in err
+    err = one_line_error(capsys, "--ledger", ledger, "--out", out, "--dataset", "imagenet")
+    assert "no pre-training runs of dataset 'imagenet'" in err and "digits: 60 run(s)" in err
+
+    alone = append_ledger(tmp_path / "fashion", [r for r in two_dataset_rows() if "fashion_mnist" in r["trial_id"]])
+    expected = report_json(capsys, "--ledger", alone, "--out", out)
+    picked = report_json(capsys, "--ledger", ledger, "--out", out, "--dataset", "fashion_mnist")
+    assert picked["dataset"] == expected["dataset"] == "fashion_mnist"
+    assert all(p["trial_id"].startswith("fashion_mnist/") for p in picked["frontier"])
+    assert (picked["exponent"], picked["r2"], picked["ci"]) == (expected["exponent"], expected["r2"], expected["ci"])
+    summary = (tmp_path / "r" / "summary.md").read_text()
+    assert "Dataset: **fashion_mnist**" in summary
+    # The fine-tuned child of a digits run is not this dataset's.
+    assert "(fine-tuned runs: 1)" in summary and "61 rows (60 pre-training, 1 fine-tuning)" in summary
+
+
+def test_optimal_lr_trends_say_not_measured_where_one_lr_ran(tmp_path, capsys):
+    # Each nano cell ran one LR, falling with the epoch budget: no measured optimum, no trend.
+    runs = [r for r in synthetic_runs()
+            if r["variant"] == "nano" and r["lr"] == optimal_lr(0, EPOCHS.index(r["epochs"]))]
+    assert len(runs) == len(EPOCHS) and len({r["lr"] for r in runs}) > 1
+    # tiny's cells ran their whole grid: measured.
+    runs += [r for r in synthetic_runs() if r["variant"] == "tiny"]
+    ledger = append_ledger(tmp_path / "ledger", [ledger_row(r) for r in runs])
+    out = tmp_path / "r"
+    result = report_json(capsys, "--ledger", ledger, "--out", str(out))
+    assert result["lr_monotone_in_epochs"] == {"nano": None, "tiny": True}
+    assert result["lr_not_measured_in_epochs"] == {"nano": list(EPOCHS)}
+    assert set(result["lr_monotone_in_size"].values()) == {None}
+    assert [c["n_lrs"] for c in result["lr_table"]] == [1] * len(EPOCHS) + [4] * len(EPOCHS)
+    summary = (out / "summary.md").read_text()
+    assert ("- nano: not measured: only one LR was run at 0.25 epochs, 0.5 epochs, 1 epochs, 2 epochs, 4 epochs"
+            in summary)
+    assert "- tiny: yes\n" in summary
+    assert "- 1 epochs: not measured: only one LR was run at nano" in summary

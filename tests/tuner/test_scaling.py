@@ -8,6 +8,7 @@ from tuner.scaling import (
     ScalingError,
     best_per_cell,
     bootstrap_ci,
+    check_fit_points,
     compute_optimal,
     fit_power_law,
     frontier,
@@ -208,3 +209,58 @@ def test_best_per_cell_keeps_lowest_loss_sorted_by_compute():
     ]
     best = best_per_cell(rows)
     assert [(r["epochs"], r["lr"]) for r in best] == [(1.0, 0.8), (2.0, 0.4)]
+
+
+def test_check_fit_points_needs_three_distinct_x():
+    assert check_fit_points([1.0, 2.0, 4.0]) == 3
+    with pytest.raises(ScalingError, match=r"too few points for a fit: 2 \(need ≥ 3\)"):
+        check_fit_points([1.0, 2.0, 2.0])
+
+
+def test_compute_optimal_refuses_two_point_fits():
+    # Through 2 points any power law is exact (R² = 1): no fit, and the notes say why.
+    opt = compute_optimal([1e10, 1e11], [1e5, 4e5], [0.5, 1.0])
+    assert opt.params is None and opt.epochs is None
+    assert opt.notes == ("no params fit: too few points for a fit: 2 (need ≥ 3)",
+                         "no epochs fit: too few points for a fit: 2 (need ≥ 3)")
+
+
+def test_bootstrap_flags_intervals_from_too_few_distinct_points():
+    # 2 points: every fittable resample holds both, so the interval is the fit's own slope.
+    two = bootstrap_ci([1.0, 10.0], [2.0, 1.0], n_boot=200)
+    assert two.b_low == pytest.approx(two.b_high) and two.collapsed and two.distinct == 1
+    assert two.caveat().startswith("the bootstrap interval collapsed to a point")
+    # 4 noisy points: an interval, but from at most C(7, 4) - 4 = 31 different resamples.
+    x, y = noisy_power_law(a=2.0, b=-0.2, noise=0.05, n=4, seed=3)
+    four = bootstrap_ci(x, y, n_boot=500)
+    assert not four.collapsed and four.points == 4 and four.distinct <= 31
+    assert "rests on 4 distinct points" in four.caveat() and "at most 31 different fits" in four.caveat()
+    x, y = noisy_power_law(a=2.0, b=-0.2, noise=0.05, n=20, seed=3)
+    assert bootstrap_ci(x, y, n_boot=300).caveat() == ""
+
+
+def test_lrs_tried_count_an_lr_search_rows_trials_and_unfinished_runs():
+    rows = [
+        # lr_search's row is its winner; its trials (from the `search` column) were run too.
+        dict(variant="m", epochs=1.0, lr=0.4, val_loss=1.0, trial_lrs=[0.1, 0.2, 0.4, 0.8 * (1 + 1e-12)]),
+        dict(variant="m", epochs=2.0, lr=0.2, val_loss=0.9),
+    ]
+    diverged = [dict(variant="m", epochs=2.0, lr=0.8, val_loss=math.nan), dict(variant="m", epochs=2.0, lr=0.2)]
+    table = optimal_lr_table(rows, tried=diverged)
+    assert [(c.epochs, c.lr, c.n_lrs, c.measured) for c in table.cells] == [(1.0, 0.4, 4, True), (2.0, 0.2, 2, True)]
+    assert table.monotone_in_epochs == {"m": True} and table.not_measured_in_epochs == {}
+
+
+def test_optimal_lr_trends_leave_out_cells_with_one_lr():
+    # One LR per cell falls with epochs, but nothing was measured: no answer.
+    single = [dict(variant="m", epochs=e, lr=lr, val_loss=1.0 / e) for e, lr in ((0.5, 0.4), (1.0, 0.2), (2.0, 0.1))]
+    table = optimal_lr_table(single)
+    assert all(not c.measured for c in table.cells)
+    assert table.monotone_in_epochs == {"m": None}
+    assert table.not_measured_in_epochs == {"m": (0.5, 1.0, 2.0)}
+    # With two measured cells the answer comes from those, and the unmeasured cell is named.
+    grid = lr_rows({("m", 0.5): 0.8, ("m", 1.0): 0.4}, {"m": 10})
+    table = optimal_lr_table([*grid, dict(variant="m", epochs=2.0, lr=1.6, val_loss=0.1, params=10)])
+    assert table.monotone_in_epochs == {"m": True}
+    assert table.not_measured_in_epochs == {"m": (2.0,)}
+    assert table.not_measured_in_size == {2.0: ("m",)}
