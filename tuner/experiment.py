@@ -434,6 +434,10 @@ def trial_row(trial: Any, source: str) -> dict[str, Any] | None:
     )
 
 
+# Where a trial's row goes when the ledger refuses it mid-run (one JSON object a line).
+UNRECORDED_FILE = "unrecorded_ledger_rows.jsonl"
+
+
 class LedgerCallback(Callback):
     """Appends each trial's row to the ledger the moment the trial ends for good.
 
@@ -448,6 +452,9 @@ class LedgerCallback(Callback):
     def __init__(self, ledger: Ledger, source: str):
         self.ledger = ledger
         self.source = source
+        # Rows the ledger refused (it became unreadable or unwritable mid-run): the
+        # command reports them at the end instead of Tune failing every later trial.
+        self.unrecorded: list[dict[str, Any]] = []
 
     def make_row(self, trial: Any) -> dict[str, Any] | None:
         """The trial's ledger row (None for a trial that never reported)."""
@@ -459,7 +466,25 @@ class LedgerCallback(Callback):
             return
         if status is not None and row["status"] != "diverged":
             row["status"] = status
-        self.ledger.append([row])
+        try:
+            self.ledger.append([row])
+        except TunerError as exc:
+            self.unrecorded.append(row)
+            kept = self._keep(trial, row)
+            print(f"error: trial {row['trial_id']} ended but its ledger row was not written ({exc}); "
+                  f"the row is kept in {kept} (a JSON object a line, the ledger's columns)",
+                  file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _keep(trial: Any, row: Mapping[str, Any]) -> str:
+        """Append the row as a JSON line under the experiment's driver-side directory."""
+        import json
+
+        path = Path(trial.local_experiment_path) / UNRECORDED_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            handle.write(json.dumps({k: v for k, v in row.items()}, default=str) + "\n")
+        return str(path)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._write(trial)

@@ -9,6 +9,7 @@ interrupts a real search in a subprocess.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -296,3 +297,23 @@ def test_sweep_resume_command_names_what_it_needs():
     assert sweep.resume_command(plan, options) == \
         "python -m tuner.sweep --resume --name sweep-cpu-smoke-1 --storage runs --address auto"
     assert sweep.resume_command(plan, sweep.SweepOptions()) == "python -m tuner.sweep --resume --name sweep-cpu-smoke-1"
+
+
+def test_a_ledger_that_fails_mid_run_loses_no_row_and_fails_no_trial(tmp_path, capsys):
+    """A row the ledger refuses is kept beside the experiment, with one error line."""
+    from tuner.experiment import UNRECORDED_FILE, LedgerCallback
+
+    (tmp_path / "ledger").write_text("a file where the ledger should be")
+
+    class Rows(LedgerCallback):
+        def make_row(self, trial):
+            return {"trial_id": trial.trial_id, "status": "finished", "lr": 0.1}
+
+    callback = Rows(Ledger(tmp_path / "ledger"), source="sweep")
+    trial = SimpleNamespace(trial_id="exp/t1", local_experiment_path=str(tmp_path / "exp"))
+    callback.on_trial_complete(0, [], trial)  # raises nothing: Tune's loop goes on
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: trial exp/t1 ended but its ledger row was not written")
+    kept = (tmp_path / "exp" / UNRECORDED_FILE).read_text().splitlines()
+    assert [json.loads(line)["trial_id"] for line in kept] == ["exp/t1"]
+    assert callback.unrecorded == [{"trial_id": "exp/t1", "status": "finished", "lr": 0.1}]
