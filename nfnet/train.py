@@ -520,7 +520,7 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
          "seed": config.seed, "width_mult": variant.width_mult, "depth_mult": variant.depth_mult,
          "dataset": config.dataset if not config.max_train_examples
          else f"{config.dataset}[{int(config.max_train_examples)}]"},
-        group="/".join(config.workdir.rstrip("/").split("/")[-2:]))
+        group=config.workdir.rstrip("/").rsplit("/", 1)[-1])  # the Trial ID column: a trial's run name
     bar = ProgressBar(total, initial=start, enabled=config.progress and main_process)
 
     n_train, batch = len(train_ds), config.batch_size

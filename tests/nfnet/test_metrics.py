@@ -21,7 +21,7 @@ def read_run(logdir):
 
 def test_a_run_holds_its_scalars_and_hparams_in_one_directory(tmp_path):
     writer = MetricWriter(str(tmp_path / "run"))
-    writer.write_hparams(SETTINGS, group="sweep/nano-w0.5-e0.125-lr0.4-b128-s3-abc12_00000")
+    writer.write_hparams(SETTINGS, group="nano-w0.5-e0.125-lr0.4-b128-s3-abc12_00000")
     writer.write(4, {"val_loss": 1.5, "val_top1": 0.5, "train_loss": 1.7, "variant": "nano"})
     writer.close()
 
@@ -51,7 +51,7 @@ def test_a_run_holds_its_scalars_and_hparams_in_one_directory(tmp_path):
         "batch_size": "string_value:128", "seed": "string_value:3", "width_mult": "number_value:0.5",
         "depth_mult": "number_value:1.0", "dataset": "string_value:digits[512]",
     }
-    assert start.group_name == "sweep/nano-w0.5-e0.125-lr0.4-b128-s3-abc12_00000"
+    assert start.group_name == "nano-w0.5-e0.125-lr0.4-b128-s3-abc12_00000"
 
 
 def test_every_run_writes_the_same_experiment_so_any_one_describes_them_all(tmp_path):
