@@ -40,8 +40,8 @@ from typing import Any
 
 from tuner.errors import TunerError
 from tuner.experiment import (
-    HParamsLoggerCallback,
     LedgerCallback,
+    NoTuneTensorBoard,
     ProgressPrinter,
     connect,
     experiment_dir,
@@ -49,6 +49,7 @@ from tuner.experiment import (
     results_table,
     storage_path,
     tensorboard_hint,
+    trial_dirname,
     trial_row,
 )
 from tuner.ledger import Ledger, default_ledger_uri
@@ -353,11 +354,12 @@ def promote(options: PromoteOptions, log: Callable[..., None] = print) -> Promot
         tuner = tune.Tuner(
             tune_trainable(train_trial, options.accelerator, options.cpus_per_trial),
             param_space=param_space(configs, options.lrs),
-            tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent),
+            tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent,
+                                        trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
-                callbacks=[FinetuneLedgerCallback(Ledger(ledger_uri)), HParamsLoggerCallback(),
+                callbacks=[FinetuneLedgerCallback(Ledger(ledger_uri)), NoTuneTensorBoard(),
                            PromoteProgressPrinter(to_stderr=options.json)],
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),
                 verbose=0,
