@@ -2,6 +2,10 @@
 
 All three are side effects of the train loop and live outside the jitted step.
 In a multi-host run only process 0 writes events and draws the bar.
+
+A run's event files hold its scalars (one tag per metric, against the step) and
+its hyperparameters for TensorBoard's HParams view (`HPARAMS`, compared by
+`HPARAM_METRICS`), so one directory is one run in both views.
 """
 
 from __future__ import annotations
@@ -12,6 +16,23 @@ import sys
 import time
 from collections.abc import Mapping
 from typing import Any, TextIO
+
+# The HParams view's columns: (name, kind, shown by default). TensorBoard shows the
+# columns flagged as differing first (by name), and ticks the first five of them;
+# the rest are a tick away. It prints every number to five significant digits
+# ("128.00"), so whole-number settings are written as text ("128").
+HPARAMS = (
+    ("variant", "str", True),      # with its multipliers: `nano`, `nano-w0.5`
+    ("epochs", "float", True),
+    ("lr", "float", True),
+    ("batch_size", "int", True),
+    ("seed", "int", True),
+    ("width_mult", "float", False),
+    ("depth_mult", "float", False),
+    ("dataset", "str", False),
+)
+# The metrics the HParams view compares runs by (scalar tags the trainer writes).
+HPARAM_METRICS = ("val_loss", "val_top1")
 
 
 def json_safe(value: Any) -> Any:
@@ -40,6 +61,52 @@ def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def hparam_values(values: Mapping[str, Any]) -> dict[str, str | float]:
+    """The `HPARAMS` of `values` as the HParams view gets them: whole numbers as text.
+
+    Keys missing from `values` (or None) are left out.
+    """
+    out: dict[str, str | float] = {}
+    for name, kind, _ in HPARAMS:
+        value = values.get(name)
+        if value is None:
+            continue
+        if kind == "int":
+            out[name] = str(int(value))
+        elif kind == "float":
+            out[name] = float(value)
+        else:
+            out[name] = str(value)
+    return out
+
+
+def hparams_summaries(values: Mapping[str, Any], group: str, start_time: float | None = None) -> list:
+    """TensorBoard summaries (tensorboard's own protos) for a run's HParams entry.
+
+    The experiment summary lists `HPARAMS` and `HPARAM_METRICS` with their types but
+    no domains: every run writes the same one, so whichever TensorBoard picks among
+    runs (it reads one per log directory) describes them all. The session start
+    holds this run's values, grouped as `group` (one row per run in the table).
+    """
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2, summary_v2
+
+    types = {"str": api_pb2.DATA_TYPE_STRING, "int": api_pb2.DATA_TYPE_STRING, "float": api_pb2.DATA_TYPE_FLOAT64}
+    experiment = api_pb2.Experiment(
+        hparam_infos=[api_pb2.HParamInfo(name=name, type=types[kind], differs=shown) for name, kind, shown in HPARAMS],
+        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=tag)
+                      for tag in HPARAM_METRICS],
+    )
+    config = summary_pb2.Summary()
+    config.value.add(
+        tag=metadata.EXPERIMENT_TAG,
+        metadata=metadata.create_summary_metadata(plugin_data_pb2.HParamsPluginData(experiment=experiment)),
+        tensor=metadata.NULL_TENSOR,
+    )
+    start = summary_v2.hparams_pb(hparam_values(values), trial_id=group, start_time_secs=start_time)
+    return [config, start]
+
+
 class MetricWriter:
     """Scalars to TensorBoard event files under `logdir`, one tag per metric name.
 
@@ -61,6 +128,16 @@ class MetricWriter:
             return
         for tag, value in scalars(metrics).items():
             self._writer.add_scalar(tag, value, global_step=step)
+        self._writer.flush()
+
+    def write_hparams(self, values: Mapping[str, Any], group: str) -> None:
+        """The run's entry in TensorBoard's HParams view (see `hparams_summaries`)."""
+        if self._writer is None:
+            return
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        for summary in hparams_summaries(values, group):
+            self._writer.file_writer.add_summary(Summary.FromString(summary.SerializeToString()))
         self._writer.flush()
 
     def close(self) -> None:

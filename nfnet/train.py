@@ -4,7 +4,7 @@
         --dataset fashion_mnist --resolution 32 --workdir runs/nano-fashion
 
 prints a progress bar on stderr and one JSON summary line on stdout, and leaves
-TensorBoard events in `<workdir>/tensorboard`, orbax checkpoints in
+TensorBoard events (scalars by step, and the run's hparams) in `<workdir>/tensorboard`, orbax checkpoints in
 `<workdir>/checkpoints/<step>` and the summary in `<workdir>/summary.json`.
 `--resume` continues the run in `--workdir` exactly where its last checkpoint left it
 (the other flags default to the checkpoint's); `--resume-from <checkpoint dir>` does
@@ -427,8 +427,12 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | None = None) -> dict:
+def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | None = None,
+          tensorboard_dir: str | None = None) -> dict:
     """Train, evaluate, checkpoint; call `callback(metrics, checkpoint_dir)` after every evaluation.
+
+    TensorBoard events (scalars against the step, and the run's hparams) go to
+    `tensorboard_dir`, `<workdir>/tensorboard` unless given.
 
     Returns the summary: the last metrics plus status ("finished" or "diverged"),
     num_classes, steps, workdir, checkpoint_dir (the last checkpoint written, or None),
@@ -514,7 +518,13 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
         stale = store.delete_after(start)
         if stale and main_process:
             print(f"resuming at step {start}: removed later checkpoints {stale}", file=sys.stderr)
-    writer = MetricWriter(os.path.join(config.workdir, "tensorboard"), enabled=main_process)
+    writer = MetricWriter(tensorboard_dir or os.path.join(config.workdir, "tensorboard"), enabled=main_process)
+    writer.write_hparams(
+        {"variant": variant.label, "epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
+         "seed": config.seed, "width_mult": variant.width_mult, "depth_mult": variant.depth_mult,
+         "dataset": config.dataset if not config.max_train_examples
+         else f"{config.dataset}[{int(config.max_train_examples)}]"},
+        group=config.workdir.rstrip("/").rsplit("/", 1)[-1])  # the Trial ID column: a trial's run name
     bar = ProgressBar(total, initial=start, enabled=config.progress and main_process)
 
     n_train, batch = len(train_ds), config.batch_size

@@ -5,15 +5,15 @@
 - `compilation_cache_env()` points every trial on a node at one persistent JAX
   compilation cache, so a second trial of the same shapes does not compile again.
 - `LedgerCallback` appends a trial's ledger row as soon as the trial ends for good.
-- `HParamsLoggerCallback` is Ray's TensorBoard logger with the hparams view keyed
-  by the trial's variant, epochs and LR (Ray's own keys it by sampled values only).
+- `NoTuneTensorBoard` keeps Tune's own TensorBoard logger out (the trainer writes
+  each trial's events, scalars and hparams), and `trial_dirname` names each trial's
+  directory, so its TensorBoard run, by its settings: `nano-e0.5-lr0.4-b128-s0-<id>`.
 - `ProgressPrinter` prints one line per evaluation instead of Tune's status table.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import subprocess
@@ -32,7 +32,7 @@ from ray.tune.logger import TBXLoggerCallback
 
 from tuner.errors import TunerError
 from tuner.ledger import Ledger
-from tuner.planner import cell_label
+from tuner.planner import cell_label, parse_label
 from tuner.trainable import SCHEDULE_DONE, ledger_row
 
 logger = logging.getLogger(__name__)
@@ -43,8 +43,6 @@ DEFAULT_JAX_CACHE = "~/.cache/nfscale/jax"
 # time a child process takes to import Ray for the GCS check.
 CONNECT_TIMEOUT_S = 5.0
 GCS_CHECK_STARTUP_S = 15.0
-# Config keys the TensorBoard hparams view compares trials by.
-HPARAM_KEYS = ("variant", "width_mult", "depth_mult", "epochs", "lr", "batch_size", "dataset", "seed")
 
 
 # ---------------------------------------------------------------- Ray connection
@@ -493,40 +491,49 @@ class LedgerCallback(Callback):
         self._write(trial, status="stopped")
 
 
-class HParamsLoggerCallback(TBXLoggerCallback):
-    """Ray's TensorBoard logger whose hparams view is keyed by the trial's config.
+class NoTuneTensorBoard(TBXLoggerCallback):
+    """Keeps Tune's TensorBoard logger out of an experiment: the trainer writes each trial's events.
 
-    Ray writes hparams from the values a searcher sampled, which leaves out the
-    variant and epochs of an LR search (fixed per experiment); here they come from
-    `hparam_keys` of the trial's config, so trials of different experiments and
-    sweeps line up in one view. As in Ray, hparams are written when a trial ends.
+    Tune adds a `TBXLoggerCallback` to every experiment whose callbacks hold none,
+    and it would log every result again: a second TensorBoard run per trial, with
+    `ray/tune/*` tags against Tune's iterations. Being one, this takes its place and
+    writes nothing. Tune still adds its CSV and JSON loggers (`progress.csv`,
+    `result.json`), which its experiment analysis and our tools read.
     """
 
-    def __init__(self, hparam_keys: Sequence[str] = HPARAM_KEYS):
-        super().__init__()
-        self.hparam_keys = tuple(hparam_keys)
+    def log_trial_start(self, trial: Any) -> None:
+        pass
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        pass
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
-        if trial in self._trial_writer:
-            final = self._trial_result[trial]
-            metrics = {
-                k: v for k, v in final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-            }
-            if metrics:
-                self._try_log_hparams(trial, metrics)
-            self._trial_writer[trial].close()
-            del self._trial_writer[trial]
-            del self._trial_result[trial]
+        pass
 
-    def _try_log_hparams(self, trial: Any, result: dict) -> None:
-        from tensorboardX.summary import hparams
 
-        params = {k: trial.config[k] for k in self.hparam_keys if trial.config.get(k) is not None}
-        params = {k: v if isinstance(v, (str, bool, int, float)) else str(v) for k, v in params.items()}
-        result = {k: v for k, v in result.items() if math.isfinite(v)}
-        writer = self._trial_writer[trial].file_writer
-        for summary in hparams(hparam_dict=params, metric_dict=result):
-            writer.add_summary(summary)
+def trial_dirname(trial: Any) -> str:
+    """`nano-e0.5-lr0.4-b128-s0-<trial id>`: a trial's directory, named by its settings.
+
+    The directory is the trial's TensorBoard run, so runs read as cell, LR, batch
+    size and seed. Ray's trial id keeps the name unique within the experiment
+    (its default name lists every sampled config key instead). Settings the
+    config lacks are left out; a config without a variant or LR gives the id alone.
+    """
+    config = trial.config
+    if config.get("variant") is None or config.get("lr") is None:
+        return trial.trial_id
+    variant, width, depth = parse_label(str(config["variant"]))
+    width *= float(config.get("width_mult") or 1.0)
+    depth *= float(config.get("depth_mult") or 1.0)
+    parts = [cell_label(variant, width, depth)]
+    if config.get("epochs") is not None:
+        parts.append(f"e{float(config['epochs']):g}")
+    parts.append(f"lr{float(config['lr']):g}")
+    if config.get("batch_size") is not None:
+        parts.append(f"b{int(config['batch_size'])}")
+    if config.get("seed") is not None:
+        parts.append(f"s{int(config['seed'])}")
+    return "-".join([*parts, trial.trial_id])
 
 
 class ProgressPrinter(Callback):

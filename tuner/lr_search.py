@@ -415,7 +415,7 @@ def _run_trials(
     finish, whether Ctrl-C stopped it)."""
     from ray import tune
 
-    from tuner.experiment import HParamsLoggerCallback, InterruptWatch, ProgressPrinter, quiet_tune_output
+    from tuner.experiment import InterruptWatch, NoTuneTensorBoard, ProgressPrinter, quiet_tune_output, trial_dirname
     from tuner.lr_searcher import BracketSearcher
     from tuner.placement import tune_trainable
     from tuner.trainable import train_trial
@@ -429,11 +429,12 @@ def _run_trials(
         tune_trainable(train_trial, o.accelerator, o.cpus_per_trial),
         param_space=config,
         tune_config=tune.TuneConfig(metric="val_loss", mode="min", search_alg=searcher,
-                                    num_samples=o.max_trials, max_concurrent_trials=o.parallel),
+                                    num_samples=o.max_trials, max_concurrent_trials=o.parallel,
+                                    trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
-            callbacks=[HParamsLoggerCallback(), ProgressPrinter(to_stderr=to_stderr)],
+            callbacks=[NoTuneTensorBoard(), ProgressPrinter(to_stderr=to_stderr)],
             failure_config=tune.FailureConfig(max_failures=o.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
             verbose=0,

@@ -43,9 +43,9 @@ from tuner.experiment import (
     DEFAULT_NODE_WAIT_S,
     INTERRUPTED_EXIT,
     NODE_WAIT_HELP,
-    HParamsLoggerCallback,
     InterruptWatch,
     LedgerCallback,
+    NoTuneTensorBoard,
     ProgressPrinter,
     check_num_cpus,
     check_resources,
@@ -57,6 +57,7 @@ from tuner.experiment import (
     results_table,
     storage_path,
     tensorboard_hint,
+    trial_dirname,
     trial_row,
 )
 from tuner.ledger import Ledger, default_ledger_uri
@@ -368,11 +369,12 @@ def promote(options: PromoteOptions, log: Callable[..., None] = print) -> Promot
         tuner = tune.Tuner(
             tune_trainable(train_trial, options.accelerator, options.cpus_per_trial),
             param_space=param_space(configs, options.lrs),
-            tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent),
+            tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent,
+                                        trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
-                callbacks=[FinetuneLedgerCallback(Ledger(ledger_uri)), HParamsLoggerCallback(),
+                callbacks=[FinetuneLedgerCallback(Ledger(ledger_uri)), NoTuneTensorBoard(),
                            PromoteProgressPrinter(to_stderr=options.json)],
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),
                 verbose=0,

@@ -46,11 +46,11 @@ from search_spaces.space import DistinctCellSampler, GridCellSampler
 from tuner.errors import TunerError
 from tuner.experiment import (
     DEFAULT_NODE_WAIT_S,
-    NODE_WAIT_HELP,
     INTERRUPTED_EXIT,
-    HParamsLoggerCallback,
+    NODE_WAIT_HELP,
     InterruptWatch,
     LedgerCallback,
+    NoTuneTensorBoard,
     ProgressPrinter,
     check_num_cpus,
     check_resources,
@@ -62,6 +62,7 @@ from tuner.experiment import (
     results_table,
     storage_path,
     tensorboard_hint,
+    trial_dirname,
 )
 from tuner.ledger import Ledger
 from tuner.placement import ACCELERATOR_HELP
@@ -620,14 +621,6 @@ def trial_name(trial: Any) -> str:
     return f"{trial.trial_id} {key[0]} e{key[1]:g} lr={float(trial.config.get('lr', 0.0)):g}"
 
 
-def trial_dirname(trial: Any) -> str:
-    """`nano-e1-lr0.1-<id>`: short directory names (Ray's default lists every config key)."""
-    key = group_by_cell(trial.config, None)
-    if key is None:
-        return trial.trial_id
-    return f"{key[0]}-e{key[1]:g}-lr{float(trial.config.get('lr', 0.0)):g}-{trial.trial_id}"
-
-
 class SweepProgressPrinter(ProgressPrinter):
     """One line per evaluation, trials named by cell; to stderr when stdout carries --json.
 
@@ -722,7 +715,7 @@ def _run_config(plan: SweepPlan, callbacks: Sequence[Any], quiet: bool):
     return tune.RunConfig(
         name=plan.experiment,
         storage_path=plan.storage,
-        callbacks=[LedgerCallback(Ledger(plan.ledger), source=SOURCE), HParamsLoggerCallback(),
+        callbacks=[LedgerCallback(Ledger(plan.ledger), source=SOURCE), NoTuneTensorBoard(),
                    SweepProgressPrinter(to_stderr=quiet), *callbacks],
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
         verbose=0,

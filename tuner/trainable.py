@@ -3,7 +3,9 @@
 `train_trial(config)` runs one trial: the config's keys that are `TrainConfig`
 fields become the trainer's config (other keys are ignored, so a search space may
 carry labels of its own), the trial's directory is the trainer's workdir, and
-every evaluation is reported to Tune with the trainer's checkpoint. A trial that
+every evaluation is reported to Tune with the trainer's checkpoint. The trainer's
+TensorBoard events (scalars and hparams) go straight into the trial's directory,
+so each trial is one TensorBoard run named after that directory. A trial that
 Ray restarts after a failure resumes from its latest reported checkpoint, so it
 continues exactly where that checkpoint left off.
 
@@ -148,12 +150,12 @@ def train_trial(config: dict[str, Any]) -> None:
     restored = tune.get_checkpoint()
     with clock:
         if restored is None:
-            train(_train_config(config, workdir, None), callback=report)
+            train(_train_config(config, workdir, None), callback=report, tensorboard_dir=workdir)
             return
         # Local storage hands over the checkpoint in place; a bucket's is downloaded
         # and kept for the length of the run.
         with restored.as_directory() as checkpoint_dir:
-            train(_train_config(config, workdir, checkpoint_dir), callback=report)
+            train(_train_config(config, workdir, checkpoint_dir), callback=report, tensorboard_dir=workdir)
 
 
 def trial_status(last_result: Mapping[str, Any]) -> str:

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from nfnet.checkpoint import latest_checkpoint, read_meta, restore_checkpoint
 from nfnet.errors import NFNetError
@@ -218,6 +219,11 @@ def test_run_reports_checkpoints_and_writes_tensorboard(tmp_path):
             "device_seconds", "epoch"} <= tags
     assert [e.step for e in events.Scalars("val_loss")] == [2, 4, 6]
     assert events.Scalars("val_loss")[-1].value == pytest.approx(m[-1]["val_loss"], rel=1e-5)
+    # The same run holds its hparams for TensorBoard's HParams view.
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["variant"].string_value == "nano" and start.hparams["batch_size"].string_value == "32"
+    assert start.hparams["lr"].number_value == 0.1 and start.group_name == "run"
 
     # The same workdir is not silently reused.
     with pytest.raises(NFNetError, match="--resume"):

@@ -44,17 +44,18 @@ def trial_hparams(experiment: Path) -> list[dict]:
 
     found = []
     for trial_dir in sorted(p for p in experiment.iterdir() if p.is_dir()):
-        hparams = {}
-        for path in sorted(trial_dir.glob("events.out.tfevents.*")):
-            acc = EventAccumulator(str(path))
-            acc.Reload()
-            assert "ray/tune/val_loss" in acc.Tags()["scalars"]
-            content = acc.PluginTagToContent("hparams")
-            start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
-            for key, value in start.session_start_info.hparams.items():
-                hparams[key] = value.string_value if value.HasField("string_value") else value.number_value
-        if hparams:
-            found.append(hparams)
+        if not list(trial_dir.glob("events.out.tfevents.*")):
+            continue
+        acc = EventAccumulator(str(trial_dir))  # the trainer's events, straight in the trial directory
+        acc.Reload()
+        assert "val_loss" in acc.Tags()["scalars"] and not [t for t in acc.Tags()["scalars"] if t.startswith("ray/")]
+        content = acc.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        hparams = {key: value.string_value if value.HasField("string_value") else value.number_value
+                   for key, value in start.session_start_info.hparams.items()}
+        assert trial_dir.name.startswith(f"{hparams['variant']}-e{hparams['epochs']:g}-lr{hparams['lr']:g}-"
+                                         f"b{hparams['batch_size']}-s{hparams['seed']}-")
+        found.append(hparams)
     return found
 
 
@@ -295,11 +296,12 @@ def test_lr_search_end_to_end_brackets_records_one_row_and_runs_nothing_the_seco
     last = last_results(storage / "e2e")
     assert last[0.8]["compile_cache_hits"] > max(last[0.4]["compile_cache_hits"], last[0.2]["compile_cache_hits"])
 
-    # TensorBoard: one log directory for the experiment, hparams by variant, epochs and LR.
+    # TensorBoard: one log directory for the experiment, one run per trial named by its settings.
     assert result["tensorboard"] == f"tensorboard --logdir {storage / 'e2e'}"
     hparams = trial_hparams(storage / "e2e")
     assert sorted(h["lr"] for h in hparams) == [0.2, 0.4, 0.8]
     assert all(h["variant"] == "nano" and h["epochs"] == 1.0 and h["dataset"] == "digits" for h in hparams)
+    assert all(h["batch_size"] == "32" for h in hparams)
     assert "chosen lr: 0.4" in err and "bracketed by lr 0.2 and 0.8" in err
 
     # Run again: the cell is tuned and bracketed, so nothing trains and nothing is recorded.
