@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from nfnet.checkpoint import read_meta, resolve_checkpoint
 from nfnet.errors import NFNetError
+from nfnet.variants import MIN_RESOLUTION, check_resolution
 from nfnet.train import (
     TrainConfig,
     FlagParser,
@@ -86,11 +87,15 @@ class FinetuneConfig:
 
 def default_resolution(pretrain_resolution: int) -> int:
     """1.5x the pre-training resolution rounded (half up) to a multiple of 8 (24 -> 40, 32 -> 48, 224 -> 336)."""
-    return max(8, math.floor(pretrain_resolution * RESOLUTION_FACTOR / 8 + 0.5) * 8)
+    return max(MIN_RESOLUTION, math.floor(pretrain_resolution * RESOLUTION_FACTOR / 8 + 0.5) * 8)
 
 
 def to_train_config(config: FinetuneConfig) -> TrainConfig:
     """The TrainConfig that runs `config`: variant and multipliers from the checkpoint's config."""
+    if config.resolution is not None:
+        check_resolution(config.resolution, "--resolution")
+    if config.eval_resolution is not None:
+        check_resolution(config.eval_resolution, "--eval-resolution")
     source = resolve_checkpoint(config.init_from)
     meta = read_meta(source)
     saved = meta.get("config", {})
@@ -118,18 +123,22 @@ def finetune(config: FinetuneConfig, callback: Callable[[dict, str | None], None
     return train(to_train_config(config), callback)
 
 
+DESCRIPTION = ("Fine-tune a pre-trained NFNet checkpoint on a new dataset at a higher resolution: a new "
+               "classifier for its classes, SAM, EMA weights; prints the JSON summary as nfnet.train does.")
+
 _HELP = {
-    "init_from": "pre-trained checkpoint directory, or the workdir of a pre-training run",
-    "resolution": "fine-tuning resolution; must be higher than pre-training (default: 1.5x it)",
+    "init_from": "pre-trained checkpoint directory, or the workdir of a pre-training run (its latest "
+                 "checkpoint); required unless resuming",
+    "resolution": "fine-tuning image size in px; must be higher than the pre-training resolution "
+                  "(default: 1.5x it, rounded to a multiple of 8)",
     "resume": "continue the fine-tuning run in --workdir from its latest checkpoint",
-    "resume_from": "continue the fine-tuning run from this checkpoint directory",
+    "resume_from": "continue a fine-tuning run from this checkpoint directory (default: start a new run)",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = FlagParser(prog="nfnet.finetune", description=__doc__.splitlines()[0],
-                     argument_default=argparse.SUPPRESS)
-    parser.add_argument("--from", "--init-from", dest="init_from", help=_HELP["init_from"])
+    parser = FlagParser(prog="nfnet.finetune", description=DESCRIPTION, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--from", "--init-from", dest="init_from", metavar="CHECKPOINT", help=_HELP["init_from"])
     add_config_flags(parser, FinetuneConfig, _HELP, skip=frozenset({"init_from"}))
     parser.add_argument("--resume", action="store_true", help=_HELP["resume"])
     parser.add_argument("--resume-from", help=_HELP["resume_from"])

@@ -14,7 +14,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # counting needs no accelerator
 
 from nfnet.counting import count_macs, count_params, stage_table  # noqa: E402
 from nfnet.errors import NFNetError  # noqa: E402
-from nfnet.variants import VARIANTS, get_variant  # noqa: E402
+from nfnet.cli import FlagParser  # noqa: E402
+from nfnet.variants import MIN_RESOLUTION, VARIANTS, check_resolution, get_variant  # noqa: E402
 
 
 def _human(n: float) -> str:
@@ -58,20 +59,32 @@ def describe(name: str, resolution: int | None, num_classes: int, width_mult: fl
     return lines
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = FlagParser(prog="python -m nfnet.summary",
+                        description="Print the parameter count, the multiply-adds per image and a per-stage "
+                        "table of an NFNet variant at a resolution, or list every named variant.")
+    parser.add_argument("variant", nargs="?",
+                        help="variant to describe, e.g. F0, F7+, nano, F0-w0.5 (width 0.5x) or F0-d2 (depth 2x)")
+    parser.add_argument("--list", action="store_true", help="list every named variant with its size, smallest first")
+    parser.add_argument("--resolution", type=int,
+                        help=f"input image size in px, at least {MIN_RESOLUTION} (default: the variant's test "
+                        "resolution)")
+    parser.add_argument("--num-classes", type=int, default=1000,
+                        help="classes of the classifier, which sets its size (default: 1000)")
+    parser.add_argument("--width-mult", type=float, default=1.0,
+                        help="multiply every stage's width (channels) by this factor (default: 1.0)")
+    parser.add_argument("--depth-mult", type=float, default=1.0,
+                        help="multiply every stage's number of blocks by this factor (default: 1.0)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nfnet.summary", description=__doc__.split("\n")[0])
-    parser.add_argument("variant", nargs="?", help="variant name, e.g. F0, F7+, nano, F0-w0.5")
-    parser.add_argument("--list", action="store_true", help="list every named variant, smallest first")
-    parser.add_argument("--resolution", type=int, help="input size in px (default: the variant's test size)")
-    parser.add_argument("--num-classes", type=int, default=1000, help="classifier width (default 1000)")
-    parser.add_argument("--width-mult", type=float, default=1.0, help="width multiplier")
-    parser.add_argument("--depth-mult", type=float, default=1.0, help="depth multiplier")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.num_classes < 1:
             raise NFNetError(f"--num-classes must be >= 1, got {args.num_classes}")
-        if args.resolution is not None and args.resolution < 16:
-            raise NFNetError(f"--resolution must be >= 16 px (the network downsamples 32x), got {args.resolution}")
+        if args.resolution is not None:
+            check_resolution(args.resolution, "--resolution")
         if args.list:
             lines = list_variants(args.num_classes)
         elif args.variant:

@@ -48,6 +48,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from nfnet import cli
 from nfnet.agc import DEFAULT_EPS, DEFAULT_EXCLUDE, agc_clip_fraction
 from nfnet.checkpoint import (
     CHECKPOINTS_SUBDIR,
@@ -66,7 +67,7 @@ from nfnet.model import NFNet
 from nfnet.optim import OptimConfig, make_optimizer, make_schedule
 from nfnet.paths import dir_problem
 from nfnet.sam import sam_gradients
-from nfnet.variants import Variant, get_variant
+from nfnet.variants import Variant, get_variant, resolution_problem
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DATA_AXIS = "data"
@@ -74,6 +75,8 @@ DATA_AXIS = "data"
 # `seed` still train and evaluate on the same examples.
 SUBSET_SEED = 0
 CHECKPOINT_FORMAT = 1
+DESCRIPTION = ("Train one NFNet: print a progress bar on stderr and one JSON summary line on stdout, and "
+               "leave checkpoints, TensorBoard events and summary.json in --workdir.")
 
 
 @dataclass(frozen=True)
@@ -142,10 +145,10 @@ def validate(config: TrainConfig) -> None:
         (_real(c.lr) and c.lr > 0, f"--lr must be a finite number > 0, got {c.lr}"),
         (_real(c.epochs) and c.epochs > 0, f"--epochs must be > 0 (fractions like 0.25 are fine), got {c.epochs}"),
         (_integer(c.batch_size) and c.batch_size >= 1, f"--batch-size must be an integer >= 1, got {c.batch_size}"),
-        (c.resolution is None or (_integer(c.resolution) and c.resolution >= 8),
-         f"--resolution must be an integer >= 8, got {c.resolution}"),
-        (c.eval_resolution is None or (_integer(c.eval_resolution) and c.eval_resolution >= 8),
-         f"--eval-resolution must be an integer >= 8, got {c.eval_resolution}"),
+        (c.resolution is None or resolution_problem(c.resolution) is None,
+         f"--resolution {resolution_problem(c.resolution)}"),
+        (c.eval_resolution is None or resolution_problem(c.eval_resolution) is None,
+         f"--eval-resolution {resolution_problem(c.eval_resolution)}"),
         (_real(c.warmup_fraction) and 0 <= c.warmup_fraction < 1,
          f"--warmup-fraction must be in [0, 1), got {c.warmup_fraction}"),
         (_real(c.weight_decay) and c.weight_decay >= 0, f"--weight-decay must be >= 0, got {c.weight_decay}"),
@@ -643,28 +646,64 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
 
 # ---------------------------------------------------------------- command line
 
-class FlagParser(argparse.ArgumentParser):
-    """argparse that reports mistakes as one `error: ...` line and exit status 2."""
+# The command line's parser and flag types live in nfnet.cli (shared with the tuner commands).
+FlagParser = cli.FlagParser
 
-    def error(self, message: str):
-        self.exit(2, f"error: {message}\n")
-
-
-def _optional_float(text: str) -> float | None:
-    return None if text.strip().lower() in ("none", "off", "") else float(text)
-
-
+# One sentence per TrainConfig field: what it does, its units and allowed values. A text
+# that states its own default (a None default means "derived from something else") ends
+# with it; every other flag gets "(default: X)" appended from the config dataclass.
 _HELP = {
-    "variant": "NFNet variant (nano, micro, mini, small, F0..F7, F0+..; -w<mult>/-d<mult> suffixes allowed)",
-    "dataset": "fashion_mnist, digits, synthetic[:n=..,classes=..], parquet:<uri>, imagefolder:<dir>",
-    "epochs": "epoch budget; fractions such as 0.25 are fine",
-    "lr": "peak learning rate as given (scale it for the batch: 0.1 x batch/256)",
-    "batch_size": "global batch size over all devices",
-    "clipping": "AGC clipping threshold; 'none' turns AGC off",
-    "resume": "continue the run in --workdir from its latest checkpoint",
-    "resume_from": "continue from this checkpoint directory",
-    "init_from": "start from this pre-trained checkpoint (all but the classifier)",
-    "progress": "draw a progress bar on stderr",
+    "variant": "NFNet variant: nano, micro, mini, small (CPU scale), F0..F7 or F0+..F7+, optionally "
+               "with -w<mult>/-d<mult> width/depth suffixes; `python -m nfnet.summary --list` shows them",
+    "width_mult": "multiply every stage's width (channels) by this factor; the conv group width scales "
+                  "with it",
+    "depth_mult": "multiply every stage's number of blocks by this factor (rounded, at least one block)",
+    "dataset": "data to train and evaluate on: fashion_mnist, digits, synthetic[:n=..,classes=..], "
+               "parquet:<uri> or imagefolder:<dir>",
+    "data_dir": "where the dataset is read from when its spec names no location: Fashion-MNIST's IDX "
+                "files, or the parquet/imagefolder location (default: $NFSCALE_FASHION_MNIST_DIR or the "
+                "system copy for Fashion-MNIST)",
+    "epochs": "training budget in passes over the training set; fractions such as 0.25 are fine",
+    "lr": "peak learning rate, used as given: scale it for the batch size yourself (0.1 x batch/256)",
+    "batch_size": "global batch size, split over all devices and hosts (a multiple of the device count)",
+    "resolution": "training image size in px, at least 16 (default: the variant's training resolution, "
+                  "32 for the small variants)",
+    "eval_resolution": "image size in px of the held-out evaluation, at least 16 (default: --resolution)",
+    "seed": "seed of the initial parameters, the data order, augmentation, dropout and stochastic depth "
+            "(the --max-*-examples subsets do not depend on it)",
+    "workdir": "directory or gs:// URI for this run's checkpoints/, tensorboard/ and summary.json",
+    "warmup_fraction": "share of the run's steps over which the LR rises linearly to --lr before its "
+                       "cosine decay to 0, in [0, 1)",
+    "weight_decay": "coupled L2 weight decay on conv and linear kernels (not gains or biases); 0 turns "
+                    "it off",
+    "clipping": "adaptive gradient clipping (AGC) threshold: each unit's gradient norm is kept below this "
+                "times its weight norm (classifier exempt); 'none' turns AGC off",
+    "label_smoothing": "label smoothing of the cross-entropy targets, in [0, 1); 0 turns it off",
+    "dtype": "precision of the activations: float32, or bfloat16 (parameters and logits stay float32)",
+    "stochdepth_rate": "stochastic depth: the chance of dropping the last residual block, rising "
+                       "linearly from 0 at the first block, in [0, 1); 0 turns it off",
+    "dropout_rate": "dropout rate on the pooled features before the classifier, in [0, 1)",
+    "evals_per_run": "held-out evaluations, evenly spaced over the run; only there the run reports, "
+                     "checkpoints and can be stopped",
+    "checkpoint_every": "write a checkpoint every N evaluations (the last evaluation always writes one)",
+    "max_train_examples": "train on a fixed random subset of this many training examples, the same for "
+                          "every seed (default: all of them)",
+    "max_eval_examples": "evaluate on a fixed random subset of this many held-out examples (default: all "
+                         "of them)",
+    "num_workers": "threads that decode and augment batches ahead of the step; 0 loads them in the "
+                   "training loop",
+    "progress": "draw a progress bar on stderr (on by default; --no-progress turns it off)",
+    "resume": "continue the run in --workdir from its latest checkpoint (the other flags default to "
+              "the checkpoint's)",
+    "resume_from": "continue a run from this checkpoint directory (default: start a new run)",
+    "init_from": "start from this pre-trained checkpoint: load every parameter but the classifier "
+                 "(default: random initial parameters)",
+    "sam_rho": "radius of sharpness-aware minimisation (SAM); > 0 turns SAM on ([P2] fine-tunes with "
+               "0.05), 0 turns it off",
+    "sam_fraction": "share of each device's batch that computes SAM's ascent gradient, in (0, 1]; used "
+                    "only with --sam-rho > 0",
+    "ema_decay": "decay of an exponential moving average of the weights, evaluated alongside them "
+                 "(ema_val_loss, ema_val_top1), in [0, 1); 0 turns it off",
     "conv_lowering": "how convolutions are lowered: auto (dense on CPU, native elsewhere), native "
                      "(XLA's grouped conv) or dense (per-group dense convs and matmuls); same results",
 }
@@ -672,24 +711,29 @@ _HELP = {
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, help_texts: dict[str, str] | None = None,
                      skip: frozenset[str] = frozenset()) -> None:
-    """One flag per field of the config dataclass `cls` (`--batch-size` for `batch_size`), no defaults."""
+    """One flag per field of the config dataclass `cls` (`--batch-size` for `batch_size`), no defaults.
+
+    Each flag's help is its sentence from `help_texts` (over `_HELP`) and, unless the
+    sentence states its default or the flag is an on/off switch, "(default: X)" from `cls`.
+    """
     help_texts = {**_HELP, **(help_texts or {})}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_text = help_texts.get(f.name, f.name.replace("_", " ")) + f" (default: {f.default})"
+        help_text = help_texts[f.name]
+        if f.type != "bool" and "default" not in help_text:
+            help_text += f" (default: {f.default})"
         if f.name == "progress":
-            parser.add_argument("--progress", dest="progress", action="store_true", help=help_text)
-            parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         elif f.type == "bool":
             parser.add_argument(flag, action="store_true", help=help_text)
         elif f.name == "clipping":
-            parser.add_argument(flag, type=_optional_float, help=help_text)
+            parser.add_argument(flag, type=cli.number_or_none, metavar="NUMBER|none", help=help_text)
         elif f.type in ("int", "int | None"):
-            parser.add_argument(flag, type=int, help=help_text)
+            parser.add_argument(flag, type=cli.integer, help=help_text)
         elif f.type in ("float", "float | None"):
-            parser.add_argument(flag, type=float, help=help_text)
+            parser.add_argument(flag, type=cli.number, help=help_text)
         else:
             parser.add_argument(flag, type=str, help=help_text)
 
@@ -700,8 +744,7 @@ def build_parser(prog: str = "nfnet.train", description: str | None = None) -> a
     Defaults are left out of the namespace so `config_from_args` can lay the flags
     over any base config (TrainConfig's defaults, or a checkpoint's config on resume).
     """
-    parser = FlagParser(prog=prog, description=description or __doc__.splitlines()[0],
-                     argument_default=argparse.SUPPRESS)
+    parser = FlagParser(prog=prog, description=description or DESCRIPTION, argument_default=argparse.SUPPRESS)
     add_config_flags(parser, TrainConfig)
     return parser
 

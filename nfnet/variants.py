@@ -10,6 +10,7 @@ minutes on a 2-core CPU at 28-32px; they exist for CPU-scale studies.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
 from dataclasses import dataclass
 
@@ -19,6 +20,13 @@ BASE_WIDTHS = (256, 512, 1536, 1536)
 PLUS_WIDTHS = (384, 768, 2048, 2048)
 # Group width of the grouped 3x3 convs in every reference variant ([P2] Sec. 4.1).
 GROUP_WIDTH = 128
+
+# The smallest input resolution, in px, for every variant. The network halves the image
+# five times (stem 2x2, then stages 1, 2, 2, 2: 32x in all; nfnet.model). The four halvings
+# before the last stage take 16 px to one pixel; below 16 px a stride-2 layer before the
+# last stage would halve a single pixel, so part of the network sees no spatial context
+# at all. (With SAME padding smaller inputs still run; they just waste that part.)
+MIN_RESOLUTION = 16
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,25 @@ SMALL_VARIANTS: dict[str, Variant] = {
 VARIANTS.update(SMALL_VARIANTS)
 
 _SUFFIX = re.compile(r"^(?P<base>.+?)(?:-w(?P<w>[0-9.]+))?(?:-d(?P<d>[0-9.]+))?$")
+
+
+def resolution_problem(value: object) -> str | None:
+    """What is wrong with `value` as an input resolution in px ("must be ..."), or None."""
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if whole and value >= MIN_RESOLUTION:
+        return None
+    shown = int(value) if whole else repr(value)
+    return (f"must be a whole number of px >= {MIN_RESOLUTION} (the network halves the image 5 times, "
+            f"32x in all), got {shown}")
+
+
+def check_resolution(value: object, flag: str = "--resolution") -> int:
+    """`value` as a resolution in px, or NFNetError naming `flag`: the one resolution rule of
+    nfnet.train, nfnet.finetune, nfnet.summary and the tuner commands."""
+    problem = resolution_problem(value)
+    if problem:
+        raise NFNetError(f"{flag} {problem}")
+    return int(value)  # type: ignore[call-overload]
 
 
 def known_names() -> list[str]:

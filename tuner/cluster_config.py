@@ -142,11 +142,34 @@ def _load_mapping(path: str | os.PathLike) -> tuple[dict | None, list[str]]:
     try:
         data = yaml.safe_load(file.read_text())
     except yaml.YAMLError as error:
-        first_line = str(error).strip().splitlines()[0]
-        return None, [f"not valid YAML ({first_line}); fix the syntax"]
+        return None, [_yaml_problem(error)]
     if not isinstance(data, dict):
-        return None, ["the file must hold one YAML mapping (a cluster config)"]
+        return None, [f"the file must hold one YAML mapping (a cluster config), got {_shown(data)}"]
     return data, []
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML syntax error as one line with its line and column (1-based)."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or " ".join(str(error).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"not valid YAML{where}: {problem}; fix the syntax there"
+
+
+def _shown(value: Any) -> str:
+    """A value as a problem line shows it: short, and 'a mapping'/'a list' for containers."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _expected(where: str, what: str, value: Any) -> str:
+    return f"{where}: expected {what}, got {_shown(value)}"
 
 
 def unfilled_placeholders(path: str | os.PathLike) -> list[str]:
@@ -192,9 +215,16 @@ def validate_cluster_yaml(path: str | os.PathLike) -> list[str]:
             "`ray up` config: check it with validate_kuberay_manifest"
         ]
     provider = config.get("provider")
+    if provider is not None and not isinstance(provider, dict):
+        return [_expected("provider", "a mapping with the node provider's type (gcp, aws, local, ...)", provider)]
     if not isinstance(provider, dict) or not provider.get("type"):
         return ["provider.type is missing: name Ray's node provider (gcp, aws, local, ...)"]
 
+    # Ray's prepare_config assumes the schema's types (a list where it wants a mapping
+    # ends in a TypeError deep inside it), so the file's own types are checked first.
+    problems = _ray_schema_problems(config, only_types=True)
+    if problems:
+        return problems
     prepared, problems = _ray_prepare(config)
     if prepared is None:
         return problems
@@ -234,12 +264,13 @@ def _ray_prepare(config: dict) -> tuple[dict | None, list[str]]:
             return prepare_config(copy.deepcopy(config)), []
     except click.ClickException as error:
         return None, [f"Ray rejects the config: {error.message}"]
-    except (ValueError, KeyError, TypeError, AssertionError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as error:
         return None, [f"Ray rejects the config: {_one_line(error)}"]
 
 
-def _ray_schema_problems(prepared: dict) -> list[str]:
-    """Every violation of Ray's cluster schema (Ray itself stops at the first)."""
+def _ray_schema_problems(prepared: dict, only_types: bool = False) -> list[str]:
+    """Every violation of Ray's cluster schema (Ray itself stops at the first); with
+    `only_types`, only values of the wrong type (a file before Ray fills its defaults)."""
     import jsonschema
     import ray.autoscaler
 
@@ -247,7 +278,21 @@ def _ray_schema_problems(prepared: dict) -> list[str]:
     schema = json.loads(schema_path.read_text())
     validator = jsonschema.validators.validator_for(schema)(schema)
     errors = sorted(validator.iter_errors(prepared), key=lambda e: list(map(str, e.path)))
+    if only_types:
+        errors = [e for e in errors if e.validator == "type"]
     return [_schema_message(error) for error in errors]
+
+
+# JSON schema types as a problem line names them.
+_SCHEMA_TYPES = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "nothing",
+}
 
 
 def _schema_message(error: Any) -> str:
@@ -264,6 +309,21 @@ def _schema_message(error: Any) -> str:
             f"{where}: unknown key(s) {', '.join(unknown)}: Ray's cluster schema "
             "does not allow them; fix the spelling or remove them"
         )
+    if error.validator == "type":
+        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        what = " or ".join(_SCHEMA_TYPES.get(t, t) for t in wanted)
+        return _expected(where, what, error.instance) + " (Ray's cluster schema)"
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [key for key in error.validator_value if key not in error.instance]
+        prefix = f"{where}." if where != "top level" else ""
+        return (f"{', '.join(prefix + key for key in missing)}: missing; Ray's cluster schema requires "
+                f"{'it' if len(missing) == 1 else 'them'}")
+    if error.validator in ("minimum", "maximum"):
+        bound = ">=" if error.validator == "minimum" else "<="
+        return f"{where}: must be {bound} {error.validator_value}, got {_shown(error.instance)} (Ray's cluster schema)"
+    if error.validator == "enum":
+        allowed = ", ".join(map(str, error.validator_value))
+        return f"{where}: must be one of {allowed}, got {_shown(error.instance)} (Ray's cluster schema)"
     return f"{where}: {error.message} (Ray's cluster schema)"
 
 
@@ -291,10 +351,13 @@ def _provider_problems(prepared: dict) -> list[str]:
         return []
     problems = []
     for name, node_type in _node_types(prepared):
+        node_config = node_type["node_config"]
+        if _node_config_type_problems(f"available_node_types.{name}", node_config):
+            continue  # reported by _tpu_problems; Ray's check would fail on the type
         try:
             with _quiet():  # Ray warns about every multi-host slice type
-                get_node_type(node_type["node_config"])
-        except ValueError as error:
+                get_node_type(node_config)
+        except (ValueError, TypeError, KeyError) as error:
             problems.append(f"available_node_types.{name}.node_config: {_one_line(error)}")
     return problems
 
@@ -354,8 +417,32 @@ def _tpu_problems(prepared: dict) -> list[str]:
     return problems
 
 
-def _tpu_node_config_problems(where: str, node_config: dict) -> list[str]:
+def _node_config_type_problems(where: str, node_config: dict) -> list[str]:
+    """TPU fields of a node config that have the wrong type (Ray's schema leaves them open)."""
     problems = []
+    if "acceleratorType" in node_config and not isinstance(node_config["acceleratorType"], str):
+        problems.append(_expected(f"{where}.node_config.acceleratorType",
+                                  "a TPU v4 slice type such as v4-8", node_config["acceleratorType"]))
+    accelerator = node_config.get("acceleratorConfig")
+    if "acceleratorConfig" in node_config and "acceleratorType" not in node_config:
+        if not isinstance(accelerator, dict):
+            problems.append(_expected(f"{where}.node_config.acceleratorConfig",
+                                      "a mapping with type and topology", accelerator))
+        else:
+            for key in ("type", "topology"):
+                if key in accelerator and not isinstance(accelerator[key], str):
+                    problems.append(_expected(f"{where}.node_config.acceleratorConfig.{key}", "a string",
+                                              accelerator[key]))
+    if "runtimeVersion" in node_config and not isinstance(node_config["runtimeVersion"], str):
+        problems.append(_expected(f"{where}.node_config.runtimeVersion", "a TPU VM image such as "
+                                  "tpu-vm-v4-base", node_config["runtimeVersion"]))
+    return problems
+
+
+def _tpu_node_config_problems(where: str, node_config: dict) -> list[str]:
+    problems = _node_config_type_problems(where, node_config)
+    if problems:
+        return problems
     if "acceleratorType" in node_config:
         name = node_config["acceleratorType"]
         if str(name).strip().lower() not in V4_TOPOLOGIES:
@@ -507,19 +594,28 @@ def validate_kuberay_manifest(path: str | os.PathLike) -> list[str]:
         )
     if doc.get("kind") != "RayCluster":
         problems.append(f"kind is {doc.get('kind')!r}: this file must be a RayCluster")
-    if not isinstance(doc.get("metadata"), dict) or not doc["metadata"].get("name"):
+    metadata = doc.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        problems.append(_expected("metadata", "a mapping with the RayCluster's name", metadata))
+    elif not _mapping(metadata).get("name"):
         problems.append("metadata.name is missing: name the RayCluster")
     spec = doc.get("spec")
-    if not isinstance(spec, dict):
+    if spec is None:
         return problems + ["spec is missing: a RayCluster needs headGroupSpec and workerGroupSpecs"]
+    if not isinstance(spec, dict):
+        return problems + [_expected("spec", "a mapping with headGroupSpec and workerGroupSpecs", spec)]
 
     problems += _auth_options_problems(spec)
     head = spec.get("headGroupSpec")
     if not isinstance(head, dict):
-        problems.append("spec.headGroupSpec is missing: describe the head pod")
+        problems.append("spec.headGroupSpec is missing: describe the head pod" if head is None
+                        else _expected("spec.headGroupSpec", "a mapping that describes the head pod", head))
         head = {}
     else:
-        if not isinstance(head.get("rayStartParams"), dict):
+        if head.get("rayStartParams") is not None and not isinstance(head["rayStartParams"], dict):
+            problems.append(_expected("spec.headGroupSpec.rayStartParams", "a mapping (it may be {})",
+                                      head["rayStartParams"]))
+        elif not isinstance(head.get("rayStartParams"), dict):
             problems.append(
                 "spec.headGroupSpec.rayStartParams is missing: KubeRay passes it to "
                 "`ray start --head` (it may be {})"
@@ -532,7 +628,9 @@ def validate_kuberay_manifest(path: str | os.PathLike) -> list[str]:
             )
 
     groups = spec.get("workerGroupSpecs")
-    if not isinstance(groups, list) or not groups:
+    if groups is not None and not isinstance(groups, list):
+        return problems + [_expected("spec.workerGroupSpecs", "a list of worker groups", groups)]
+    if not groups:
         return problems + ["spec.workerGroupSpecs is missing: add at least one worker group"]
     names = [g.get("groupName") for g in groups if isinstance(g, dict)]
     for name in sorted({n for n in names if n and names.count(n) > 1}):
@@ -543,7 +641,7 @@ def validate_kuberay_manifest(path: str | os.PathLike) -> list[str]:
     for index, group in enumerate(groups):
         where = f"spec.workerGroupSpecs[{index}]"
         if not isinstance(group, dict):
-            problems.append(f"{where} is not a mapping")
+            problems.append(_expected(where, "a mapping that describes a worker group", group))
             continue
         has_tpu |= bool(_tpu_containers(group))
         problems += _worker_group_problems(where, group)
@@ -560,8 +658,10 @@ def _auth_options_problems(spec: dict) -> list[str]:
     auth = spec.get("authOptions")
     if auth is None:
         return []
-    if not isinstance(auth, dict) or auth.get("mode") not in ("token", "disabled"):
-        return ["spec.authOptions.mode must be token or disabled"]
+    if not isinstance(auth, dict):
+        return [_expected("spec.authOptions", "a mapping such as {mode: token}", auth)]
+    if auth.get("mode") not in ("token", "disabled"):
+        return [f"spec.authOptions.mode must be token or disabled, got {_shown(auth.get('mode'))}"]
     if auth["mode"] == "token":
         match = re.match(r"(\d+)\.(\d+)", str(spec.get("rayVersion", "")))
         if not match or tuple(map(int, match.groups())) < MIN_RAY_FOR_TOKEN_AUTH:
@@ -576,7 +676,9 @@ def _auth_options_problems(spec: dict) -> list[str]:
 def _worker_group_problems(where: str, group: dict) -> list[str]:
     problems = []
     name = group.get("groupName")
-    if not isinstance(name, str) or not name:
+    if name is not None and not isinstance(name, str):
+        problems.append(_expected(f"{where}.groupName", "a string that names the worker group", name))
+    elif not name:
         problems.append(f"{where}.groupName is missing: name the worker group")
     else:
         where = f"{where} ({name})"
@@ -606,6 +708,12 @@ def _worker_group_problems(where: str, group: dict) -> list[str]:
     for container in tpu_containers:
         cwhere = f"{where}.template.spec.containers[{container.get('name')}].resources"
         resources = container["resources"]
+        kinds = [kind for kind in ("limits", "requests")
+                 if kind in resources and not isinstance(resources[kind], dict)]
+        if kinds:
+            problems += [_expected(f"{cwhere}.{kind}", f"a mapping such as {{{GKE_TPU_RESOURCE}: 4}}",
+                                   resources[kind]) for kind in kinds]
+            continue
         limit = _quantity(_mapping(resources.get("limits")).get(GKE_TPU_RESOURCE))
         request = _quantity(_mapping(resources.get("requests")).get(GKE_TPU_RESOURCE))
         if limit is None or request is None or limit != request:
@@ -618,8 +726,11 @@ def _worker_group_problems(where: str, group: dict) -> list[str]:
                 f"{cwhere}: {GKE_TPU_RESOURCE} is {limit}, but a TPU v4 host has "
                 f"{V4_CHIPS_PER_HOST} chips: request {V4_CHIPS_PER_HOST}"
             )
-    selector = _mapping(_mapping(_mapping(group.get("template")).get("spec")).get("nodeSelector"))
     swhere = f"{where}.template.spec.nodeSelector"
+    selector = _mapping(_mapping(group.get("template")).get("spec")).get("nodeSelector")
+    if selector is not None and not isinstance(selector, dict):
+        return problems + [_expected(swhere, "a mapping of node labels", selector)]
+    selector = _mapping(selector)
     accelerator = selector.get(GKE_ACCELERATOR_LABEL)
     if accelerator != GKE_V4_ACCELERATOR:
         problems.append(
@@ -646,20 +757,31 @@ def _worker_group_problems(where: str, group: dict) -> list[str]:
 
 def _template_problems(where: str, group: dict) -> list[str]:
     template = group.get("template")
-    spec = template.get("spec") if isinstance(template, dict) else None
-    containers = spec.get("containers") if isinstance(spec, dict) else None
-    if not isinstance(containers, list) or not containers:
+    if template is not None and not isinstance(template, dict):
+        return [_expected(f"{where}.template", "a pod template (a mapping with spec)", template)]
+    spec = _mapping(template).get("spec")
+    if spec is not None and not isinstance(spec, dict):
+        return [_expected(f"{where}.template.spec", "a pod spec (a mapping with containers)", spec)]
+    containers = _mapping(spec).get("containers")
+    if containers is not None and not isinstance(containers, list):
+        return [_expected(f"{where}.template.spec.containers", "a list of containers", containers)]
+    if not containers:
         return [f"{where}.template.spec.containers is missing: give the pod a Ray container"]
     problems = []
     for index, container in enumerate(containers):
+        cwhere = f"{where}.template.spec.containers[{index}]"
         if not isinstance(container, dict):
-            problems.append(f"{where}.template.spec.containers[{index}] is not a mapping")
+            problems.append(_expected(cwhere, "a mapping with name and image", container))
             continue
         for key in ("name", "image"):
-            if not isinstance(container.get(key), str) or not container[key]:
-                problems.append(
-                    f"{where}.template.spec.containers[{index}].{key} is missing"
-                )
+            value = container.get(key)
+            if value is not None and not isinstance(value, str):
+                problems.append(_expected(f"{cwhere}.{key}", "a string", value))
+            elif not value:
+                problems.append(f"{cwhere}.{key} is missing")
+        if container.get("resources") is not None and not isinstance(container["resources"], dict):
+            problems.append(_expected(f"{cwhere}.resources", "a mapping with limits and requests",
+                                      container["resources"]))
     return problems
 
 
@@ -734,20 +856,34 @@ def _quiet() -> Iterator[None]:
         autoscaler_logger.setLevel(previous)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    from nfnet.cli import FlagParser
+
+    parser = FlagParser(
         prog="python -m tuner.cluster_config",
         description="Check cluster files offline: `ray up` YAML and KubeRay manifests.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    validate = commands.add_parser("validate", help="print OK or the problems of each file")
-    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate = commands.add_parser(
+        "validate",
+        help="print OK or the problems of each file",
+        description="Check each file as Ray's cluster launcher (or the KubeRay operator) would, plus "
+        "nfscale's own checks; print OK or one line per problem, naming its key.",
+    )
+    validate.add_argument(
+        "files", nargs="+", metavar="FILE",
+        help="a `ray up` cluster YAML or a KubeRay RayCluster manifest (either is recognised)",
+    )
     validate.add_argument(
         "--strict",
         action="store_true",
         help="also report YOUR_... placeholders left in the file (use before launching)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         failed = False
         for file in args.files:

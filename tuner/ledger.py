@@ -501,7 +501,9 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from nfnet.cli import FlagParser
+
+    parser = FlagParser(
         prog="python -m tuner.ledger",
         description="Show the results ledger or import results into it. The ledger is a directory of "
         "Parquet files, local or gs://bucket/path; rows are only ever appended.",
@@ -515,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the ledger, sorted by model size (params), then epochs, then learning rate.",
     )
     show.add_argument("--ledger", default=None, help=ledger_help)
-    show.add_argument("--kind", choices=KINDS, default=None, help="only pre-training or only fine-tuning rows")
+    show.add_argument("--kind", choices=KINDS, default=None,
+                      help="show only pre-training or only fine-tuning rows (default: both)")
     show.add_argument("--json", action="store_true", help="print the rows as a JSON list (all columns)")
 
     imp = sub.add_parser(
@@ -528,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
         "positive lr, finite val_loss, params matching the dataset's head); without a params column the "
         "count is computed for the dataset's class count.",
     )
-    imp.add_argument("csv", help="the results CSV file")
+    imp.add_argument("csv", help="the results CSV file to append, one run per line")
     imp.add_argument("--ledger", default=None, help=ledger_help)
     imp.add_argument("--dataset", default=None, help="dataset for rows whose dataset column is absent or empty")
     imp.add_argument("--source", default="import", help="value of the source column (default: import)")

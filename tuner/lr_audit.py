@@ -726,14 +726,16 @@ def read_search_rows(uri: str, flag: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- command line
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    from nfnet.cli import FlagParser
+
+    p = FlagParser(
         prog="python -m tuner.lr_audit",
         description="Compare the LR search with a full LR grid: how often it finds each cell's "
         "optimum (or a loss within the tolerance of it), and at what share of the grid's compute.",
     )
     p.add_argument("--grid", required=True, metavar="LEDGER", help="ledger of the full grid (tuner.sweep --grid)")
-    p.add_argument("--search", metavar="LEDGER", help="ledger a walk of tuner.lr_search wrote to (optional)")
+    p.add_argument("--search", metavar="LEDGER", help="ledger a walk of tuner.lr_search wrote to, to audit that walk too (default: replay the grid only)")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help="relative loss gap that still counts as found (default 0.005 = 0.5%%)")
     p.add_argument("--trials-per-cell", type=int, default=DEFAULT_TRIALS_PER_CELL,
@@ -745,7 +747,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-trials", type=int, default=DEFAULT_MAX_TRIALS,
                    help=f"trials per cell before a search stops, as lr_search --max-trials (default {DEFAULT_MAX_TRIALS})")
     p.add_argument("--json", action="store_true", help="print the numbers as one JSON object on stdout")
-    p.add_argument("--out", metavar="FILE.md", help="also write the Markdown to this file")
+    p.add_argument("--out", metavar="FILE.md", help="also write the Markdown report to this file (default: print it)")
     return p
 
 
@@ -786,7 +788,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return run(args)
     except TunerError as err:

@@ -648,35 +648,57 @@ def _json_safe(value: Any) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from nfnet.cli import FlagParser, resolution
+
+    p = FlagParser(
         prog="python -m tuner.lr_search",
         description="Tune one (variant, epoch budget) cell's learning rate: predict its optimum from the ledger, "
         "run the pair of grid LRs around it at once on Ray, continue up or down until the best is bracketed "
         "(or ties within the seed noise), and record the best with how it was chosen.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--variant", default=DEFAULT_VARIANT, help="model variant (nano, micro, ..., F0-F7, F0+...; -w/-d suffixes allowed)")
-    p.add_argument("--width-mult", type=float, default=1.0)
-    p.add_argument("--depth-mult", type=float, default=1.0)
+    p.add_argument("--variant", default=DEFAULT_VARIANT,
+                   help="model variant to tune: nano, micro, mini, small, F0..F7 or F0+..F7+, optionally with "
+                   f"-w<mult>/-d<mult> suffixes (default: {DEFAULT_VARIANT})")
+    p.add_argument("--width-mult", type=float, default=1.0,
+                   help="multiply the variant's widths by this factor; the ledger files the cell as "
+                   "<variant>-w<mult> (default: 1.0)")
+    p.add_argument("--depth-mult", type=float, default=1.0,
+                   help="multiply the variant's block counts by this factor; the ledger files the cell as "
+                   "<variant>-d<mult> (default: 1.0)")
     p.add_argument("--epochs", type=float, default=None,
-                   help=f"epoch budget (default {DEFAULT_EPOCHS['fashion_mnist']:g} on Fashion-MNIST, "
-                   f"{DEFAULT_EPOCHS['digits']:g} on digits, else {OTHER_EPOCHS:g})")
-    p.add_argument("--dataset", default=None, help="dataset spec (default: fashion_mnist when installed, else digits)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
-    p.add_argument("--resolution", type=int, default=None, help="training resolution (default: the variant's)")
-    p.add_argument("--seed", type=int, default=0)
+                   help=f"epoch budget of every trial (default: {DEFAULT_EPOCHS['fashion_mnist']:g} on "
+                   f"Fashion-MNIST, {DEFAULT_EPOCHS['digits']:g} on digits, else {OTHER_EPOCHS:g})")
+    p.add_argument("--dataset", default=None,
+                   help="dataset spec, as nfnet.train --dataset (default: fashion_mnist when installed, else digits)")
+    p.add_argument("--data-dir", default=None,
+                   help="where the dataset is read from when its spec names no location, as nfnet.train "
+                   "--data-dir (default: the dataset's usual place)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
+                   help="global batch size of every trial; the planner scales LRs tuned at other batch sizes "
+                   f"linearly (default: {DEFAULT_BATCH})")
+    p.add_argument("--resolution", type=resolution, default=None,
+                   help="training image size in px, at least 16 (default: the variant's)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of every trial's initial parameters and data order (default: 0)")
     p.add_argument("--max-train-examples", type=int, default=None,
-                   help="train on a fixed subset of this many examples (the ledger files it as dataset[n])")
-    p.add_argument("--max-eval-examples", type=int, default=DEFAULT_MAX_EVAL)
-    p.add_argument("--evals-per-run", type=int, default=DEFAULT_EVALS)
+                   help="train on a fixed subset of this many examples; the ledger files it as dataset[n] "
+                   "(default: the whole training set)")
+    p.add_argument("--max-eval-examples", type=int, default=DEFAULT_MAX_EVAL,
+                   help="evaluate every trial on a fixed subset of this many held-out examples "
+                   f"(default: {DEFAULT_MAX_EVAL})")
+    p.add_argument("--evals-per-run", type=int, default=DEFAULT_EVALS,
+                   help="held-out evaluations per trial, evenly spaced; a trial reports and checkpoints "
+                   f"there (default: {DEFAULT_EVALS})")
     p.add_argument("--ledger", default=None, help="ledger directory or gs:// URI (default: $NFSCALE_LEDGER or results/ledger)")
     p.add_argument("--storage", default=None, help="Ray results directory or gs:// URI (default: results/)")
-    p.add_argument("--address", default=None, help="an existing Ray cluster (host:port or auto); default: Ray in-process")
+    p.add_argument("--address", default=None,
+                   help="an existing Ray cluster to run on, host:port or auto (default: Ray in-process)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the in-process Ray (default: all)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--accelerator", default="cpu", help=f"where trials run: {ACCELERATOR_HELP}")
-    p.add_argument("--experiment-name", default=None, help="default: lr_search-<variant>-e<epochs>-<time>")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0,
+                   help="CPUs Ray reserves for each trial, per host on a TPU slice (default: 1.0)")
+    p.add_argument("--accelerator", default="cpu", help=f"where trials run: {ACCELERATOR_HELP} (default: cpu)")
+    p.add_argument("--experiment-name", default=None,
+                   help="name of the Ray experiment under --storage (default: lr_search-<variant>-e<epochs>-<time>)")
     p.add_argument("--fast-compile", action="store_true",
                    help="XLA with most optimizations off: compiles ~2x faster, steps run ~2x slower; "
                    "pays only for very short CPU runs (see docs/benchmarks.md)")
@@ -684,12 +706,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="relative seed-to-seed spread of a final loss; a win needs a gap over sqrt(2) x it "
                    f"(default: the median of the ledger's seed repeats of this dataset, else {DEFAULT_NOISE:g})")
     p.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
-                   help="trials per round, run at once when the cluster has room")
+                   help=f"trials per round, run at once when the cluster has room (default: {DEFAULT_PARALLEL})")
     p.add_argument("--max-trials", type=int, default=DEFAULT_MAX_TRIALS,
-                   help="trials this search may run before it stops unbracketed (a rerun continues)")
+                   help="trials this search may run before it stops unbracketed; a rerun continues "
+                   f"(default: {DEFAULT_MAX_TRIALS})")
     p.add_argument("--force", action="store_true",
                    help="search a cell the ledger already tunes, from scratch (its own runs are not reused)")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its last checkpoint")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="retries of a failed trial from its last checkpoint (default: 2)")
     p.add_argument("--wait-for-nodes", type=float, default=DEFAULT_NODE_WAIT_S, metavar="SECONDS", help=NODE_WAIT_HELP)
     p.add_argument("--dry-run", action="store_true", help="print the LRs and the ledger cells that bound them; run nothing")
     p.add_argument("--json", action="store_true", help="print the plan or the result as one JSON object on stdout")

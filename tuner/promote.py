@@ -63,7 +63,7 @@ from tuner.experiment import (
 from tuner.ledger import Ledger, default_ledger_uri
 from tuner.placement import ACCELERATOR_HELP
 from tuner.planner import cell_label
-from tuner.sweep import json_row, parse_lrs, parse_overrides, use_fast_compile
+from tuner.sweep import SetOverride, json_row, parse_lrs, parse_overrides, use_fast_compile
 from tuner.trainable import FAST_COMPILE
 
 SOURCE = "promote"
@@ -407,54 +407,66 @@ def promote(options: PromoteOptions, log: Callable[..., None] = print) -> Promot
 # ---------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    from nfnet.cli import FlagParser, resolution
+
+    p = FlagParser(
         prog="python -m tuner.promote",
         description="Fine-tune the pre-trained checkpoints with the lowest held-out loss (within a budget) on a "
         "target dataset, as Ray Tune trials; record each as a finetune row linked to its pre-training row.",
     )
     p.add_argument("--dataset", required=True, help="target dataset (e.g. digits, fashion_mnist, parquet:<uri>)")
-    p.add_argument("--resolution", type=int, default=None,
-                   help="fine-tuning resolution, above pre-training (default 1.5x it)")
-    p.add_argument("--eval-resolution", type=int, default=None)
-    p.add_argument("--ledger", default=None, help="ledger directory or gs://... (default $NFSCALE_LEDGER or results/ledger)")
-    p.add_argument("--top-k", type=int, default=1, help="promote this many checkpoints (lowest loss first)")
+    p.add_argument("--resolution", type=resolution, default=None,
+                   help="fine-tuning image size in px, above the pre-training one (default: 1.5x it, a multiple of 8)")
+    p.add_argument("--eval-resolution", type=resolution, default=None,
+                   help="image size in px of the fine-tuning runs' held-out evaluation (default: --resolution)")
+    p.add_argument("--ledger", default=None,
+                   help="ledger directory or gs:// URI (default: $NFSCALE_LEDGER or results/ledger)")
+    p.add_argument("--top-k", type=int, default=1,
+                   help="promote this many checkpoints, lowest held-out loss first (default: 1)")
     p.add_argument("--per-cell", action="store_true",
                    help="candidates are the best run of each (model, epoch budget), so --top-k promotes k cells")
     p.add_argument("--skip-promoted", action="store_true",
                    help="leave out candidates already fine-tuned on --dataset (at --resolution, when given)")
-    p.add_argument("--budget-flops", type=float, default=None, help="only runs that used at most this many FLOPs")
+    p.add_argument("--budget-flops", type=float, default=None,
+                   help="only candidates whose pre-training used at most this many FLOPs (default: any)")
     p.add_argument("--budget-device-hours", type=float, default=None,
-                   help="only runs that used at most this many device-hours")
-    p.add_argument("--experiment", default=None, help="only candidates from this experiment")
-    p.add_argument("--pretrain-dataset", default=None, help="only candidates pre-trained on this dataset")
+                   help="only candidates whose pre-training used at most this many device-hours (default: any)")
+    p.add_argument("--experiment", default=None,
+                   help="only candidates from this experiment (default: any experiment)")
+    p.add_argument("--pretrain-dataset", default=None,
+                   help="only candidates pre-trained on this dataset (needed when the ledger holds several)")
     p.add_argument("--lrs", type=parse_lrs, default=(), metavar="LR,LR",
                    help="a small LR search: one trial per LR and candidate (default: the recipe's LR)")
-    p.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default: nfnet.finetune's)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--epochs", type=float, default=None, help="epochs of each fine-tuning run (default: nfnet.finetune's)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="global batch size of each fine-tuning run (default: nfnet.finetune's)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of each fine-tuning run's new classifier, data order and augmentation (default: 0)")
+    p.add_argument("--data-dir", default=None,
+                   help="where the target dataset is read from when its spec names no location, as "
+                   "nfnet.train --data-dir (default: the dataset's usual place)")
+    p.add_argument("--set", dest="overrides", action=SetOverride, default=[], metavar="KEY=VALUE",
                    help="a trainer field for every trial (repeatable), e.g. max_train_examples=512")
-    p.add_argument("--address", default=None, help="an existing Ray cluster (host:port or auto); default: local Ray")
+    p.add_argument("--address", default=None,
+                   help="an existing Ray cluster to run on, host:port or auto (default: a local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
-    p.add_argument("--storage", default=None, help="experiment storage, a directory or gs://... (default results/)")
-    p.add_argument("--name", default=None, help="experiment name (default promote-<dataset>-<time>)")
-    p.add_argument("--accelerator", default="cpu", help=f"where trials run: {ACCELERATOR_HELP}")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (per host on a TPU slice)")
+    p.add_argument("--storage", default=None,
+                   help="experiment storage, a directory or gs:// URI (default: results/)")
+    p.add_argument("--name", default=None,
+                   help="experiment name under --storage (default: promote-<dataset>-<time>)")
+    p.add_argument("--accelerator", default="cpu", help=f"where trials run: {ACCELERATOR_HELP} (default: cpu)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0,
+                   help="CPUs Ray reserves for each trial, per host on a TPU slice (default: 1.0)")
     compile_mode = p.add_mutually_exclusive_group()
     compile_mode.add_argument("--fast-compile", dest="fast_compile", action="store_true", default=None,
                               help="XLA with most optimisations off (default for CPU trials of a local Ray)")
     compile_mode.add_argument("--full-compile", dest="fast_compile", action="store_false",
                               help="XLA's full optimisations (default on clusters and accelerators)")
-    p.add_argument("--max-concurrent", type=int, default=None)
-    p.add_argument("--max-failures", type=int, default=2)
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="fine-tuning trials at a time (default: as many as the resources allow)")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="retries of a failed trial, from its last checkpoint (default: 2)")
     p.add_argument("--wait-for-nodes", type=float, default=DEFAULT_NODE_WAIT_S, metavar="SECONDS", help=NODE_WAIT_HELP)
     p.add_argument("--json", action="store_true", help="print the result (or plan) as one JSON object on stdout")
     p.add_argument("--dry-run", action="store_true", help="print the candidates and trial configs, run nothing")

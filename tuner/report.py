@@ -770,19 +770,23 @@ def write_tensorboard(logdir: Path, images: Sequence[Path], markdown: str, repor
 # ---------------------------------------------------------------- command line
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m tuner.report", description="Scaling-law plots and fits from a ledger or a CSV of runs."
+def build_parser() -> argparse.ArgumentParser:
+    from nfnet.cli import FlagParser
+
+    parser = FlagParser(
+        prog="python -m tuner.report",
+        description="Fit the loss-vs-compute power law of a ledger's (or a CSV's) runs and write its plots, "
+        "summary.md and TensorBoard images to a directory.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ledger", metavar="URI", help="ledger directory (local path or gs://…)")
+    source.add_argument("--ledger", metavar="URI", help="read the runs from this ledger directory (local path or gs://…)")
     source.add_argument(
         "--csv", metavar="FILE",
-        help="CSV with columns variant, epochs, compute, val_loss [, lr, top1, params, kind, trial_id, "
+        help="read the runs from a CSV with columns variant, epochs, compute, val_loss [, lr, top1, params, kind, trial_id, "
         "parent_trial_id, status]",
     )
     parser.add_argument(
-        "--out", required=True, metavar="DIR", help="directory for the plots, summary.md and tensorboard/"
+        "--out", required=True, metavar="DIR", help="directory to write the plots, summary.md and tensorboard/ to (created if missing)"
     )
     parser.add_argument(
         "--dataset", metavar="NAME",
@@ -790,8 +794,8 @@ def _parser() -> argparse.ArgumentParser:
         "a scaling fit is per dataset)",
     )
     parser.add_argument("--json", action="store_true", help="print the fitted numbers as one JSON object on stdout")
-    parser.add_argument("--n-boot", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--n-boot", type=int, default=1000, metavar="N", help="bootstrap resamples behind the confidence interval of the fitted exponent (default: 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default: 0)")
     parser.add_argument(
         "--fit-on", choices=("frontier", "all"), default="frontier",
         help="fit the power law to the frontier points (default) or to every (variant, epochs) point",
@@ -940,7 +944,7 @@ def console_summary(report: ScalingReport) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return run(args)
     except TunerError as err:

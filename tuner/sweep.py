@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import math
 import random
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from search_spaces import CELL_KEYS, Preset, PresetSpace, get_preset, grid_space, parse_point
+from search_spaces import CELL_KEYS, Preset, PresetSpace, get_preset, grid_space, known_presets, parse_point
 from search_spaces.space import DistinctCellSampler, GridCellSampler
 from tuner.errors import TunerError
 from tuner.experiment import (
@@ -290,15 +291,65 @@ def parse_value(text: str) -> Any:
     return text
 
 
+_SET_EXPECTS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+}
+
+
+def _trainer_field_types() -> dict[str, str]:
+    """TrainConfig's field names and their annotations ("int", "float | None", ...)."""
+    import nfnet.train as nftrain  # JAX is imported, no backend initialised
+
+    return {f.name: str(f.type) for f in dataclasses.fields(nftrain.TrainConfig)}
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`"max_train_examples=2048"` -> ("max_train_examples", 2048), typed by TrainConfig's field.
+
+    A mistake is a TunerError naming the `--set` item and what its key wants.
+    """
+    key, sep, text = item.partition("=")
+    key, text = key.strip(), text.strip()
+    if not sep or not key:
+        raise TunerError(f"--set takes KEY=VALUE (a TrainConfig field), got {item!r}")
+    types = _trainer_field_types()
+    if key not in types:
+        close = difflib.get_close_matches(key, list(types), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"TrainConfig fields are {', '.join(sorted(types))}"
+        raise TunerError(f"--set {item}: unknown trainer setting {key}; {hint}")
+    kind, _, optional = types[key].partition(" | ")
+    value = parse_value(text)
+    if value is None and optional:
+        return key, None
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": bool(text),
+    }.get(kind, True)
+    if not ok:
+        wanted = _SET_EXPECTS.get(kind, kind) + (" or none" if optional else "")
+        raise TunerError(f"--set {item}: expected {wanted}")
+    return key, text if kind == "str" else value
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """`["max_train_examples=2048", "dtype=bfloat16"]` -> trainer field overrides."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise TunerError(f"--set takes KEY=VALUE (a TrainConfig field), got {item!r}")
-        out[key.strip()] = parse_value(value.strip())
-    return out
+    return dict(parse_override(item) for item in items)
+
+
+class SetOverride(argparse.Action):
+    """`--set KEY=VALUE` (repeatable): collects the items, each checked as `parse_override` checks it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            parse_override(values)
+        except TunerError as exc:
+            parser.error(str(exc))
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), values])
 
 
 def startup_points(preset: Preset, count: int, seed: int, taken: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -856,14 +907,6 @@ def _finish(plan_json: dict[str, Any], path: str, results: Any, options: SweepOp
 # ---------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
-    """Reports a flag mistake as one `error: ...` line, exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def parse_lrs(text: str) -> tuple[float, ...]:
     """`0.05,0.1` -> (0.05, 0.1): an argparse type for LR lists."""
     try:
@@ -876,32 +919,40 @@ def parse_lrs(text: str) -> tuple[float, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    from nfnet.cli import FlagParser, resolution
+
+    p = FlagParser(
         prog="python -m tuner.sweep",
         description="A compute-scaling study over variant × epoch budget × learning rate: Optuna (TPE) "
         "suggests cells of a preset, GroupedASHA stops bad LRs within each (variant, epochs), a compute "
         "budget ends the sweep, every trial is a ledger row.",
     )
     p.add_argument("--preset", default=None,
-                   help=f"a preset name (paper, cpu-fashion, cpu-smoke; default {DEFAULT_PRESET}) or your own "
-                   "as package.module[:ATTR] / file.py[:ATTR]")
+                   help=f"the study to run: a preset name ({', '.join(known_presets())}) or your own as "
+                   f"package.module[:ATTR] / file.py[:ATTR] (default: {DEFAULT_PRESET})")
     p.add_argument("--cpu", action="store_true", help="run the preset's CPU form (small variants, small data)")
     p.add_argument("--grid", action="store_true", help="run every cell of the preset once (Optuna's grid sampler)")
-    p.add_argument("--num-samples", type=int, default=None, help="trials of a searched sweep (default: the preset's)")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="trials of a searched sweep (default: the preset's)")
     p.add_argument("--point", dest="points", action="append", default=[], metavar="VARIANT,EPOCHS,LR",
                    help="a cell to try first (repeatable), e.g. nano,1,0.1")
-    p.add_argument("--budget-flops", type=float, default=None, help="total training FLOPs of the sweep")
-    p.add_argument("--budget-device-hours", type=float, default=None, help="total device-hours of the sweep")
-    p.add_argument("--max-concurrent", type=int, default=None, help="trials at a time (default: as resources allow)")
-    p.add_argument("--accelerator", default="cpu", help=f"where trials run: {ACCELERATOR_HELP}")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (per host on a TPU slice)")
+    p.add_argument("--budget-flops", type=float, default=None,
+                   help="stop starting trials once the sweep's training FLOPs reach this total (default: no budget)")
+    p.add_argument("--budget-device-hours", type=float, default=None,
+                   help="stop starting trials once the sweep's device-hours reach this total (default: no budget)")
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="most trials that run at the same time (default: as many as the resources allow)")
+    p.add_argument("--accelerator", default="cpu", help=f"where trials run: {ACCELERATOR_HELP} (default: cpu)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0,
+                   help="CPUs Ray reserves for each trial, per host on a TPU slice (default: 1.0)")
     compile_mode = p.add_mutually_exclusive_group()
     compile_mode.add_argument("--fast-compile", dest="fast_compile", action="store_true", default=None,
                               help="XLA with most optimisations off: faster compiles, slower steps "
                               "(default for CPU trials of a local Ray)")
     compile_mode.add_argument("--full-compile", dest="fast_compile", action="store_false",
                               help="XLA's full optimisations (default on clusters and accelerators)")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial, from its last checkpoint")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="retries of a failed trial, from its last checkpoint (default: 2)")
     p.add_argument("--wait-for-nodes", type=float, default=DEFAULT_NODE_WAIT_S, metavar="SECONDS", help=NODE_WAIT_HELP)
     p.add_argument("--resume", action="store_true",
                    help="continue the latest sweep (of --preset, if given) under --storage, or --name; "
@@ -909,26 +960,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-recorded", action="store_true",
                    help="with --grid: leave out cells the ledger already holds as finished or diverged runs "
                    "of the same trainer settings (continue a grid from its ledger)")
-    p.add_argument("--name", default=None, help="experiment name (default sweep-<preset>-<time>)")
-    p.add_argument("--address", default=None, help="an existing Ray cluster (host:port or auto); default: local Ray")
+    p.add_argument("--name", default=None, help="experiment name under --storage (default: sweep-<preset>-<time>)")
+    p.add_argument("--address", default=None,
+                   help="an existing Ray cluster to run on, host:port or auto (default: a local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
-    p.add_argument("--storage", default=None, help="experiment storage, a directory or gs://... (default results/)")
-    p.add_argument("--ledger", default=None, help="ledger directory or gs://... (default $NFSCALE_LEDGER or results/ledger)")
+    p.add_argument("--storage", default=None,
+                   help="experiment storage, a directory or gs:// URI (default: results/)")
+    p.add_argument("--ledger", default=None,
+                   help="ledger directory or gs:// URI (default: $NFSCALE_LEDGER or results/ledger)")
     p.add_argument("--optuna-storage", default=None, metavar="URL",
-                   help="keep the Optuna study in this database (e.g. sqlite:///results/optuna.db)")
-    p.add_argument("--study-name", default=None, help="Optuna study name (default: the experiment name); "
-                   "an existing study of that name in --optuna-storage is continued")
-    p.add_argument("--seed", type=int, default=0, help="seeds the sampler, the start-up cells and every trial")
-    p.add_argument("--dataset", default=None, help="replace the preset's dataset (e.g. digits, parquet:gs://...)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="keep the Optuna study in this database, e.g. sqlite:///results/optuna.db "
+                   "(default: in memory, kept with the experiment's searcher state for --resume)")
+    p.add_argument("--study-name", default=None,
+                   help="Optuna study name; an existing study of that name in --optuna-storage is continued "
+                   "(default: the experiment name)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the sampler, the start-up cells and every trial (default: 0)")
+    p.add_argument("--dataset", default=None,
+                   help="train on this dataset instead of the preset's, e.g. digits or parquet:gs://... "
+                   "(default: the preset's)")
+    p.add_argument("--data-dir", default=None,
+                   help="where the dataset is read from when its spec names no location, as nfnet.train "
+                   "--data-dir (default: the dataset's usual place)")
+    p.add_argument("--set", dest="overrides", action=SetOverride, default=[], metavar="KEY=VALUE",
                    help="a TrainConfig field for every trial (repeatable), e.g. max_train_examples=2048")
-    p.add_argument("--then-finetune", action="store_true", help="promote the best checkpoints to fine-tuning after")
-    p.add_argument("--finetune-dataset", default=None)
-    p.add_argument("--finetune-resolution", type=int, default=None)
-    p.add_argument("--finetune-top-k", type=int, default=1)
-    p.add_argument("--finetune-lrs", type=parse_lrs, default=(), metavar="LR,LR")
-    p.add_argument("--finetune-epochs", type=float, default=None)
+    p.add_argument("--then-finetune", action="store_true",
+                   help="after the sweep, fine-tune its best checkpoints as tuner.promote does (needs --finetune-dataset)")
+    p.add_argument("--finetune-dataset", default=None,
+                   help="dataset to fine-tune on with --then-finetune, e.g. digits")
+    p.add_argument("--finetune-resolution", type=resolution, default=None,
+                   help="fine-tuning image size in px, above the pre-training one (default: 1.5x it)")
+    p.add_argument("--finetune-top-k", type=int, default=1,
+                   help="fine-tune this many of the sweep's checkpoints, lowest held-out loss first (default: 1)")
+    p.add_argument("--finetune-lrs", type=parse_lrs, default=(), metavar="LR,LR",
+                   help="fine-tune each checkpoint once per LR of this comma-separated list "
+                   "(default: the fine-tuning recipe's LR)")
+    p.add_argument("--finetune-epochs", type=float, default=None,
+                   help="epochs of each fine-tuning run (default: nfnet.finetune's)")
     p.add_argument("--json", action="store_true", help="print the plan or the result as one JSON object on stdout")
     p.add_argument("--dry-run", action="store_true", help="print the plan (space, start points, resources), run nothing")
     return p

@@ -262,11 +262,92 @@ def test_unknown_provider_is_reported(tmp_path):
 def test_broken_or_missing_files_are_problems_not_exceptions(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("provider: {type: gcp\n")
-    assert validate_cluster_yaml(broken)[0].startswith("not valid YAML")
+    assert validate_cluster_yaml(broken)[0].startswith("not valid YAML at line 2, column 1: ")
     assert validate_cluster_yaml(tmp_path / "absent.yaml") == [
         f"no such file: {tmp_path / 'absent.yaml'}"
     ]
     assert "validate_kuberay_manifest" in validate_cluster_yaml(CLUSTER_DIR / "kuberay-tpu.yaml")[0]
+
+
+def _set(path: str, value):
+    """A change to a loaded config: set the value at a dotted key path."""
+    def change(config: dict) -> None:
+        *parents, last = path.split("/")
+        node = config
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node[int(last) if isinstance(node, list) else last] = value
+    return change
+
+
+def _drop(path: str):
+    def change(config: dict) -> None:
+        *parents, last = path.split("/")
+        node = config
+        for key in parents:
+            node = node[key]
+        del node[last]
+    return change
+
+
+# A wrong type or a missing key: the one problem line names the key path and what it wants.
+WRONG_SHAPES = [
+    ("tpu-v4.yaml", _set("available_node_types/tpu_v4_8/resources", 3),
+     "available_node_types.tpu_v4_8.resources: expected a mapping, got 3"),
+    ("tpu-v4.yaml", _set("available_node_types", ["tpu_v4_8"]), "available_node_types: expected a mapping, got a list"),
+    ("tpu-v4.yaml", _set("available_node_types/tpu_v4_8", 3), "available_node_types.tpu_v4_8: expected a mapping, got 3"),
+    ("tpu-v4.yaml", _set("setup_commands", 3), "setup_commands: expected a list, got 3"),
+    ("tpu-v4.yaml", _set("setup_commands", "pip install nfscale"),
+     "setup_commands: expected a list, got 'pip install nfscale'"),
+    ("tpu-v4.yaml", _set("worker_setup_commands", 3), "worker_setup_commands: expected a list, got 3"),
+    ("tpu-v4.yaml", _set("max_workers", "ten"), "max_workers: expected a whole number, got 'ten'"),
+    ("tpu-v4.yaml", _set("available_node_types/tpu_v4_8/resources/TPU", "four"),
+     "available_node_types.tpu_v4_8.resources.TPU: expected a whole number, got 'four'"),
+    ("tpu-v4.yaml", _set("available_node_types/tpu_v4_8/node_config/acceleratorType", 8),
+     "available_node_types.tpu_v4_8.node_config.acceleratorType: expected a TPU v4 slice type such as v4-8, got 8"),
+    ("tpu-v4.yaml", _drop("available_node_types/tpu_v4_8/node_config"),
+     "available_node_types.tpu_v4_8.node_config: missing"),
+    ("tpu-v4.yaml", _set("provider", "gcp"), "provider: expected a mapping"),
+    ("onprem.yaml", _set("provider/worker_ips", 3), "provider.worker_ips: expected a list, got 3"),
+    ("kuberay-tpu.yaml", _set("spec/workerGroupSpecs", {"a": 1}),
+     "spec.workerGroupSpecs: expected a list of worker groups, got a mapping"),
+    ("kuberay-tpu.yaml", _set("spec/workerGroupSpecs/0/template", 3),
+     "spec.workerGroupSpecs[0] (tpu-v4-8).template: expected a pod template"),
+    ("kuberay-tpu.yaml", _set("spec/workerGroupSpecs/0/template/spec/containers/0/resources", 3),
+     "spec.workerGroupSpecs[0] (tpu-v4-8).template.spec.containers[0].resources: expected a mapping"),
+    ("kuberay-tpu.yaml", _set("spec/workerGroupSpecs/0/template/spec/nodeSelector", ["x"]),
+     "spec.workerGroupSpecs[0] (tpu-v4-8).template.spec.nodeSelector: expected a mapping of node labels, got a list"),
+    ("kuberay-tpu.yaml", _set("spec/headGroupSpec", "x"), "spec.headGroupSpec: expected a mapping"),
+    ("kuberay-tpu.yaml", _set("spec/authOptions", "token"), "spec.authOptions: expected a mapping"),
+    ("kuberay-tpu.yaml", _set("spec/workerGroupSpecs/0/groupName", 3),
+     "spec.workerGroupSpecs[0].groupName: expected a string"),
+]
+
+
+@pytest.mark.parametrize("name,change,message", WRONG_SHAPES, ids=[m.split(":")[0] for _, _, m in WRONG_SHAPES])
+def test_a_wrong_shape_names_its_key_and_what_it_wants(tmp_path, capsys, name, change, message):
+    config = _load(name)
+    change(config)
+    path = _write(tmp_path, config)
+    assert cluster_config.main(["validate", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert err == "" and "Traceback" not in out
+    assert out.startswith(f"{path}: {message}")
+    assert all(line.startswith(f"{path}: ") for line in out.splitlines())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster.yaml"]  # nothing written
+
+
+@pytest.mark.parametrize("text,line,column", [
+    ("provider:\n  type: gcp\n   region: x\n", 3, 10),  # a broken indent
+    ("provider:\n\ttype: gcp\n", 2, 1),  # a tab
+    ("provider: {type: gcp\n", 2, 1),  # an unclosed mapping
+])
+def test_yaml_syntax_errors_give_the_file_and_line(tmp_path, capsys, text, line, column):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    assert cluster_config.main(["validate", str(path)]) == 2
+    (problem,) = capsys.readouterr().out.splitlines()
+    assert problem.startswith(f"{path}: not valid YAML at line {line}, column {column}: ")
 
 
 # --- KubeRay manifests that must fail ----------------------------------------

@@ -48,6 +48,14 @@ def test_a_resolution_not_above_pre_training_is_refused(tmp_path, capsys):
     assert not (tmp_path / "ft").exists()
 
 
+def test_a_resolution_below_the_minimum_is_refused_before_the_checkpoint_is_read(tmp_path, capsys):
+    fake_pretrain_checkpoint(tmp_path / "pre", resolution=8)
+    assert main(["--from", str(tmp_path / "pre"), "--resolution", "12", "--workdir", str(tmp_path / "ft")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resolution must be a whole number of px >= 16") and err.count("\n") == 1
+    assert not (tmp_path / "ft").exists()
+
+
 def test_missing_pretrained_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert main(["--from", str(tmp_path / "nothing"), "--workdir", str(tmp_path / "ft")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from nfnet.summary import main
 
 
@@ -31,3 +33,32 @@ def test_unknown_variant_is_one_line_error_and_nonzero_exit():
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: unknown variant 'F9'")
     assert "F7+" in lines[0]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["F0", "--resolution", "8"], "error: --resolution must be a whole number of px >= 16"),
+    (["F0", "--resolution", "3"], "error: --resolution must be a whole number of px >= 16"),
+    (["F0", "--resolution", "abc"], "error: --resolution: expected an integer, got 'abc'"),
+    (["F0", "--width-mult", "wide"], "error: --width-mult: expected a number, got 'wide'"),
+])
+def test_a_bad_flag_value_is_one_line_naming_the_flag(capsys, argv, message):
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:  # argparse's own check of the value
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_the_minimum_resolution_is_where_the_last_stage_gets_one_pixel():
+    """MIN_RESOLUTION is the size the four halvings before the last stage take to one pixel:
+    there every earlier stride-2 layer halves at least 2 px; at half of it one halves 1 px."""
+    from nfnet.counting import stage_table
+    from nfnet.variants import MIN_RESOLUTION
+
+    def out_px(resolution: int) -> dict[str, int]:
+        return {row.name: row.out_resolution for row in stage_table("nano", resolution, 10)}
+
+    assert out_px(MIN_RESOLUTION)["stage1"] == 2 and out_px(MIN_RESOLUTION)["stage2"] == 1
+    assert out_px(MIN_RESOLUTION // 2)["stage1"] == 1

@@ -172,6 +172,32 @@ def test_main_reports_bad_flag_values_as_one_line(capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "batch-size" in err[0]
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--clipping", "abc"], "error: --clipping: expected a number or 'none', got 'abc'"),
+    (["--batch-size", "1.5"], "error: --batch-size: expected an integer, got '1.5'"),
+    (["--lr", "fast"], "error: --lr: expected a number, got 'fast'"),
+    (["--resolution", "8"], "error: --resolution must be a whole number of px >= 16 (the network halves the "
+                            "image 5 times, 32x in all), got 8"),
+    (["--eval-resolution", "12"], "error: --eval-resolution must be a whole number of px >= 16"),
+])
+def test_a_bad_flag_value_says_what_the_flag_wants_and_writes_nothing(tmp_path, monkeypatch, capsys, args,
+                                                                        message):
+    monkeypatch.chdir(tmp_path)  # the default --workdir is relative
+    try:
+        code = main(["--variant", "nano", *args])
+    except SystemExit as exit_info:  # argparse's own check of the value
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_clipping_takes_none_to_turn_agc_off():
+    assert config_from_args(build_parser().parse_args(["--clipping", "none"])).clipping is None
+    assert config_from_args(build_parser().parse_args(["--clipping", "0.02"])).clipping == 0.02
+
+
 # ---------------------------------------------------------------- runs
 
 def test_run_reports_checkpoints_and_writes_tensorboard(tmp_path):

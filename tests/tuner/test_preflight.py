@@ -49,7 +49,10 @@ def workdir(tmp_path, monkeypatch):
 
 def one_line_error(capsys, run, *args, contains: str):
     """Run a main() and check: exit 2, one `error:` line naming `contains`, no traceback."""
-    code = run(list(args))
+    try:
+        code = run(list(args))
+    except SystemExit as exc:  # a flag mistake caught when the command line is parsed
+        code = exc.code
     captured = capsys.readouterr()
     assert code == 2, captured
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err

@@ -45,7 +45,10 @@ def tiny_preset(**changes) -> Preset:
 
 
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_info:  # a flag mistake argparse reports
+        code = exit_info.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -63,7 +66,7 @@ def run_main(capsys, *argv: str) -> tuple[int, str, str]:
         (["--preset", "paper"], "placeholder dataset"),
         (["--grid", "--num-samples", "3"], "drop --num-samples"),
         (["--point", "nano,1,0.3"], "not on preset cpu-smoke's grid"),
-        (["--set", "max_train_exampels=10"], "unknown trainer setting(s) max_train_exampels"),
+        (["--set", "max_train_exampels=10"], "--set max_train_exampels=10: unknown trainer setting max_train_exampels; did you mean max_train_examples?"),
         (["--set", "lr=0.1"], "may not change lr"),
         (["--set", "evals_per_run=0"], "--evals-per-run must be >= 1"),
         (["--then-finetune"], "needs --finetune-dataset"),
@@ -203,10 +206,32 @@ def test_skip_recorded_mistakes(capsys, tmp_path, argv, message):
 
 
 def test_overrides_are_typed():
-    assert parse_overrides(["a=1", "b=0.5", "c=none", "d=true", "e=bfloat16", "f=1e-6"]) == {
-        "a": 1, "b": 0.5, "c": None, "d": True, "e": "bfloat16", "f": 1e-6}
+    assert parse_overrides(["max_train_examples=1", "sam_rho=0.5", "clipping=none", "progress=true",
+                            "dtype=bfloat16", "weight_decay=1e-6", "lr=1", "data_dir=123"]) == {
+        "max_train_examples": 1, "sam_rho": 0.5, "clipping": None, "progress": True, "dtype": "bfloat16",
+        "weight_decay": 1e-6, "lr": 1, "data_dir": "123"}
     with pytest.raises(TunerError, match="KEY=VALUE"):
         parse_overrides(["oops"])
+
+
+@pytest.mark.parametrize("item,message", [
+    ("max_train_examples=abc", "--set max_train_examples=abc: expected an integer or none"),
+    ("evals_per_run=2.5", "--set evals_per_run=2.5: expected an integer"),
+    ("sam_rho=lots", "--set sam_rho=lots: expected a number"),
+    ("progress=3", "--set progress=3: expected true or false"),
+    ("max_train_exampels=10", "--set max_train_exampels=10: unknown trainer setting max_train_exampels; "
+                              "did you mean max_train_examples?"),
+])
+def test_a_bad_set_item_is_one_line_naming_the_key_and_nothing_is_written(capsys, tmp_path, monkeypatch,
+                                                                           item, message):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(capsys, "--set", item, "--storage", str(tmp_path / "results"),
+                              "--ledger", str(tmp_path / "ledger"))
+    assert code == 2 and out == ""
+    assert err == f"error: {message}\n"
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(TunerError, match="^" + re.escape(message) + "$"):
+        parse_overrides([item])
 
 
 # ---------------------------------------------------------------- real sweeps on local Ray
