@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nfnet.errors import NFNetError
-from nfnet.variants import get_variant
+from nfnet.variants import get_variant, resolution_problem
 from tuner.errors import TunerError
 
 # [P1] Sec. 2 / [P2]: peak LR 1.6 at batch 4096, i.e. 0.1 × batch/256 (the reference
@@ -131,11 +131,13 @@ class Preset:
             split_label(label)
         if any(not (math.isfinite(e) and e > 0) for e in self.epochs):
             raise TunerError(f"{where}: epoch budgets must be positive, got {list(self.epochs)}")
-        for name in ("batch_size", "resolution", "num_samples"):
+        for name in ("batch_size", "num_samples"):
             if int(getattr(self, name)) <= 0:
                 raise TunerError(f"{where}: {name} must be positive, got {getattr(self, name)}")
-        if self.eval_resolution is not None and self.eval_resolution <= 0:
-            raise TunerError(f"{where}: eval_resolution must be positive, got {self.eval_resolution}")
+        for name in ("resolution", "eval_resolution"):
+            value = getattr(self, name)
+            if value is not None and resolution_problem(value):
+                raise TunerError(f"{where}: {name} {resolution_problem(value)}")
         if not 0 < self.grace_period <= 1:
             raise TunerError(f"{where}: grace_period is a fraction of the run, in (0, 1]")
         if self.reduction_factor <= 1:

@@ -203,6 +203,8 @@ def test_a_preset_of_your_own_loads_from_a_file_or_a_module(tmp_path, monkeypatc
         ({"overrides": {"lr": 0.1}}, "may not set lr"),
         ({"overrides": {"batch_size": 32}}, "as preset fields"),
         ({"grace_period": 1.5}, "grace_period"),
+        ({"resolution": 8}, r"resolution must be a whole number of px >= 16 .*got 8"),
+        ({"eval_resolution": 12}, r"eval_resolution must be a whole number of px >= 16"),
         ({"cpu_changes": {"colour": "red"}}, "unknown preset fields colour"),
         ({"name": "a b"}, "preset name"),
     ],
