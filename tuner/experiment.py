@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -221,9 +222,12 @@ def _shortfall(label: str, request: Mapping[str, float], nodes: Sequence[Mapping
             "lower --cpus-per-trial or change --accelerator")
 
 
-def check_num_cpus(num_cpus: int | None) -> None:
+def check_ray_options(num_cpus: int | None, wait_for_nodes: float) -> None:
+    """The flags every Ray command shares (`--num-cpus`, `--wait-for-nodes`), checked before Ray starts."""
     if num_cpus is not None and num_cpus < 1:
         raise TunerError(f"--num-cpus must be at least 1, got {num_cpus}; leave it out to give Ray every CPU")
+    if not (math.isfinite(wait_for_nodes) and wait_for_nodes >= 0):
+        raise TunerError(f"--wait-for-nodes must be a number of seconds >= 0, got {wait_for_nodes}")
 
 
 def placement_requests(placements: Iterable[Any]) -> dict[str, dict[str, float]]:

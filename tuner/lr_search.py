@@ -268,7 +268,7 @@ def _check_variant(variant: str, width_mult: float, depth_mult: float) -> tuple[
 
 
 def _check_options(options: LRSearchOptions) -> None:
-    from tuner.experiment import check_num_cpus
+    from tuner.experiment import check_ray_options
 
     def bad(flag: str, value: Any, want: str) -> TunerError:
         return TunerError(f"{flag} must be {want}, got {value}")
@@ -285,9 +285,7 @@ def _check_options(options: LRSearchOptions) -> None:
         raise bad("--parallel", options.parallel, "an integer >= 1")
     if options.max_trials < 2:
         raise bad("--max-trials", options.max_trials, "an integer >= 2")
-    if not (math.isfinite(options.wait_for_nodes) and options.wait_for_nodes >= 0):
-        raise bad("--wait-for-nodes", options.wait_for_nodes, "a number of seconds >= 0")
-    check_num_cpus(options.num_cpus)
+    check_ray_options(options.num_cpus, options.wait_for_nodes)
     if options.experiment_name is not None and (not options.experiment_name or "/" in options.experiment_name):
         raise TunerError(f"--experiment-name must be a non-empty name without '/', got {options.experiment_name!r}")
 

@@ -47,7 +47,7 @@ from tuner.experiment import (
     LedgerCallback,
     NoTuneTensorBoard,
     ProgressPrinter,
-    check_num_cpus,
+    check_ray_options,
     check_resources,
     check_storage,
     connect,
@@ -322,9 +322,7 @@ def plan_promotion(options: PromoteOptions) -> tuple[list[dict[str, Any]], dict[
         raise TunerError(f"--max-failures must be >= 0, got {options.max_failures}")
     if options.lrs and any(not (_finite(lr) and lr > 0) for lr in options.lrs):
         raise TunerError(f"--lrs must be positive numbers, got {list(options.lrs)}")
-    if not (math.isfinite(options.wait_for_nodes) and options.wait_for_nodes >= 0):
-        raise TunerError(f"--wait-for-nodes must be a number of seconds >= 0, got {options.wait_for_nodes}")
-    check_num_cpus(options.num_cpus)
+    check_ray_options(options.num_cpus, options.wait_for_nodes)
     check_storage(options.storage)
     rows = Ledger(options.ledger or default_ledger_uri()).check().to_pylist()
     candidates = select_candidates(

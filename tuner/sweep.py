@@ -53,7 +53,7 @@ from tuner.experiment import (
     LedgerCallback,
     NoTuneTensorBoard,
     ProgressPrinter,
-    check_num_cpus,
+    check_ray_options,
     check_resources,
     check_storage,
     connect,
@@ -517,9 +517,7 @@ def plan_sweep(options: SweepOptions, preset: Preset | None = None, now: datetim
         raise TunerError("--then-finetune needs --finetune-dataset (e.g. digits)")
     if options.finetune_top_k < 1:
         raise TunerError(f"--finetune-top-k must be at least 1, got {options.finetune_top_k}")
-    if not (math.isfinite(options.wait_for_nodes) and options.wait_for_nodes >= 0):
-        raise TunerError(f"--wait-for-nodes must be a number of seconds >= 0, got {options.wait_for_nodes}")
-    check_num_cpus(options.num_cpus)
+    check_ray_options(options.num_cpus, options.wait_for_nodes)
     check_storage(options.storage)
 
     dataset, note = _dataset_choice(preset, options)
@@ -795,7 +793,7 @@ def run_sweep(
         plan_json = read_settings(path)["plan"]
         log(f"resuming sweep {plan_json['experiment']} at {path}")
         quiet_tune_output()
-        check_num_cpus(options.num_cpus)
+        check_ray_options(options.num_cpus, options.wait_for_nodes)
         Ledger(plan_json["ledger"]).check()
         connection = connect(options.address, num_cpus=options.num_cpus)
         try:
