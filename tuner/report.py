@@ -51,6 +51,8 @@ from tuner.lr_audit import (
     section_markdown,
     summary_sentence,
 )
+from tuner.isoflop import IsoFLOP, isoflop_rows
+from tuner.loss_law import JointLaw, fit_rows, law_rows
 from tuner.planner import cell_label, parse_label, search_record
 from tuner.scaling import (
     BootstrapCI,
@@ -71,7 +73,7 @@ from tuner.scaling import (
 )
 
 REQUIRED_CSV_COLUMNS = ("variant", "epochs", "compute", "val_loss")
-OPTIONAL_NUMERIC_COLUMNS = ("lr", "top1", "params", "batch_size")
+OPTIONAL_NUMERIC_COLUMNS = ("lr", "top1", "params", "batch_size", "images_seen")
 OPTIONAL_TEXT_COLUMNS = ("kind", "trial_id", "parent_trial_id", "status", "dataset")
 # Ledger column -> report column (docs/architecture.md, ledger schema).
 LEDGER_COLUMNS = {
@@ -88,6 +90,7 @@ LEDGER_COLUMNS = {
     "status": "status",
     "dataset": "dataset",
     "source": "source",
+    "images_seen": "images_seen",
 }
 REQUIRED_LEDGER_COLUMNS = ("variant", "epochs", "flops", "final_val_loss")
 # A stopped run's loss is mid-schedule and a diverged run's is meaningless: neither
@@ -98,6 +101,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 LOSS_PLOT = "loss_vs_compute.png"
 LR_PLOT = "lr_vs_epochs.png"
 FINETUNE_PLOT = "finetune_vs_compute.png"
+ISOFLOP_PLOT = "isoflop.png"
 
 
 # ---------------------------------------------------------------- reading runs
@@ -178,7 +182,7 @@ def rows_from_table(table: pa.Table, uri: str) -> list[dict[str, Any]]:
     rows = []
     for raw in table.select(present).to_pylist():
         row: dict[str, Any] = {LEDGER_COLUMNS[k]: v for k, v in raw.items() if k in LEDGER_COLUMNS}
-        for col in ("epochs", "compute", "val_loss", "lr", "top1", "params"):
+        for col in ("epochs", "compute", "val_loss", "lr", "top1", "params", "images_seen"):
             value = row.get(col)
             row[col] = math.nan if value is None else float(value)
         for col in OPTIONAL_TEXT_COLUMNS:
@@ -225,6 +229,13 @@ class ScalingReport:
     finetune: tuple[tuple[Mapping[str, Any], Mapping[str, Any]], ...]  # (pretrain parent, finetune row)
     fit_note: str = ""  # why there is no fit, and what it needs
     ci_note: str = ""  # why the bootstrap interval says little (too few distinct points), if it does
+    # Chinchilla's approach 3, L(N, D) = E + A/N^α + B/D^β over each cell's runs at its best LR
+    # (tuner/loss_law.py); None with joint_note saying why.
+    joint: JointLaw | None = None
+    joint_note: str = ""
+    # Approach 2, IsoFLOP profiles over the same runs (tuner/isoflop.py); None with iso_note saying why.
+    iso: IsoFLOP | None = None
+    iso_note: str = ""
 
 
 def _exclusion_reason(row: Mapping[str, Any]) -> str | None:
@@ -367,6 +378,7 @@ def analyse(
     if lone and np.unique(compute[contested]).size >= MIN_FIT_POINTS:
         contested_fit = fit_power_law(compute[contested], loss[contested])
         contested_optimal = allocation(contested)
+    joint, joint_note, iso, iso_note = _chinchilla(usable, n_boot=n_boot, seed=seed)
     by_id = {r["trial_id"]: r for r in pretrain if r.get("trial_id")}
     pairs = tuple(
         (by_id[f["parent_trial_id"]], f)
@@ -399,7 +411,33 @@ def analyse(
         finetune=pairs,
         fit_note=fit_note,
         ci_note=ci_note,
+        joint=joint,
+        joint_note=joint_note,
+        iso=iso,
+        iso_note=iso_note,
     )
+
+
+def _chinchilla(usable: Sequence[Mapping[str, Any]], n_boot: int, seed: int
+                ) -> tuple[JointLaw | None, str, IsoFLOP | None, str]:
+    """Approaches 3 and 2 over the runs at each cell's best LR, or why each cannot be fitted."""
+    runs, _ = law_rows(usable)
+    with_params = [r for r in runs if math.isfinite(r.get("params", math.nan)) and r["params"] > 0]
+    if len(with_params) < len(runs):
+        note = (f"{len(runs) - len(with_params)} of the {len(runs)} runs record no parameter count; "
+                "both need N for every run (the ledger's params column, or a params column in the CSV)")
+        return None, note, None, note
+    joint = iso = None
+    joint_note = iso_note = ""
+    try:
+        joint = fit_rows(runs, n_boot=n_boot, seed=seed)
+    except ScalingError as err:
+        joint_note = str(err)
+    try:
+        iso = isoflop_rows(runs, n_boot=n_boot, seed=seed)
+    except ScalingError as err:
+        iso_note = str(err)
+    return joint, joint_note, iso, iso_note
 
 
 def _excluded_text(excluded: Mapping[str, int]) -> str:
@@ -500,6 +538,52 @@ def plot_lr_vs_epochs(report: ScalingReport, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def plot_isoflop(report: ScalingReport, path: Path) -> None:
+    """Chinchilla's Fig. 3 (left and centre): loss against size at each compute level with its
+    parabola and minimum, and N_opt against compute with the fit."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    iso = report.iso
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    cmap = matplotlib.colormaps["viridis"]
+    shown = [p for p in iso.profiles if len(p.params) >= 2]
+    for i, p in enumerate(shown):
+        color = cmap(i / max(1, len(shown) - 1))
+        left.plot(p.params, p.loss, marker="o", linestyle="none", color=color, label=f"C = {p.compute:.3g}")
+        if p.coeffs is not None and p.n_opt is not None:
+            c0, c1, c2 = p.coeffs
+            xs = np.geomspace(min(p.params), max(p.params), 100)
+            lx = np.log(xs)
+            left.plot(xs, c0 + c1 * lx + c2 * lx * lx, color=color, linewidth=1)
+            left.axvline(p.n_opt, color=color, linestyle=":", linewidth=0.8)
+    left.set_xscale("log")
+    left.set_xlabel("parameters N")
+    left.set_ylabel("held-out loss at that compute")
+    left.set_title("IsoFLOP profiles")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=7)
+    found = [p for p in iso.profiles if p.n_opt is not None]
+    right.plot([p.compute for p in found], [p.n_opt for p in found], "ko", label="profile minima (approach 2)")
+    if found:
+        xs = np.geomspace(min(p.compute for p in found), max(p.compute for p in found), 100)
+        if iso.fit is not None:
+            right.plot(xs, iso.fit.predict(xs), "k--", label=f"N_opt = {iso.fit.a:.3g}·C^{iso.fit.b:.3f}")
+        law = report.joint
+        if law is not None and math.isfinite(law.k):
+            right.plot(xs, law.optimal(xs)[0], color="tab:red",
+                       label=f"approach 3: N* ∝ C^{law.a:.3f}")
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("training compute (FLOPs)")
+    right.set_ylabel("compute-optimal parameters")
+    right.set_title("Compute-optimal model size")
+    right.grid(True, which="both", alpha=0.3)
+    right.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+
+
 def plot_finetune_vs_compute(report: ScalingReport, path: Path) -> None:
     """[P1] Fig. 1: fine-tuned top-1 vs the pre-training compute of its parent run."""
     fig, ax = _figure()
@@ -577,6 +661,84 @@ def _fit_markdown(report: ScalingReport) -> list[str]:
     return lines
 
 
+def _iv(law: JointLaw, name: str, digits: str = ".4f") -> str:
+    iv = law.intervals.get(name)
+    return "" if iv is None else f" [{iv.low:{digits}}, {iv.high:{digits}}]"
+
+
+SAME_RATE_ANSWERS = {
+    "yes": "**yes**: the interval of a − b holds 0, so the runs cannot tell the two rates apart",
+    "size faster": "**no, the model size faster**: the interval of a − b lies above 0",
+    "data faster": "**no, the epochs (data) faster**: the interval of a − b lies below 0",
+    "unknown": "not answered: no bootstrap interval (--n-boot 0)",
+}
+
+
+def same_rate_sentence(law: JointLaw) -> str:
+    """[P1] §3's rule, answered from the joint law: should size and epochs grow at the same rate?"""
+    return (f"Should the model size and the epochs grow at the same rate ([P1]: yes)? "
+            f"N* ∝ C^{law.a:.3f}{_iv(law, 'a', '.3f')}, D* ∝ C^{law.b:.3f}{_iv(law, 'b', '.3f')}, "
+            f"a − b = {law.a - law.b:+.3f}{_iv(law, 'a_minus_b', '+.3f')}: {SAME_RATE_ANSWERS[law.same_rate()]}.")
+
+
+def _chinchilla_markdown(report: ScalingReport) -> list[str]:
+    lines = ["## Joint law L(N, D) (Chinchilla's approach 3)", ""]
+    law = report.joint
+    if law is None:
+        lines.append(f"Not fitted: {report.joint_note}.")
+    else:
+        unit = "examples seen" if law.data_unit == "examples" else "epochs (the rows record no images_seen)"
+        pct = f"{100 * law.level:g}%"
+        boot = (f"{pct} bootstrap intervals from {law.n_boot} resamples of the runs" if law.intervals
+                else "no intervals (--n-boot 0)")
+        lines += [
+            f"Fitted to {law.n} runs (every seed of each (variant, epochs) cell at its best LR), N the parameter "
+            f"count, D the {unit}; Huber loss (δ = 1e-3) on log L, summed, L-BFGS from a grid of starts; {boot}:",
+            "",
+            f"**{law.equation()}**",
+            "",
+            "| constant | value | interval |",
+            "|---|---|---|",
+        ]
+        for name, value in (("E", law.E), ("A", law.A), ("B", law.B), ("alpha", law.alpha), ("beta", law.beta),
+                            ("a = β/(α+β)", law.a), ("b = α/(α+β)", law.b)):
+            key = name.split(" ")[0]
+            lines.append(f"| {name} | {value:.4g} | {_iv(law, key, '.4g').strip() or '–'} |")
+        lines += ["", same_rate_sentence(law)]
+        if math.isfinite(law.k):
+            lines += ["", f"Under C = k·N·D with k = {law.k:.3g} FLOPs per parameter per example (the runs' median): "
+                      f"N*(C) = {law.G:.4g}·(C/k)^{law.a:.4f}."]
+    lines += ["", "## IsoFLOP profiles (Chinchilla's approach 2)", ""]
+    iso = report.iso
+    if iso is None:
+        lines.append(f"Not fitted: {report.iso_note}.")
+        return lines
+    lines += ["| compute (FLOPs) | sizes | N_opt | note |", "|---|---|---|---|"]
+    for p in iso.profiles:
+        n_opt = "–" if p.n_opt is None else f"{p.n_opt:.4g}"
+        lines.append(f"| {p.compute:.4g} | {len(p.params)} | {n_opt} | {p.note or ''} |")
+    lines.append("")
+    if iso.fit is None:
+        lines.append(f"No fit of N_opt against C: {iso.note}.")
+        return lines
+    interval = "" if iso.interval is None else (
+        f" ({100 * iso.level:g}% bootstrap interval of a [{iso.interval[0]:.4f}, {iso.interval[1]:.4f}], "
+        f"{iso.n_boot} resamples of the {'runs within each cell' if iso.method == 'runs' else 'levels'})")
+    lines.append(f"**N_opt = {iso.fit.a:.4g} · C^{iso.fit.b:.4f}**{interval}, R² = {iso.fit.r2:.4f}, "
+                 f"{iso.fit.n} levels.")
+    if iso.note:
+        lines.append(f"- note: {iso.note}")
+    if report.joint is not None:
+        law = report.joint
+        agree = ""
+        if law.intervals.get("a") is not None and iso.interval is not None:
+            lo, hi = law.intervals["a"].low, law.intervals["a"].high
+            overlap = max(lo, iso.interval[0]) <= min(hi, iso.interval[1])
+            agree = ": the intervals " + ("overlap" if overlap else "do not overlap")
+        lines.append(f"- approach 3 gives a = {law.a:.4f}{_iv(law, 'a')}, approach 2 a = {iso.fit.b:.4f}{agree}")
+    return lines
+
+
 def summary_markdown(report: ScalingReport, notes: Sequence[str]) -> str:
     opt = report.optimal
     lines = [
@@ -629,6 +791,7 @@ def summary_markdown(report: ScalingReport, notes: Sequence[str]) -> str:
             f = getattr(co, name)
             lines.append(f"- {label}: " + ("not fitted" if f is None else
                                             f"{f.a:.4g} · C^{f.b:.4f} (R² = {f.r2:.3f}, {f.n} points)"))
+    lines += ["", *_chinchilla_markdown(report)]
     lines += ["", "## Optimal learning rate", ""]
     table = report.lr_table
     if not table.cells:
@@ -675,6 +838,35 @@ def _fit_dict(f: Fit | None) -> dict[str, Any] | None:
     return None if f is None else {"coefficient": f.a, "exponent": f.b, "r2": f.r2, "n": f.n}
 
 
+def _joint_json(report: ScalingReport) -> dict[str, Any]:
+    law = report.joint
+    if law is None:
+        return {"fitted": False, "note": report.joint_note}
+    return {
+        "fitted": True, "E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha, "beta": law.beta,
+        "a": law.a, "b": law.b, "G": law.G, "k": law.k, "n": law.n, "data_unit": law.data_unit,
+        "objective": law.objective, "level": law.level, "n_boot": law.n_boot,
+        "intervals": {name: iv.as_list() for name, iv in law.intervals.items()},
+        "same_rate": law.same_rate(),
+    }
+
+
+def _iso_json(report: ScalingReport) -> dict[str, Any]:
+    iso = report.iso
+    if iso is None:
+        return {"fitted": False, "note": report.iso_note}
+    return {
+        "fitted": iso.fit is not None,
+        "a": iso.a,
+        "coefficient": None if iso.fit is None else iso.fit.a,
+        "r2": None if iso.fit is None else iso.fit.r2,
+        "interval": None if iso.interval is None else list(iso.interval),
+        "level": iso.level, "n_boot": iso.n_boot, "resampled": iso.method or None, "note": iso.note or None,
+        "profiles": [{"compute": p.compute, "params": list(p.params), "loss": list(p.loss), "n_opt": p.n_opt,
+                      "note": p.note or None} for p in iso.profiles],
+    }
+
+
 def report_json(
     report: ScalingReport,
     outputs: Mapping[str, str],
@@ -718,6 +910,8 @@ def report_json(
                 "params": _fit_dict(report.contested_optimal.params),
                 "epochs": _fit_dict(report.contested_optimal.epochs),
             },
+            "joint_law": _joint_json(report),
+            "isoflop": _iso_json(report),
             "lr_table": [
                 {"variant": c.variant, "epochs": c.epochs, "lr": c.lr, "val_loss": c.val_loss, "n_lrs": c.n_lrs,
                  "measured": c.measured}
@@ -763,6 +957,11 @@ def write_tensorboard(logdir: Path, images: Sequence[Path], markdown: str, repor
             f = getattr(report.optimal, name)
             if f is not None:
                 writer.add_scalar(f"scaling/{name}_exponent", f.b, global_step=0)
+        if report.joint is not None:
+            for name in ("E", "A", "B", "alpha", "beta", "a", "b"):
+                writer.add_scalar(f"joint_law/{name}", getattr(report.joint, name), global_step=0)
+        if report.iso is not None and report.iso.fit is not None:
+            writer.add_scalar("isoflop/a", report.iso.fit.b, global_step=0)
     finally:
         writer.close()
 
@@ -888,6 +1087,12 @@ def run(args: argparse.Namespace) -> int:
         notes.append(f"`{LR_PLOT}`: optimal LR vs epoch budget")
     else:
         skipped.append(f"{LR_PLOT} skipped: no runs record a learning rate")
+    if report.iso is not None and any(p.n_opt is not None for p in report.iso.profiles):
+        plot_isoflop(report, out / ISOFLOP_PLOT)
+        images.append(out / ISOFLOP_PLOT)
+        notes.append(f"`{ISOFLOP_PLOT}`: IsoFLOP profiles and the compute-optimal model size (approaches 2 and 3)")
+    else:
+        skipped.append(f"{ISOFLOP_PLOT} skipped: no IsoFLOP profile with an interior minimum")
     if report.finetune:
         plot_finetune_vs_compute(report, out / FINETUNE_PLOT)
         images.append(out / FINETUNE_PLOT)
@@ -940,6 +1145,13 @@ def console_summary(report: ScalingReport) -> list[str]:
     lines = [head + f"{fit.equation()}  ({interval}R² {fit.r2:.4f}, {fit.n} points)"]
     if report.ci_note:
         lines.append(f"note: {report.ci_note}")
+    law = report.joint
+    if law is not None:
+        lines.append(f"joint law: {law.equation()}; a = {law.a:.3f}{_iv(law, 'a', '.3f')}, "
+                     f"b = {law.b:.3f}{_iv(law, 'b', '.3f')}; size and epochs at the same rate: {law.same_rate()}")
+    if report.iso is not None and report.iso.fit is not None:
+        iv = report.iso.interval
+        lines.append(f"IsoFLOP: N_opt ∝ C^{report.iso.fit.b:.3f}" + ("" if iv is None else f" [{iv[0]:.3f}, {iv[1]:.3f}]"))
     return lines
 
 

@@ -75,7 +75,7 @@ def write_ledger(directory: Path, rows: list[dict]) -> Path:
 
 
 def report_json(capsys, *args: str) -> dict:
-    assert main([*args, "--json", "--n-boot", "200"]) == 0
+    assert main([*args, "--json", "--n-boot", "100"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     return json.loads(out)
@@ -149,6 +149,17 @@ def test_json_numbers_from_csv(tmp_path, capsys):
     assert result["size_order"] == ["nano", "tiny", "small"]
     assert result["excluded"] == {}
     assert any("finetune_vs_compute.png skipped" in s for s in result["skipped"])
+    # The joint law L(N, D) over each cell's best-LR run: the surface's own constants
+    # (D counted in epochs, since the CSV has no images_seen: B changes, the exponents do not).
+    law = result["joint_law"]
+    assert law["fitted"] and law["data_unit"] == "epochs" and law["n"] == len(VARIANTS) * len(EPOCHS)
+    assert law["alpha"] == pytest.approx(0.3, rel=0.01) and law["beta"] == pytest.approx(0.3, rel=0.01)
+    assert law["E"] == pytest.approx(0.2, rel=0.01)
+    assert law["B"] == pytest.approx(60 * IMAGES_PER_EPOCH**-0.3, rel=0.05)
+    assert law["a"] == pytest.approx(0.5, abs=0.01) and law["same_rate"] == "yes"
+    for name in ("E", "A", "B", "alpha", "beta", "a", "b", "a_minus_b"):
+        low, high = law["intervals"][name]
+        assert low <= high
 
 
 def test_fit_on_all_points_uses_every_cell(tmp_path, capsys):
@@ -179,7 +190,8 @@ def test_ledger_report_excludes_bad_runs_and_plots_finetuning(tmp_path, capsys):
     assert result["excluded"] == {"diverged": 1, "stopped": 1}
     assert "stopped" not in [p["trial_id"] for p in result["frontier"]]
     assert "nano-w0.5" in result["size_order"]
-    assert result["skipped"] == []
+    # Four sizes, but half-width nano ran one epoch budget: no profile has a size each side of its lowest loss.
+    assert result["skipped"] == ["isoflop.png skipped: no IsoFLOP profile with an interior minimum"]
     data = (out / "finetune_vs_compute.png").read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 20_000
     assert "fine-tuned top-1 vs pre-training compute (fine-tuned runs: 3)" in (out / "summary.md").read_text()
@@ -287,7 +299,7 @@ def test_csv_finetune_rows_link_to_parents(tmp_path, capsys):
     orphan = dict(finetune, trial_id="orphan", parent_trial_id="no-such-trial")
     source = write_csv(tmp_path / "runs.csv", [*runs, finetune, orphan])
     result = report_json(capsys, "--csv", str(source), "--out", str(tmp_path / "r"))
-    assert result["skipped"] == []
+    assert result["skipped"] == ["isoflop.png skipped: no IsoFLOP profile with an interior minimum"]
     assert "(fine-tuned runs: 1)" in (tmp_path / "r" / "summary.md").read_text()
     assert (tmp_path / "r" / "finetune_vs_compute.png").read_bytes().startswith(PNG_MAGIC)
 
