@@ -49,6 +49,7 @@ class Profile:
     curvature: float | None  # the parabola's coefficient of (log N)²
     coeffs: tuple[float, float, float] | None  # L = c0 + c1·log N + c2·(log N)² (None: not fitted)
     note: str = ""
+    fitted: tuple[float, ...] = ()  # the sizes the parabola went through
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,11 @@ def _profile(log_c: float, curves: Mapping[float, tuple[np.ndarray, np.ndarray]]
     c2, c1, c0 = np.polyfit(x, np.array(losses[lo:hi]), 2)
     if c2 <= 0:
         return Profile(**base, n_opt=None, curvature=float(c2), coeffs=(float(c0), float(c1), float(c2)),
-                       note="the parabola through the lowest points opens downwards: no minimum")
+                       note="the parabola through the lowest points opens downwards: no minimum",
+                       fitted=tuple(sizes[lo:hi]))
     vertex = -c1 / (2 * c2)
     return Profile(**base, n_opt=float(math.exp(vertex)), curvature=float(c2),
-                   coeffs=(float(c0), float(c1), float(c2)))
+                   coeffs=(float(c0), float(c1), float(c2)), fitted=tuple(sizes[lo:hi]))
 
 
 def _cells(runs: Sequence[tuple[float, float, float, float]]) -> tuple[dict, dict]:

@@ -554,7 +554,7 @@ def plot_isoflop(report: ScalingReport, path: Path) -> None:
         left.plot(p.params, p.loss, marker="o", linestyle="none", color=color, label=f"C = {p.compute:.3g}")
         if p.coeffs is not None and p.n_opt is not None:
             c0, c1, c2 = p.coeffs
-            xs = np.geomspace(min(p.params), max(p.params), 100)
+            xs = np.geomspace(min(p.fitted), max(p.fitted), 100)
             lx = np.log(xs)
             left.plot(xs, c0 + c1 * lx + c2 * lx * lx, color=color, linewidth=1)
             left.axvline(p.n_opt, color=color, linestyle=":", linewidth=0.8)
