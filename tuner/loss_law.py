@@ -21,12 +21,15 @@ Scaling: A replication attempt") corrected:
   paired, percentile, ≥ 1,000 resamples), each resample refitted from the full
   fit's optimum and the best (on the resample) of the full fit's grid starts.
 
-From the fit, the compute-optimal allocation under C = k·N·D (k: FLOPs per
-parameter per example, Chinchilla's 6; here the median of the runs' compute/(N·D)):
-N*(C) = G·(C/k)^a, D*(C) = (C/k)^b / G with a = β/(α+β), b = α/(α+β) and
-G = (αA/(βB))^(1/(α+β)). The paper's rule "scale the model size and the epochs
-at the same rate" ([P1] §3) is a = b (= 1/2): `same_rate` answers it from the
-interval of a − b.
+From the fit, the compute-optimal allocation. Chinchilla's, under C ∝ N·D: N* ∝ C^a,
+D* ∝ C^b with a = β/(α+β), b = α/(α+β). A convnet's FLOPs per example need not
+grow as its parameter count (at 16 px the stem and the early stages dominate, and
+nano to small is 37× the parameters for 4× the FLOPs), so the cost of the runs is
+also fitted, C = k·N^γ·D by least squares in log space, and the allocation under
+measured FLOPs is N* ∝ C^(β/(α+γβ)), D* ∝ C^(α/(α+γβ)) (`a_flops`, `b_flops`;
+the same as a and b when γ = 1). The paper's rule "scale the model size and the
+epochs at the same rate" ([P1] §3) is a = b, i.e. α = β, whatever γ: `same_rate`
+answers it from the interval of a − b.
 
 Pure numpy and scipy; no Ray.
 """
@@ -154,7 +157,8 @@ class JointLaw:
     beta: float
     n: int  # runs fitted
     objective: float  # summed Huber loss at the optimum
-    k: float  # FLOPs per parameter per example (median compute / (N·D)); NaN without compute
+    k: float  # C = k·N^γ·D: the runs' cost law (NaN, and γ 1, without compute)
+    gamma: float
     data_unit: str  # what D counts: "examples" or "epochs"
     intervals: dict[str, Interval]  # E, A, B, alpha, beta, a, b, a_minus_b; empty without a bootstrap
     level: float
@@ -171,18 +175,26 @@ class JointLaw:
         return self.alpha / (self.alpha + self.beta)
 
     @property
-    def G(self) -> float:
-        return (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
+    def a_flops(self) -> float:
+        """N*(C) ∝ C^a_flops with C the runs' FLOPs (C = k·N^γ·D)."""
+        return self.beta / (self.alpha + self.gamma * self.beta)
+
+    @property
+    def b_flops(self) -> float:
+        """D*(C) ∝ C^b_flops with C the runs' FLOPs."""
+        return self.alpha / (self.alpha + self.gamma * self.beta)
 
     def predict(self, N: np.ndarray | float, D: np.ndarray | float) -> np.ndarray:
         N, D = np.asarray(N, dtype=np.float64), np.asarray(D, dtype=np.float64)
         return self.E + self.A / N**self.alpha + self.B / D**self.beta
 
     def optimal(self, compute: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
-        """(N*, D*) for a compute budget, under C = k·N·D."""
-        nd = np.asarray(compute, dtype=np.float64) / self.k
-        n_opt = self.G * nd**self.a
-        return n_opt, nd / n_opt
+        """(N*, D*) minimising the law at a compute budget, under C = k·N^γ·D:
+        N*^(α+γβ) = αA/(γβB) · (C/k)^β."""
+        budget = np.asarray(compute, dtype=np.float64) / self.k
+        scale = self.alpha * self.A / (self.gamma * self.beta * self.B)
+        n_opt = (scale * budget**self.beta) ** (1.0 / (self.alpha + self.gamma * self.beta))
+        return n_opt, budget / n_opt**self.gamma
 
     def same_rate(self) -> str:
         """Whether size and data should grow at the same rate: "yes", "size faster",
@@ -199,16 +211,25 @@ class JointLaw:
         return (f"L = {self.E:.4g} + {self.A:.4g}/N^{self.alpha:.4f} + {self.B:.4g}/{unit}^{self.beta:.4f}")
 
 
-def _constants(theta: np.ndarray) -> np.ndarray:
-    """(E, A, B, α, β, a, b, a − b) from θ = (a, b, e, α, β)."""
+def _constants(theta: np.ndarray, gamma: float) -> np.ndarray:
+    """(E, A, B, α, β, a, b, a − b, a_flops, b_flops) from θ = (a, b, e, α, β) and the cost law's γ."""
     la, lb, le, alpha, beta = theta
-    total = alpha + beta
+    total, flops = alpha + beta, alpha + gamma * beta
     share_n = beta / total if total > 0 else math.nan
     share_d = alpha / total if total > 0 else math.nan
-    return np.array([math.exp(le), math.exp(la), math.exp(lb), alpha, beta, share_n, share_d, share_n - share_d])
+    return np.array([math.exp(le), math.exp(la), math.exp(lb), alpha, beta, share_n, share_d, share_n - share_d,
+                     beta / flops if flops > 0 else math.nan, alpha / flops if flops > 0 else math.nan])
 
 
-CONSTANTS = ("E", "A", "B", "alpha", "beta", "a", "b", "a_minus_b")
+CONSTANTS = ("E", "A", "B", "alpha", "beta", "a", "b", "a_minus_b", "a_flops", "b_flops")
+
+
+def cost_law(x: np.ndarray, y: np.ndarray, lc: np.ndarray) -> tuple[float, float]:
+    """(γ, log k) of C = k·N^γ·D, by least squares of log(C/D) on log N."""
+    if np.ptp(x) <= 0:
+        return 1.0, float(np.mean(lc - y - x))
+    gamma, log_k = np.polyfit(x, lc - y, 1)
+    return float(gamma), float(log_k)
 
 
 def check_runs(N: np.ndarray, D: np.ndarray, L: np.ndarray) -> None:
@@ -281,29 +302,34 @@ def _fit_joint_law(
             f"the joint law's fit is degenerate (α = {theta[3]:.3g}, β = {theta[4]:.3g}): the loss does not fall "
             "as a power of both size and data over these runs; add runs that vary each over a wider range"
         )
-    k = math.nan
-    if compute is not None:
+    if compute is None:
+        lc = x + y  # no cost recorded: C ∝ N·D, k unknown
+        gamma, k = 1.0, math.nan
+    else:
         c = np.asarray(compute, dtype=np.float64)
-        ratio = c / (N * D)
-        ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
-        k = float(np.median(ratio)) if ratio.size else math.nan
+        if c.shape != N.shape or not np.all(np.isfinite(c) & (c > 0)):
+            raise ScalingError("the joint law's compute must be finite and positive for every run")
+        lc = np.log(c)
+        gamma, log_k = cost_law(x, y, lc)
+        k = math.exp(log_k)
 
     intervals: dict[str, Interval] = {}
     fitted = 0
     if n_boot:
-        def statistic(bx: np.ndarray, by: np.ndarray, bl: np.ndarray) -> np.ndarray:
+        def statistic(bx: np.ndarray, by: np.ndarray, bl: np.ndarray, bc: np.ndarray) -> np.ndarray:
             boot_starts = np.vstack([theta[None, :], _best_starts(best_starts, bx, by, bl, delta, BOOT_STARTS - 1)])
-            return _constants(_minimise(bx, by, bl, boot_starts, delta)[0])
+            return _constants(_minimise(bx, by, bl, boot_starts, delta)[0], cost_law(bx, by, bc)[0])
 
-        res = stats.bootstrap((x, y, ll), statistic, paired=True, vectorized=False, n_resamples=n_boot,
+        res = stats.bootstrap((x, y, ll, lc), statistic, paired=True, vectorized=False, n_resamples=n_boot,
                               confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
         dist = np.asarray(res.bootstrap_distribution)
         fitted = int(np.isfinite(dist).all(axis=0).sum())
         low, high = np.asarray(res.confidence_interval.low), np.asarray(res.confidence_interval.high)
         intervals = {name: Interval(float(lo), float(hi)) for name, lo, hi in zip(CONSTANTS, low, high)}
-    E, A, B, alpha, beta = _constants(theta)[:5]
+    E, A, B, alpha, beta = _constants(theta, gamma)[:5]
     return JointLaw(E=float(E), A=float(A), B=float(B), alpha=float(alpha), beta=float(beta), n=int(N.size),
-                    objective=value, k=k, data_unit=data_unit, intervals=intervals, level=level, n_boot=fitted)
+                    objective=value, k=k, gamma=gamma, data_unit=data_unit, intervals=intervals, level=level,
+                    n_boot=fitted)
 
 
 def law_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], str]:

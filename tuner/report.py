@@ -573,7 +573,7 @@ def plot_isoflop(report: ScalingReport, path: Path) -> None:
         law = report.joint
         if law is not None and math.isfinite(law.k):
             right.plot(xs, law.optimal(xs)[0], color="tab:red",
-                       label=f"approach 3: N* ∝ C^{law.a:.3f}")
+                       label=f"approach 3: N* ∝ C^{law.a_flops:.3f}")
     right.set_xscale("log")
     right.set_yscale("log")
     right.set_xlabel("training compute (FLOPs)")
@@ -706,8 +706,10 @@ def _chinchilla_markdown(report: ScalingReport) -> list[str]:
             lines.append(f"| {name} | {value:.4g} | {_iv(law, key, '.4g').strip() or '–'} |")
         lines += ["", same_rate_sentence(law)]
         if math.isfinite(law.k):
-            lines += ["", f"Under C = k·N·D with k = {law.k:.3g} FLOPs per parameter per example (the runs' median): "
-                      f"N*(C) = {law.G:.4g}·(C/k)^{law.a:.4f}."]
+            lines += ["", f"The runs' cost: C = {law.k:.3g}·N^{law.gamma:.3f}·D FLOPs (least squares in log space; "
+                      "Chinchilla's C = 6·N·D has γ = 1). Against these FLOPs the compute-optimal split is "
+                      f"N* ∝ C^{law.a_flops:.3f}{_iv(law, 'a_flops', '.3f')}, "
+                      f"D* ∝ C^{law.b_flops:.3f}{_iv(law, 'b_flops', '.3f')}."]
     lines += ["", "## IsoFLOP profiles (Chinchilla's approach 2)", ""]
     iso = report.iso
     if iso is None:
@@ -731,11 +733,12 @@ def _chinchilla_markdown(report: ScalingReport) -> list[str]:
     if report.joint is not None:
         law = report.joint
         agree = ""
-        if law.intervals.get("a") is not None and iso.interval is not None:
-            lo, hi = law.intervals["a"].low, law.intervals["a"].high
+        if law.intervals.get("a_flops") is not None and iso.interval is not None:
+            lo, hi = law.intervals["a_flops"].low, law.intervals["a_flops"].high
             overlap = max(lo, iso.interval[0]) <= min(hi, iso.interval[1])
             agree = ": the intervals " + ("overlap" if overlap else "do not overlap")
-        lines.append(f"- approach 3 gives a = {law.a:.4f}{_iv(law, 'a')}, approach 2 a = {iso.fit.b:.4f}{agree}")
+        lines.append(f"- approach 3 gives N* ∝ C^{law.a_flops:.4f}{_iv(law, 'a_flops')} against the runs' FLOPs, "
+                     f"approach 2 C^{iso.fit.b:.4f}{agree}")
     return lines
 
 
@@ -844,7 +847,8 @@ def _joint_json(report: ScalingReport) -> dict[str, Any]:
         return {"fitted": False, "note": report.joint_note}
     return {
         "fitted": True, "E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha, "beta": law.beta,
-        "a": law.a, "b": law.b, "G": law.G, "k": law.k, "n": law.n, "data_unit": law.data_unit,
+        "a": law.a, "b": law.b, "a_flops": law.a_flops, "b_flops": law.b_flops, "k": law.k, "gamma": law.gamma,
+        "n": law.n, "data_unit": law.data_unit,
         "objective": law.objective, "level": law.level, "n_boot": law.n_boot,
         "intervals": {name: iv.as_list() for name, iv in law.intervals.items()},
         "same_rate": law.same_rate(),

@@ -36,7 +36,7 @@ def test_noiseless_runs_give_back_chinchillas_constants():
     for name in ("E", "alpha", "beta"):
         assert getattr(law, name) == pytest.approx(TRUE[name], rel=0.01), name
     assert law.A == pytest.approx(A, rel=0.01) and law.B == pytest.approx(B, rel=0.01)
-    assert law.k == pytest.approx(6.0)
+    assert law.k == pytest.approx(6.0) and law.gamma == pytest.approx(1.0) and law.a_flops == pytest.approx(law.a)
     # The compute-optimal allocation: a = β/(α+β), and N*·D* spends the budget.
     assert law.a == pytest.approx(TRUE["a"], rel=1e-3) and law.a + law.b == pytest.approx(1.0)
     n_opt, d_opt = law.optimal(1e21)
@@ -170,3 +170,22 @@ def test_report_carries_both_approaches_from_a_ledger(tmp_path, capsys):
     assert "**no, the epochs (data) faster**" in summary
     assert "## IsoFLOP profiles (Chinchilla's approach 2)" in summary
     assert (out / "isoflop.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_cost_law_other_than_6nd_moves_the_allocation_against_flops():
+    """A convnet's FLOPs per example grow slower than its parameters: C = k·N^γ·D with γ < 1."""
+    n, d, loss, _ = chinchilla_grid(12, 12)
+    compute = 3.0 * n**0.5 * d
+    law = fit_joint_law(n, d, loss, compute, n_boot=0)
+    assert law.gamma == pytest.approx(0.5) and law.k == pytest.approx(3.0)
+    assert law.a == pytest.approx(TRUE["a"], rel=1e-3)  # Chinchilla's split is of N·D, unchanged
+    assert law.a_flops == pytest.approx(BETA / (ALPHA + 0.5 * BETA), rel=1e-3)
+    # N* is the law's lowest point along the measured iso-FLOP curve ...
+    budget = 1e15
+    n_opt, d_opt = law.optimal(budget)
+    assert 3.0 * n_opt**0.5 * d_opt == pytest.approx(budget)
+    sizes = np.geomspace(n_opt / 10, n_opt * 10, 4001)
+    assert sizes[np.argmin(law.predict(sizes, budget / (3.0 * sizes**0.5)))] == pytest.approx(n_opt, rel=0.01)
+    # ... and IsoFLOP profiles over those FLOPs find the same exponent.
+    iso = isoflop(list(zip(n, d, compute, loss)), n_boot=0)
+    assert iso.a == pytest.approx(law.a_flops, abs=0.02)
