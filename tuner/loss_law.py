@@ -74,6 +74,9 @@ MAX_EXPONENT = 10.0
 # scipy's default gradient tolerance (1e-5), which would stop it at the start.
 # a − b within this of 0 is 0 (noiseless runs give an interval of width ~1e-10 around it).
 SAME_RATE_TOL = 1e-6
+# An interval of a − b (which lies in [−1, 1]) wider than this holds 0 for want of
+# runs, not as evidence: a and b are each uncertain by more than ±0.125.
+UNDETERMINED_WIDTH = 0.5
 LBFGS_OPTIONS = {"maxiter": 10_000, "ftol": 1e-15, "gtol": 1e-12, "maxcor": 20}
 
 
@@ -197,13 +200,14 @@ class JointLaw:
         return n_opt, budget / n_opt**self.gamma
 
     def same_rate(self) -> str:
-        """Whether size and data should grow at the same rate: "yes", "size faster",
-        "data faster" (from the interval of a − b), or "unknown" without an interval."""
+        """Whether size and data should grow at the same rate, from the interval of a − b:
+        "yes" (it holds 0), "undetermined" (it holds 0 but is wider than
+        UNDETERMINED_WIDTH), "size faster", "data faster", or "unknown" without one."""
         iv = self.intervals.get("a_minus_b")
         if iv is None:
             return "unknown"
         if iv.low <= SAME_RATE_TOL and iv.high >= -SAME_RATE_TOL:
-            return "yes"
+            return "undetermined" if iv.high - iv.low > UNDETERMINED_WIDTH else "yes"
         return "size faster" if iv.low > 0 else "data faster"
 
     def equation(self) -> str:

@@ -671,6 +671,8 @@ SAME_RATE_ANSWERS = {
     "size faster": "**no, the model size faster**: the interval of a − b lies above 0",
     "data faster": "**no, the epochs (data) faster**: the interval of a − b lies below 0",
     "unknown": "not answered: no bootstrap interval (--n-boot 0)",
+    "undetermined": "**undetermined**: the interval of a − b holds 0 but is too wide to say so (over 0.5): "
+                    "the runs cannot tell; more model sizes and epoch budgets would",
 }
 
 

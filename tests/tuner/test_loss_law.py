@@ -189,3 +189,11 @@ def test_a_cost_law_other_than_6nd_moves_the_allocation_against_flops():
     # ... and IsoFLOP profiles over those FLOPs find the same exponent.
     iso = isoflop(list(zip(n, d, compute, loss)), n_boot=0)
     assert iso.a == pytest.approx(law.a_flops, abs=0.02)
+
+
+def test_a_wide_interval_is_undetermined_not_yes():
+    n, d, loss, compute = chinchilla_grid(3, 3, noise=0.05, seed=4)
+    law = fit_joint_law(n, d, loss, compute, n_boot=200, seed=0)
+    iv = law.intervals["a_minus_b"]
+    assert iv.contains(0.0) and iv.high - iv.low > 0.5
+    assert law.same_rate() == "undetermined"
