@@ -33,8 +33,8 @@ SEEDS_LEDGER=$OUT/seeds-ledger
 WALK_LEDGER=$OUT/walk-ledger
 FINETUNE_TOP_K=5
 mkdir -p "$OUT/walk"
-stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
-json_get() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+# stamp, json_get and run_grid (a grid continued until its ledger holds every cell).
+source benchmarks/study_stages.sh
 
 # The study's cells are the grid preset's.
 plan=$("$PY" -m tuner.sweep --preset "$GRID_PRESET" --grid --dry-run --json)
@@ -49,45 +49,6 @@ if [ -n "${STUDY_FROM:-}" ]; then
         fi
     done
 fi
-
-# A grid with tuner.sweep until its ledger holds every cell. An interrupted sweep
-# (Ctrl-C, a stopped driver) exits 0 too, so what is left is read off the ledger
-# (what --skip-recorded would run). An unfinished experiment is first resumed from
-# Ray's state (its trials continue from their checkpoints); cells still missing (a
-# grid that grew, trials that failed after their retries, an experiment directory
-# that is gone) run as a new experiment NAME-2, NAME-3, ... with --skip-recorded.
-# run_grid NAME PRESET LEDGER [more tuner.sweep flags]
-run_grid() {
-    local name=$1 preset=$2 ledger=$3
-    shift 3
-    left() {
-        "$PY" -m tuner.sweep --preset "$preset" --grid --skip-recorded --ledger "$ledger" "$@" --dry-run --json |
-            json_get 'd["num_samples"]'
-    }
-    local n
-    n=$(left "$@")
-    if [ "$n" != "0" ] && [ -d "$OUT/$name" ] && [ ! -f "$OUT/$name/.ended" ]; then
-        stamp "$name: $n cell(s) left; tuner.sweep --resume"
-        "$PY" -m tuner.sweep --name "$name" --storage "$OUT" --resume
-        touch "$OUT/$name/.ended"
-        n=$(left "$@")
-    fi
-    if [ "$n" != "0" ]; then
-        local part=$name i=1
-        while [ -d "$OUT/$part" ]; do i=$((i + 1)); part="$name-$i"; done
-        stamp "$part: $n cell(s) left; tuner.sweep --preset $preset --grid --skip-recorded $*"
-        "$PY" -m tuner.sweep --preset "$preset" --grid --skip-recorded --name "$part" --storage "$OUT" \
-            --ledger "$ledger" "$@"
-        touch "$OUT/$part/.ended"
-        n=$(left "$@")
-    fi
-    if [ "$n" != "0" ]; then
-        echo "error: $name's ledger lacks $n cell(s) (interrupted, or trials failed after their retries);" \
-             "rerun this script to continue" >&2
-        exit 1
-    fi
-    stamp "$name: every cell is in $ledger"
-}
 
 # (1) The grid: every model x epoch budget x LR of the preset, every run to its end.
 run_grid cpu-scaling-grid "$GRID_PRESET" "$GRID_LEDGER"
