@@ -59,6 +59,7 @@ from tuner.scaling import (
     ComputeOptimal,
     Fit,
     LRTable,
+    LRTrend,
     MIN_FIT_POINTS,
     ScalingError,
     best_per_cell,
@@ -67,6 +68,7 @@ from tuner.scaling import (
     compute_optimal,
     fit_power_law,
     frontier,
+    lr_trend,
     optimal_lr_table,
     size_order,
     uncontested,
@@ -236,6 +238,9 @@ class ScalingReport:
     # Approach 2, IsoFLOP profiles over the same runs (tuner/isoflop.py); None with iso_note saying why.
     iso: IsoFLOP | None = None
     iso_note: str = ""
+    # Does the optimal LR fall with epochs and with size: slopes with intervals (scaling.lr_trend).
+    trend: LRTrend | None = None
+    trend_note: str = ""
 
 
 def _exclusion_reason(row: Mapping[str, Any]) -> str | None:
@@ -379,6 +384,11 @@ def analyse(
         contested_fit = fit_power_law(compute[contested], loss[contested])
         contested_optimal = allocation(contested)
     joint, joint_note, iso, iso_note = _chinchilla(usable, n_boot=n_boot, seed=seed)
+    trend, trend_note = None, ""
+    try:
+        trend = lr_trend(usable, n_boot=n_boot, seed=seed)
+    except ScalingError as err:
+        trend_note = str(err)
     by_id = {r["trial_id"]: r for r in pretrain if r.get("trial_id")}
     pairs = tuple(
         (by_id[f["parent_trial_id"]], f)
@@ -415,6 +425,8 @@ def analyse(
         joint_note=joint_note,
         iso=iso,
         iso_note=iso_note,
+        trend=trend,
+        trend_note=trend_note,
     )
 
 
@@ -683,6 +695,27 @@ def same_rate_sentence(law: JointLaw) -> str:
             f"a − b = {law.a - law.b:+.3f}{_iv(law, 'a_minus_b', '+.3f')}: {SAME_RATE_ANSWERS[law.same_rate()]}.")
 
 
+def _trend_markdown(report: ScalingReport) -> list[str]:
+    t = report.trend
+    if t is None:
+        return [f"Trend of the optimal LR: not fitted: {report.trend_note}."]
+    lines = [f"Trend of the optimal LR over the {t.cells} cells run at ≥ 3 LRs ([P1] Fig. 3: it falls slowly "
+             "with both): log2 lr* fitted on log2 epochs and log2 params; a slope is the change of log2 lr* per "
+             f"doubling, with its {100 * t.level:g}% bootstrap interval over cells and seeds ({t.n_boot} resamples).",
+             ""]
+    for factor, label in (("epochs", "epoch budget"), ("size", "model size")):
+        if factor not in t.slopes:
+            lines.append(f"- with the {label}: not measured (one value in the cells)")
+            continue
+        iv = t.intervals.get(factor)
+        interval = "" if iv is None else f" [{iv[0]:+.3f}, {iv[1]:+.3f}]"
+        lines.append(f"- with the {label}: slope {t.slopes[factor]:+.3f}{interval}: **{t.verdict(factor)}**")
+    if t.censored:
+        lines.append(f"- {t.censored} cell(s) had their best loss at the smallest or largest LR tried: their "
+                     "optimum may lie beyond, and the slopes are pulled toward the LRs tried")
+    return lines
+
+
 def _chinchilla_markdown(report: ScalingReport) -> list[str]:
     lines = ["## Joint law L(N, D) (Chinchilla's approach 3)", ""]
     law = report.joint
@@ -821,6 +854,7 @@ def summary_markdown(report: ScalingReport, notes: Sequence[str]) -> str:
                                          list(table.not_measured_in_size.get(e, ())))
             for e, a in table.monotone_in_size.items()
         ]
+    lines += ["", *_trend_markdown(report)]
     lines += ["", "## Plots", ""]
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -917,6 +951,13 @@ def report_json(
                 "epochs": _fit_dict(report.contested_optimal.epochs),
             },
             "joint_law": _joint_json(report),
+            "lr_trend": None if report.trend is None else {
+                "slopes": report.trend.slopes,
+                "intervals": {f: list(iv) for f, iv in report.trend.intervals.items()},
+                "verdicts": {f: report.trend.verdict(f) for f in ("epochs", "size")},
+                "cells": report.trend.cells, "censored": report.trend.censored, "n_boot": report.trend.n_boot,
+            },
+            "lr_trend_note": report.trend_note or None,
             "isoflop": _iso_json(report),
             "lr_table": [
                 {"variant": c.variant, "epochs": c.epochs, "lr": c.lr, "val_loss": c.val_loss, "n_lrs": c.n_lrs,

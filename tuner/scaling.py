@@ -409,3 +409,129 @@ def best_per_cell(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         if key not in best or loss < float(best[key]["val_loss"]):
             best[key] = row
     return sorted(best.values(), key=lambda r: (float(r["compute"]), str(r["variant"])))
+
+
+@dataclass(frozen=True)
+class LRTrend:
+    """log2(optimal LR) = c + s_epochs·log2(epochs) + s_size·log2(params), over cells.
+
+    A cell's optimum is the vertex of the parabola in log2 LR through its best LR (lowest
+    mean loss over seeds) and that LR's two neighbours, or the best LR itself where it is
+    the smallest or largest one tried (`censored`: the optimum may lie beyond). Slopes are
+    per doubling: −0.1 means the optimal LR falls by 2^−0.1 = 7% each time the budget
+    (or the model) doubles. Intervals are percentile bootstraps that resample the cells
+    and, within each cell and LR, its seeds.
+    """
+
+    slopes: dict[str, float]  # "epochs", "size": absent where that factor does not vary
+    intervals: dict[str, tuple[float, float]]
+    cells: int
+    censored: int  # cells whose optimum is an end of the LRs tried
+    level: float
+    n_boot: int
+
+    def verdict(self, factor: str) -> str:
+        """"falls", "rises" or "flat within noise" (the interval holds 0); "not measured"."""
+        if factor not in self.slopes:
+            return "not measured"
+        iv = self.intervals.get(factor)
+        if iv is None:
+            return "falls" if self.slopes[factor] < 0 else "rises"
+        if iv[1] < 0:
+            return "falls"
+        if iv[0] > 0:
+            return "rises"
+        return "flat within noise"
+
+
+MIN_TREND_CELLS = 4  # an intercept and up to two slopes, and one degree of freedom
+
+
+def _cell_optimum(by_lr: Mapping[float, Sequence[float]]) -> tuple[float, bool]:
+    """(log2 of a cell's optimal LR, censored) from its losses per LR."""
+    lrs = sorted(by_lr)
+    means = [float(np.mean(by_lr[lr])) for lr in lrs]
+    best = int(np.argmin(means))
+    if best in (0, len(lrs) - 1):
+        return math.log2(lrs[best]), True
+    x = np.log2(lrs[best - 1:best + 2])
+    c2, c1, _ = np.polyfit(x, means[best - 1:best + 2], 2)
+    if c2 <= 0:
+        return math.log2(lrs[best]), False
+    return float(np.clip(-c1 / (2 * c2), x[0], x[-1])), False
+
+
+def _trend_fit(points: Sequence[tuple[float, float, float]], factors: Sequence[str]) -> dict[str, float] | None:
+    """Least squares of log2 lr* on the varying factors' log2; None when singular."""
+    y = np.array([p[0] for p in points])
+    columns = {"epochs": [math.log2(p[1]) for p in points], "size": [math.log2(p[2]) for p in points]}
+    X = np.column_stack([np.ones(len(points))] + [columns[f] for f in factors])
+    if np.linalg.matrix_rank(X) < X.shape[1]:
+        return None
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    return {f: float(c) for f, c in zip(factors, coef[1:])}
+
+
+def lr_trend(rows: Iterable[Mapping[str, Any]], n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> LRTrend:
+    """Does the optimal LR fall with the epoch budget and with the model size ([P1] Fig. 3)?
+
+    Over the (variant, epochs) cells run at ≥ 3 LRs, from rows with `variant`, `epochs`,
+    `lr`, `val_loss` and `params`. A ScalingError when fewer than MIN_TREND_CELLS cells
+    qualify or neither factor varies.
+    """
+    cells: dict[tuple[str, float], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    params: dict[tuple[str, float], float] = {}
+    for r in rows:
+        lr, loss, p = _as_float(r.get("lr")), _as_float(r.get("val_loss")), _as_float(r.get("params"))
+        if not (math.isfinite(lr) and lr > 0 and math.isfinite(loss) and math.isfinite(p) and p > 0):
+            continue
+        key = (str(r["variant"]), float(r["epochs"]))
+        cells[key][lr].append(loss)
+        params[key] = p
+    usable = {k: v for k, v in cells.items() if _count_distinct(v) >= 3}
+    if len(usable) < MIN_TREND_CELLS:
+        raise ScalingError(
+            f"an LR trend needs ≥ {MIN_TREND_CELLS} (variant, epochs) cells run at ≥ 3 LRs each; "
+            f"the rows have {len(usable)}"
+        )
+    keys = sorted(usable)
+    factors = [f for f, values in (("epochs", {k[1] for k in keys}), ("size", {params[k] for k in keys}))
+               if len(values) >= 2]
+    if not factors:
+        raise ScalingError("an LR trend needs cells at ≥ 2 epoch budgets or ≥ 2 model sizes")
+
+    def points(sample: Sequence[tuple[tuple[str, float], dict[float, list[float]]]]):
+        out, censored = [], 0
+        for key, by_lr in sample:
+            opt, cut = _cell_optimum(by_lr)
+            out.append((opt, key[1], params[key]))
+            censored += cut
+        return out, censored
+
+    base, censored = points([(k, usable[k]) for k in keys])
+    slopes = _trend_fit(base, factors)
+    if slopes is None:
+        raise ScalingError("the cells' epoch budgets and model sizes vary together: their LR trends cannot be told apart")
+    intervals: dict[str, tuple[float, float]] = {}
+    fitted = 0
+    if n_boot:
+        rng = np.random.default_rng(seed)
+        draws: dict[str, list[float]] = defaultdict(list)
+        for _ in range(n_boot):
+            picked = rng.integers(0, len(keys), size=len(keys))
+            sample = []
+            for i in picked:
+                by_lr = usable[keys[i]]
+                sample.append((keys[i], {lr: [v[j] for j in rng.integers(0, len(v), size=len(v))]
+                                         for lr, v in by_lr.items()}))
+            fit = _trend_fit(points(sample)[0], factors)
+            if fit is None:
+                continue
+            fitted += 1
+            for f, s in fit.items():
+                draws[f].append(s)
+        tail = 100.0 * (1.0 - level) / 2.0
+        intervals = {f: (float(np.percentile(v, tail)), float(np.percentile(v, 100.0 - tail)))
+                     for f, v in draws.items() if v}
+    return LRTrend(slopes=slopes, intervals=intervals, cells=len(keys), censored=censored, level=level,
+                   n_boot=fitted)

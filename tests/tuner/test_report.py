@@ -160,6 +160,11 @@ def test_json_numbers_from_csv(tmp_path, capsys):
     for name in ("E", "A", "B", "alpha", "beta", "a", "b", "a_minus_b"):
         low, high = law["intervals"][name]
         assert low <= high
+    # The optimal LR halves with the budget, faster for larger models: both slopes fall.
+    trend = result["lr_trend"]
+    assert trend["cells"] == len(VARIANTS) * len(EPOCHS) and trend["censored"] == 0
+    assert trend["verdicts"] == {"epochs": "falls", "size": "falls"}
+    assert trend["intervals"]["epochs"][1] < 0
 
 
 def test_fit_on_all_points_uses_every_cell(tmp_path, capsys):
