@@ -253,6 +253,9 @@ def check_runs(N: np.ndarray, D: np.ndarray, L: np.ndarray) -> None:
             )
 
 
+# BLAS on one thread meanwhile: L-BFGS-B's steps on 5 numbers are tiny, and OpenBLAS
+# waking its threads for each made a fit 5× slower on 2 cores.
+@threadpool_limits.wrap(limits=1, user_api="blas")
 def fit_joint_law(
     N: Sequence[float] | np.ndarray,
     D: Sequence[float] | np.ndarray,
@@ -267,29 +270,7 @@ def fit_joint_law(
     delta: float = HUBER_DELTA,
 ) -> JointLaw:
     """Fit L(N, D) = E + A/N^α + B/D^β to runs (one per row), with bootstrap intervals
-    for every constant and for a, b and a − b (n_boot = 0: no intervals).
-
-    BLAS runs on one thread meanwhile: L-BFGS-B's steps on 5 numbers are tiny, and
-    OpenBLAS waking its threads for each made a fit 5× slower on 2 cores.
-    """
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _fit_joint_law(N, D, L, compute, data_unit=data_unit, n_boot=n_boot, level=level, seed=seed,
-                              starts=starts, delta=delta)
-
-
-def _fit_joint_law(
-    N: Sequence[float] | np.ndarray,
-    D: Sequence[float] | np.ndarray,
-    L: Sequence[float] | np.ndarray,
-    compute: Sequence[float] | np.ndarray | None = None,
-    *,
-    data_unit: str = "examples",
-    n_boot: int = N_BOOT,
-    level: float = LEVEL,
-    seed: int = 0,
-    starts: int = DEFAULT_STARTS,
-    delta: float = HUBER_DELTA,
-) -> JointLaw:
+    for every constant and for a, b, a − b, a_flops and b_flops (n_boot = 0: none)."""
     N, D, L = (np.asarray(v, dtype=np.float64) for v in (N, D, L))
     if not (N.shape == D.shape == L.shape) or N.ndim != 1:
         raise ScalingError(f"N, D and L must be 1-D and equal in length ({N.shape}, {D.shape}, {L.shape})")
