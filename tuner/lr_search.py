@@ -101,6 +101,7 @@ class LRSearchOptions:
     force: bool = False
     max_failures: int = 2
     wait_for_nodes: float = DEFAULT_NODE_WAIT_S
+    stagger: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -406,8 +407,15 @@ def _rows_from_results(grid: Any, experiment: str) -> tuple[list[dict[str, Any]]
     return rows, failed
 
 
+def staggered(stagger: str, ray_in_process: bool) -> bool:
+    """Whether the first trial compiles alone (`--stagger`): auto staggers on an in-process Ray, whose
+    trials share this machine's cores and compilation cache, and not on a cluster, where trials on
+    other nodes would only start later."""
+    return stagger == "on" or (stagger == "auto" and ray_in_process)
+
+
 def _run_trials(
-    search: SearchPlan, bracket: Bracket, name: str, storage: str, to_stderr: bool
+    search: SearchPlan, bracket: Bracket, name: str, storage: str, to_stderr: bool, stagger: bool
 ) -> tuple[list[dict[str, Any]], list[str], list[float], bool]:
     """Run the bracket's rounds as one Tune experiment: (trial rows, error files, LRs that did not
     finish, whether Ctrl-C stopped it)."""
@@ -420,7 +428,7 @@ def _run_trials(
 
     o = search.options
     quiet_tune_output()
-    searcher = BracketSearcher(bracket)
+    searcher = BracketSearcher(bracket, stagger=stagger)
     config = trial_config(search, None)
     config.pop("lr")  # the searcher gives each trial its LR
     tuner = tune.Tuner(
@@ -504,8 +512,10 @@ def run_search(search: SearchPlan, log: Callable[[str], None] = print, to_stderr
     with connect(o.address, num_cpus=o.num_cpus) as connection:
         where = "started Ray in-process" if connection.started else f"joined the Ray cluster at {connection.address}"
         check_resources(placement_requests([search.placement()]), connection, log, o.wait_for_nodes)
-        log(f"{where}; up to {o.parallel} trials at once ({o.cpus_per_trial:g} CPU each) in {path}")
-        rows, failed, incomplete, interrupted = _run_trials(search, bracket, name, storage, to_stderr)
+        stagger = staggered(o.stagger, connection.started)
+        first = "; the first compiles alone, the others start from its cache" if stagger and o.parallel > 1 else ""
+        log(f"{where}; up to {o.parallel} trials at once ({o.cpus_per_trial:g} CPU each){first} in {path}")
+        rows, failed, incomplete, interrupted = _run_trials(search, bracket, name, storage, to_stderr, stagger)
     verdict = bracket.verdict()
     record = make_record(search.cell, bracket, verdict, incomplete)
     recorded = None
@@ -708,6 +718,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-trials", type=int, default=DEFAULT_MAX_TRIALS,
                    help="trials this search may run before it stops unbracketed; a rerun continues "
                    f"(default: {DEFAULT_MAX_TRIALS})")
+    p.add_argument("--stagger", choices=("auto", "on", "off"), default="auto",
+                   help="start the first trial alone and the others after its first report, so they take its "
+                   "compiled program from the persistent cache; auto: on with Ray in-process, off on a cluster "
+                   "(default: auto)")
     p.add_argument("--force", action="store_true",
                    help="search a cell the ledger already tunes, from scratch (its own runs are not reused)")
     p.add_argument("--max-failures", type=int, default=2,

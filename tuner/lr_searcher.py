@@ -7,6 +7,12 @@ alone, never on which trial finished first, and `tuner.lr_audit`'s replay of the
 same bracket on a grid's losses makes the same choices. A trial that fails for
 good (after Tune's retries) or ends before its schedule does stops the search
 after its round: the bracket cannot be closed without it.
+
+With `stagger`, the search's first trial starts alone and the others once it has
+reported its first result: every trial of a search runs the same program (the LR
+is optimizer state), so the later ones take it from the persistent compilation
+cache the first one wrote instead of compiling it at the same moment on the same
+cores. Only the start times move; the LRs tried are the same.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from tuner.trainable import trial_status
 
 
 class BracketSearcher(Searcher):
-    def __init__(self, bracket: Bracket):
+    def __init__(self, bracket: Bracket, stagger: bool = False):
         super().__init__(metric="val_loss", mode="min")
         self.bracket = bracket
+        self.waiting_for_compile = stagger  # hold the others until the first trial reports
         self.queue: list[float] = []  # this round's LRs not yet given to a trial
         self.running: dict[str, float] = {}  # trial id -> lr
         self.outcomes: list[Trial] = []  # this round's ended trials
@@ -45,11 +52,17 @@ class BracketSearcher(Searcher):
                 return Searcher.FINISHED
         if not self.queue:
             return None  # wait for the round to end
+        if self.waiting_for_compile and self.running:
+            return None  # the first trial is still compiling the search's program
         lr = self.queue.pop(0)
         self.running[trial_id] = lr
         return {"lr": lr}
 
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self.waiting_for_compile = False  # a report comes after the step has compiled
+
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        self.waiting_for_compile = False
         lr = self.running.pop(trial_id, None)
         if lr is None:
             return

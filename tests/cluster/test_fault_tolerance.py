@@ -187,3 +187,119 @@ def test_killed_driver_resumes_with_resume(tmp_path):
     assert f"resuming sweep {name}" in out
     assert_resumed(trial_dir, pid, repeats_allowed=True)
     assert_ledger_once(tmp_path, name)
+
+
+# Every fault in one run: three trials of different ASHA groups (none stops another),
+# two trial workers killed and then the driver, then a third worker after the resume.
+ALL_FAULTS_POINTS = ["nano,1,0.1", "nano,0.5,0.1", "micro,0.5,0.1"]
+FINAL_METRICS = ("final_val_loss", "best_val_loss", "top1", "train_loss", "images_seen", "status")
+
+
+def all_faults_command(tmp_path: Path, name: str, address: str, *extra: str) -> list[str]:
+    cmd = sweep_command(tmp_path, name, address, "--max-failures", "3", *extra)
+    # Swap the two-point grid for the three points of this test.
+    points = [i for i, arg in enumerate(cmd) if arg == "--point"]
+    for i in reversed(points):
+        del cmd[i:i + 2]
+    cmd[cmd.index("--num-samples") + 1] = str(len(ALL_FAULTS_POINTS))
+    for point in ALL_FAULTS_POINTS:
+        cmd += ["--point", point]
+    return cmd
+
+
+def running_trials(experiment: Path, done: set[str]) -> list[tuple[Path, int, int]]:
+    """(trial directory, actor pid, results so far) of each trial still running."""
+    live = []
+    for trial_dir in sorted(d for d in experiment.glob("*") if d.is_dir()):
+        results = results_of(trial_dir)
+        if results and not results[-1].get("schedule_done") and trial_dir.name not in done:
+            live.append((trial_dir, int(results[-1]["pid"]), len(results)))
+    return live
+
+
+def kill_a_worker(experiment: Path, driver: subprocess.Popen, rng, killed: list[int]) -> bool:
+    """SIGKILL a random running trial's actor a random time after a random result; False if none was left."""
+    wait_results = rng.randint(1, 2)
+    deadline = time.monotonic() + KILL_TIMEOUT_S
+    seen: dict[Path, int] = {}
+    while time.monotonic() < deadline and driver.poll() is None:
+        live = [t for t in running_trials(experiment, set()) if t[1] not in killed]
+        for trial_dir, _, count in live:
+            seen.setdefault(trial_dir, count)
+        ready = [t for t in live if t[2] - seen[t[0]] >= wait_results]
+        if ready:
+            _, pid, _ = rng.choice(ready)
+            time.sleep(rng.uniform(0.0, 1.5))  # mid-step or mid-save, not only just after a report
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            killed.append(pid)
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def final_rows(tmp_path: Path, name: str, ledger: str) -> dict[tuple, dict]:
+    rows = [r for r in Ledger(str(tmp_path / ledger)).read().to_pylist() if r["experiment"] == name]
+    ids = [r["trial_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == len(ALL_FAULTS_POINTS), ids
+    return {(r["variant"], r["epochs"], r["lr"]): {k: r[k] for k in FINAL_METRICS} for r in rows}
+
+
+def test_every_fault_in_one_run_matches_the_clean_run(tmp_path):
+    """Three trial workers killed at random points and the driver killed once, then resumed:
+    every trial is in the ledger exactly once with the metrics of the same sweep run clean."""
+    import random
+
+    rng = random.Random(2310)
+    faulted, clean = "ft-all", "ft-clean"
+    killed: list[int] = []
+    timings = {}
+    with fake_cluster(fake_hosts(), env=CLUSTER_ENV) as cluster:
+        experiment = tmp_path / "results" / faulted
+        start = time.monotonic()
+        driver = subprocess.Popen(all_faults_command(tmp_path, faulted, cluster.address), env=client_env(),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            for _ in range(2):
+                assert kill_a_worker(experiment, driver, rng, killed), "the sweep ended before two kills"
+            wait_for_first_checkpoint(experiment, driver)
+            time.sleep(rng.uniform(0.0, 1.5))
+            driver.send_signal(signal.SIGKILL)
+            driver.wait()
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+        for trial_dir, pid, _ in running_trials(experiment, set()):
+            wait_until_gone(pid)
+        resumed = subprocess.Popen(all_faults_command(tmp_path, faulted, cluster.address, "--resume"),
+                                   env=client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            third = kill_a_worker(experiment, resumed, rng, killed)
+            out = finish(resumed)
+        finally:
+            if resumed.poll() is None:
+                resumed.kill()
+                resumed.wait()
+        timings["faulted_s"] = time.monotonic() - start
+        assert third, "the resumed sweep ended before the third kill:\n" + out[-3000:]
+        start = time.monotonic()
+        finish(subprocess.Popen(all_faults_command(tmp_path, clean, cluster.address), env=client_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        timings["clean_s"] = time.monotonic() - start
+    assert f"resuming sweep {faulted}" in out
+    assert len(killed) == 3
+    # Every killed trial continued under a new process and ran to its end.
+    restarted = [d for d in experiment.iterdir() if d.is_dir() and len({r["pid"] for r in results_of(d)}) > 1]
+    assert restarted, "no trial ran under a second process"
+    got, want = final_rows(tmp_path, faulted, "ledger"), final_rows(tmp_path, clean, "ledger")
+    assert got.keys() == want.keys()
+    for cell, metrics in want.items():
+        assert got[cell]["status"] == metrics["status"] == "finished", (cell, got[cell])
+        assert got[cell]["images_seen"] == metrics["images_seen"], cell
+        for key in ("final_val_loss", "best_val_loss", "top1", "train_loss"):
+            assert got[cell][key] == pytest.approx(metrics[key], rel=1e-6, abs=1e-9), (cell, key, got[cell], metrics)
+    print(f"every fault in one run: {len(killed)} workers and the driver killed; "
+          f"faulted {timings['faulted_s']:.0f} s, clean {timings['clean_s']:.0f} s")

@@ -292,9 +292,11 @@ def test_lr_search_end_to_end_brackets_records_one_row_and_runs_nothing_the_seco
     assert Path(recorded["checkpoint_uri"]).is_dir()
     assert json.loads(recorded["search"])["rounds"] == [[0.4, 0.2], [0.8]]
 
-    # The second round reused the programs the first compiled: every one came from the cache.
+    # The in-process Ray staggers: 0.4 compiled alone, 0.2 started after its first report and took
+    # the step from the cache, and the second round reused every program the first compiled.
     last = last_results(storage / "e2e")
-    assert last[0.8]["compile_cache_hits"] > max(last[0.4]["compile_cache_hits"], last[0.2]["compile_cache_hits"])
+    assert last[0.2]["compile_cache_hits"] > last[0.4]["compile_cache_hits"]
+    assert last[0.8]["compile_cache_hits"] >= last[0.2]["compile_cache_hits"]
 
     # TensorBoard: one log directory for the experiment, one run per trial named by its settings.
     assert result["tensorboard"] == f"tensorboard --logdir {storage / 'e2e'}"
@@ -349,3 +351,30 @@ def test_the_searcher_plans_a_round_only_when_the_last_has_ended_and_stops_after
     stopped.on_trial_complete("a", {"val_loss": 1.0, "progress": 0.5})
     stopped.on_trial_complete("b", {"val_loss": float("nan"), "progress": 1.0, "schedule_done": True})
     assert stopped.failed == [0.1] and stopped.bracket.history()[0].diverged
+
+
+def test_a_staggered_search_starts_the_others_after_the_first_trials_first_report():
+    from ray.tune.search import Searcher
+
+    from tuner.lr_search import staggered
+    from tuner.lr_searcher import BracketSearcher
+    from tuner.planner import Bracket
+
+    def done(loss):
+        return {"val_loss": loss, "schedule_done": True, "progress": 1.0, "flops": 1e9}
+
+    searcher = BracketSearcher(Bracket(256, (0.1, 0.05), noise=0.01), stagger=True)
+    assert searcher.suggest("a") == {"lr": 0.1}
+    assert searcher.suggest("b") is None  # 0.1's trial is compiling the search's program
+    searcher.on_trial_result("a", {"val_loss": 1.5, "progress": 0.5})
+    assert searcher.suggest("b") == {"lr": 0.05}  # then the rest of the round, from the cache
+    searcher.on_trial_complete("a", done(1.0))
+    searcher.on_trial_complete("b", done(1.2))
+    assert searcher.suggest("c") == {"lr": 0.2}  # later rounds are not held back
+    # A first trial that fails for good ends the search, as a failure in any round does.
+    failing = BracketSearcher(Bracket(256, (0.1, 0.05), noise=0.01), stagger=True)
+    assert failing.suggest("a") == {"lr": 0.1} and failing.suggest("b") is None
+    failing.on_trial_complete("a", None, error=True)
+    assert failing.suggest("b") == Searcher.FINISHED and failing.failed == [0.1]
+    assert staggered("auto", True) and not staggered("auto", False)
+    assert staggered("on", False) and not staggered("off", True)
