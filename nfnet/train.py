@@ -107,6 +107,7 @@ class TrainConfig:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     num_workers: int = 2
+    shuffle_window: int = 16         # streamed Parquet: row groups whose rows are shuffled together
     progress: bool = True
     resume: bool = False             # continue from the latest checkpoint in workdir
     resume_from: str | None = None   # or from this checkpoint directory
@@ -168,6 +169,8 @@ def validate(config: TrainConfig) -> None:
         (c.max_eval_examples is None or (_integer(c.max_eval_examples) and c.max_eval_examples >= 1),
          f"--max-eval-examples must be >= 1, got {c.max_eval_examples}"),
         (_integer(c.num_workers) and c.num_workers >= 0, f"--num-workers must be >= 0, got {c.num_workers}"),
+        (_integer(c.shuffle_window) and c.shuffle_window >= 1,
+         f"--shuffle-window must be >= 1 row group, got {c.shuffle_window}"),
         (_real(c.sam_rho) and c.sam_rho >= 0, f"--sam-rho must be >= 0, got {c.sam_rho}"),
         (_real(c.sam_fraction) and 0 < c.sam_fraction <= 1, f"--sam-fraction must be in (0, 1], got {c.sam_fraction}"),
         (_real(c.ema_decay) and 0 <= c.ema_decay < 1, f"--ema-decay must be in [0, 1), got {c.ema_decay}"),
@@ -201,7 +204,11 @@ class Subset:
 
 
 def subset(ds: Dataset, size: int | None) -> Dataset:
-    return ds if size is None or size >= len(ds) else Subset(ds, size)
+    """`ds` cut to `size` examples: a fixed random subset, or a streamed split's first `size` rows."""
+    if size is None or size >= len(ds):
+        return ds
+    head = getattr(ds, "head", None)  # random rows of a stream would read a row group per example
+    return head(size) if head is not None else Subset(ds, size)
 
 
 def eval_schedule(total: int, evals_per_run: int) -> list[int]:
@@ -369,12 +376,14 @@ def _global(sharding: NamedSharding, *arrays: np.ndarray) -> tuple[jax.Array, ..
     return tuple(jax.make_array_from_process_local_data(sharding, a) for a in arrays)
 
 
-def evaluate(spec: StepSpec, params: Any, ds: Dataset, num_workers: int) -> tuple[float, float]:
+def evaluate(spec: StepSpec, params: Any, ds: Dataset, num_workers: int,
+             shuffle_window: int = TrainConfig.shuffle_window) -> tuple[float, float]:
     """(mean loss, top-1) of `params` over the whole split `ds` (padding masked out)."""
     step = make_eval_step(spec)
     totals = []
     for x, y, mask in eval_batches(ds, spec.batch_size, spec.eval_resolution, process_index=jax.process_index(),
-                                   process_count=jax.process_count(), num_workers=num_workers):
+                                   process_count=jax.process_count(), num_workers=num_workers,
+                                   shuffle_window=shuffle_window):
         totals.append(step(params, *_global(spec.batch_sharding, x, y, mask)))
     loss_sum, correct, count = (float(sum(v)) for v in zip(*jax.device_get(totals)))
     return loss_sum / count, correct / count
@@ -572,7 +581,8 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
     try:
         loader = Loader(train_ds, batch, resolution, train=True, seed=config.seed, start_step=start,
                         process_index=jax.process_index(), process_count=jax.process_count(),
-                        num_workers=config.num_workers, num_steps=total)
+                        num_workers=config.num_workers, num_steps=total,
+                        shuffle_window=config.shuffle_window)
         with loader:
             for step, (x, y) in loader:
                 state, out = step_fn(state, _global(spec.batch_sharding, x, y))
@@ -598,10 +608,12 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
                     if callback is not None:
                         callback(metrics, None)
                     break
-                val_loss, val_top1 = evaluate(spec, state["params"], eval_ds, config.num_workers)
+                val_loss, val_top1 = evaluate(spec, state["params"], eval_ds, config.num_workers,
+                                               config.shuffle_window)
                 metrics.update(val_loss=val_loss, val_top1=val_top1, diverged=False, done=done == total)
                 if "ema" in state:
-                    ema_loss, ema_top1 = evaluate(spec, state["ema"], eval_ds, config.num_workers)
+                    ema_loss, ema_top1 = evaluate(spec, state["ema"], eval_ds, config.num_workers,
+                                                       config.shuffle_window)
                     metrics.update(ema_val_loss=ema_loss, ema_val_top1=ema_top1)
                 counters["best_val_loss"] = min(counters["best_val_loss"], val_loss)
                 index = evals.index(done) + 1
@@ -692,6 +704,9 @@ _HELP = {
                          "of them)",
     "num_workers": "threads that decode and augment batches ahead of the step; 0 loads them in the "
                    "training loop",
+    "shuffle_window": "streamed Parquet datasets: row groups whose rows are shuffled together, after "
+                      "each epoch's seeded row-group permutation; the loader holds at most twice this "
+                      "many row groups in memory (other datasets ignore it)",
     "progress": "draw a progress bar on stderr (on by default; --no-progress turns it off)",
     "resume": "continue the run in --workdir from its latest checkpoint (the other flags default to "
               "the checkpoint's)",

@@ -7,6 +7,11 @@ global batch. Augmentation randomness is keyed by (seed, epoch, example index), 
 step s depends on nothing but (dataset, seed, s): starting at `start_step` yields exactly the
 batches an uninterrupted run yields from there on.
 
+A streamed split (one with `stream_order`: Parquet) is read in `nfnet.data.stream`'s order instead:
+a seeded row-group permutation per epoch, each process its own row groups, rows shuffled within
+windows of `shuffle_window` row groups; the batch of step s is again a pure function of
+(dataset, seed, s, process_count, shuffle_window).
+
 Decoding and augmentation run in a thread pool (Pillow and numpy release the GIL; threads avoid
 pickling the dataset and forking a process that has JAX loaded), at most `prefetch` batches ahead.
 """
@@ -24,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from nfnet.data.dataset import Dataset
+from nfnet.data.stream import DEFAULT_SHUFFLE_WINDOW, StreamOrder
 from nfnet.data.transforms import crop_resize, eval_boxes, example_uniforms, to_rgb, train_boxes
 from nfnet.errors import NFNetError
 
@@ -69,7 +75,9 @@ class Loader:
     train=False: the whole split once in dataset order, no augmentation, ceil(n / B) steps; the
     last global batch is padded with repeats of example 0 and `mask` (float32, 1 real / 0 padding)
     marks the real rows, so summing metric·mask over all batches and processes counts every
-    example exactly once. `start_step` / `num_steps` select a range of these batches.
+    example exactly once. `start_step` / `num_steps` select a range of these batches. A streamed
+    split's pass takes each process's own row groups in file order instead (`StreamOrder.eval`),
+    ceil(max rows of a process / local batch) steps, padded and masked the same way.
     Use as a context manager, or call `close()`, to stop the worker threads early.
     """
 
@@ -86,6 +94,7 @@ class Loader:
         num_workers: int = 2,
         prefetch: int = 4,
         num_steps: int | None = None,
+        shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
     ) -> None:
         if global_batch_size < 1 or resolution < 1:
             raise NFNetError(f"batch size and resolution must be >= 1, got {global_batch_size} and {resolution}")
@@ -113,13 +122,27 @@ class Loader:
         self.num_workers = num_workers
         self.prefetch = prefetch
         self.num_steps = num_steps
+        order_of = getattr(ds, "stream_order", None)
+        self.order: StreamOrder | None = None
+        if order_of is not None:
+            self.order = order_of(seed, process_index, process_count, self.local_batch_size, shuffle_window)
         if train:
             self.steps_per_epoch = steps_per_epoch(self.n, global_batch_size)
+            if self.order is not None:
+                self.steps_per_epoch = self.order.steps_per_epoch
+                if self.steps_per_epoch < 1:
+                    raise NFNetError(
+                        f"each of the {process_count} processes may get only {self.order.fewest_rows} rows of "
+                        f"{ds.name} per epoch (its own row groups), fewer than one local batch of "
+                        f"{self.local_batch_size}; lower the batch size or write smaller row groups"
+                    )
             self._stop = num_steps
         else:
             if self.n == 0:
                 raise NFNetError(f"dataset {ds.name} is empty")
             self.steps_per_epoch = math.ceil(self.n / global_batch_size)
+            if self.order is not None:
+                self.steps_per_epoch = self.order.eval_steps
             self._stop = self.steps_per_epoch if num_steps is None else min(num_steps, self.steps_per_epoch)
         self._perms: dict[int, np.ndarray] = {}
         self._iterators: weakref.WeakSet[Generator[Any, None, None]] = weakref.WeakSet()
@@ -154,6 +177,12 @@ class Loader:
 
     def work(self, step: int) -> tuple[np.ndarray, int, np.ndarray | None]:
         """(example indices, epoch, padding mask or None) of this process's rows of `step`."""
+        if self.order is not None:
+            if self.train:
+                indices, epoch = self.order.train(step)
+                return indices, epoch, None
+            indices, mask = self.order.eval(step)
+            return indices, 0, mask
         lo = self.process_index * self.local_batch_size
         if self.train:
             epoch, pos = divmod(step, self.steps_per_epoch)
@@ -212,11 +241,13 @@ def eval_batches(
     process_count: int = 1,
     num_workers: int = 2,
     prefetch: int = 4,
+    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """One pass over `ds` as (x, y, mask) with the last batch padded; see `Loader(train=False)`."""
     loader = Loader(
         ds, batch_size, resolution, train=False, process_index=process_index,
         process_count=process_count, num_workers=num_workers, prefetch=prefetch,
+        shuffle_window=shuffle_window,
     )
     return _batches_of(loader)
 

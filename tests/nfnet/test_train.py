@@ -298,6 +298,31 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(tmp_path):
     assert resumed["device_seconds"] > 0
 
 
+@pytest.mark.slow
+def test_resume_of_a_streamed_parquet_run_matches_an_uninterrupted_run(tmp_path):
+    from test_stream import write_indexed
+
+    data = tmp_path / "data"
+    write_indexed(data, 192, shards=2, row_group_size=16, size=12, noise=True)  # 12 row groups
+    write_indexed(data, 48, shards=1, row_group_size=16, size=12, split="test")
+    config = dict(dataset=f"parquet:{data}", max_train_examples=None, max_eval_examples=None, shuffle_window=2)
+    full = train(tiny(tmp_path / "full", **config))
+
+    def stop_after_second(metrics, ckpt):
+        if metrics["step"] == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(tiny(tmp_path / "cut", **config), callback=stop_after_second)
+    resumed = train(tiny(tmp_path / "cut", resume=True, **config))
+    for key in ("train_loss", "val_loss", "val_top1", "images_seen"):
+        assert resumed[key] == pytest.approx(full[key], rel=1e-6, abs=1e-7), key
+    full_state, _ = restore_checkpoint(full["checkpoint_dir"])
+    resumed_state, _ = restore_checkpoint(resumed["checkpoint_dir"])
+    for a, b in zip(jax.tree.leaves(full_state), jax.tree.leaves(resumed_state)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
 SHARDED_RUN = textwrap.dedent("""
     import json, sys
     import jax
