@@ -6,11 +6,14 @@ config, counters to resume with, the metrics of that evaluation). That directory
 what `TrainConfig(resume_from=...)` and `init_from=...` accept and what the tuner
 hands to Ray as a checkpoint.
 
-Saves are atomic: orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it to
-`<step>` only when every item is complete (on local disks; on `gs://` a commit file
-marks completion). A crash mid-save leaves the previous checkpoint as the latest;
-the half-written temporary directory is never taken for a checkpoint and is removed
-by the first save of the next `CheckpointStore` opened on that directory.
+A save counts only once orbax has finalised it, by orbax's own rule
+(`orbax.checkpoint.utils.is_checkpoint_finalized`): on local disks orbax writes
+`<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` when every item is complete;
+on `gs://` an object store has no atomic rename, so orbax writes `<step>/` in place and
+writes `<step>/commit_success.txt` last. A crash mid-save leaves the previous checkpoint
+as the latest: a temporary directory, or a `gs://` step directory without its commit
+file (items and all), is never taken for a checkpoint, and is removed when the next
+`CheckpointStore` is opened on that directory.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from nfnet import storage
 from nfnet.errors import NFNetError
 
 STATE = "state"
@@ -31,13 +35,18 @@ MAX_TO_KEEP = 2
 
 
 def _abs(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
+    """A local path made absolute; a URI as it is, its clients pointed at an emulator when one is set."""
+    if storage.is_uri(path):
+        storage.prepare(path)
+        return path
+    return os.path.abspath(path)
 
 
 def is_checkpoint(path: str) -> bool:
-    """Whether `path` is one finished checkpoint directory (both items present)."""
+    """Whether `path` is one finished checkpoint directory: both items there and the save finalised."""
     p = epath.Path(_abs(path))
-    return p.is_dir() and (p / STATE).is_dir() and (p / META).is_dir()
+    return (p.is_dir() and (p / STATE).is_dir() and (p / META).is_dir()
+            and ocp.utils.is_checkpoint_finalized(p))
 
 
 def _finished_steps(directory: epath.Path) -> list[int]:
@@ -68,8 +77,9 @@ def resolve_checkpoint(path: str) -> str:
         found = latest_checkpoint(os.fspath(directory))
         if found:
             return found
-    raise NFNetError(f"no checkpoint in {path}: expected a checkpoint directory (with {STATE}/ and {META}/), "
-                     f"a directory of them, or a training workdir with {CHECKPOINTS_SUBDIR}/")
+    raise NFNetError(f"no checkpoint in {path}: expected a finished checkpoint directory (with {STATE}/ and "
+                     f"{META}/, saved to the end), a directory of them, or a training workdir with "
+                     f"{CHECKPOINTS_SUBDIR}/")
 
 
 def _checkpointer() -> ocp.Checkpointer:

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import os
 
+from nfnet.storage import mistyped_uri
+
 
 def dir_problem(path: str) -> str | None:
     """Why `path` cannot be used (or created) as a writable directory, or None.
 
-    URIs (`gs://...`) are not checked here: only their filesystem can say. Nothing
+    URIs (`gs://...`) are checked by `nfnet.storage.uri_problem`; a mistyped one
+    (`gs:/bucket`) is a problem here rather than a local directory named `gs:`. Nothing
     is created: the nearest existing ancestor must be a writable directory.
     """
     if "://" in path:
         return None
+    mistyped = mistyped_uri(path)
+    if mistyped:
+        return mistyped
     target = os.path.abspath(os.path.expanduser(path))
     probe = target
     while not os.path.exists(probe):

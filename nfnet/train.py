@@ -48,7 +48,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nfnet import cli
+from nfnet import cli, storage
 from nfnet.agc import DEFAULT_EPS, DEFAULT_EXCLUDE, agc_clip_fraction
 from nfnet.checkpoint import (
     CHECKPOINTS_SUBDIR,
@@ -182,6 +182,9 @@ def validate(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise NFNetError(message)
+    if storage.is_uri(c.workdir):
+        storage.check_uri(c.workdir, "--workdir")
+        return
     problem = dir_problem(c.workdir)
     if problem is not None:
         raise NFNetError(f"--workdir {problem}; pass a directory (it is created when missing)")

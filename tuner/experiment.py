@@ -358,12 +358,41 @@ def storage_path(storage: str | None) -> str:
 
 
 def check_storage(storage: str | None, flag: str = "--storage") -> None:
-    """Fail in one line when a local storage path (None: the default) cannot hold experiments; creates nothing."""
+    """Fail in one line when a storage path (None: the default) cannot hold experiments; creates nothing.
+
+    A bucket URI must name an existing bucket that answers (`nfnet.storage.uri_problem`).
+    """
+    from nfnet import storage as storage_lib
     from nfnet.paths import dir_problem
 
+    if storage and storage_lib.is_uri(storage):
+        problem = storage_lib.uri_problem(storage)
+        if problem is not None:
+            raise TunerError(f"{flag} {problem}")
+        return
     problem = dir_problem(storage or DEFAULT_STORAGE)
     if problem is not None:
         raise TunerError(f"{flag} {problem}; pass a directory (it is created when missing)")
+
+
+def ray_location(uri: str) -> tuple[str, Any]:
+    """(path, filesystem) to hand Ray for a storage location (`RunConfig`, `Tuner.restore`).
+
+    A local path is Ray's to open (filesystem None). A bucket is opened by
+    `nfnet.storage.filesystem`, so Ray reaches the same place as the rest of nfscale
+    (the emulator when $STORAGE_EMULATOR_HOST is set); Ray then wants the path
+    without its scheme.
+    """
+    from nfnet import storage as storage_lib
+    from nfnet.errors import NFNetError
+
+    if not storage_lib.is_uri(uri):
+        return uri, None
+    try:
+        fs, path = storage_lib.filesystem(uri)
+    except NFNetError as e:
+        raise TunerError(str(e)) from None
+    return path, fs
 
 
 def experiment_dir(storage: str, name: str) -> str:
@@ -412,10 +441,11 @@ def ledger_trial_id(experiment: str, trial_id: str) -> str:
 
 def checkpoint_uri(checkpoint: Any) -> str | None:
     """A Ray checkpoint's location as a path or `gs://`/`s3://` URI."""
+    from nfnet.storage import uri_of
+
     if checkpoint is None:
         return None
-    scheme = {"gcs": "gs", "s3": "s3"}.get(checkpoint.filesystem.type_name)
-    return f"{scheme}://{checkpoint.path}" if scheme else str(checkpoint.path)
+    return uri_of(checkpoint.filesystem, str(checkpoint.path))
 
 
 def trial_row(trial: Any, source: str) -> dict[str, Any] | None:

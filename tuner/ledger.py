@@ -34,6 +34,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from nfnet import storage
+from nfnet.errors import NFNetError
 from tuner.errors import TunerError
 from tuner.planner import cell_label, parse_label, variant_params
 
@@ -116,9 +118,9 @@ def _resolve(uri: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSys
         # Plain paths (relative or absolute) are local directories.
         return pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute())
     try:
-        return pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-        raise TunerError(f"cannot open ledger {uri}: {exc}; pass a local directory or gs://bucket/path") from exc
+        return storage.filesystem(uri)
+    except NFNetError as exc:
+        raise TunerError(f"--ledger {exc}") from None  # the message names the URI and what to do
 
 
 class Ledger:
@@ -209,6 +211,8 @@ class Ledger:
             problem = dir_problem(self.path)
             if problem is not None:
                 raise TunerError(f"--ledger {problem}; pass a directory (it is created when missing)")
+        elif storage.is_uri(self.uri) and (problem := storage.uri_problem(self.uri)) is not None:
+            raise TunerError(f"--ledger {problem}")
         return self.read()
 
     def trial_ids(self) -> set[str]:

@@ -421,10 +421,19 @@ def _run_trials(
     finish, whether Ctrl-C stopped it)."""
     from ray import tune
 
-    from tuner.experiment import InterruptWatch, NoTuneTensorBoard, ProgressPrinter, quiet_tune_output, trial_dirname
+    from tuner.experiment import (
+        InterruptWatch,
+        NoTuneTensorBoard,
+        ProgressPrinter,
+        quiet_tune_output,
+        ray_location,
+        trial_dirname,
+    )
     from tuner.lr_searcher import BracketSearcher
     from tuner.placement import tune_trainable
     from tuner.trainable import train_trial
+
+    storage_at, storage_fs = ray_location(storage)
 
     o = search.options
     quiet_tune_output()
@@ -439,7 +448,8 @@ def _run_trials(
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=storage,
+            storage_path=storage_at,
+            storage_filesystem=storage_fs,
             callbacks=[NoTuneTensorBoard(), ProgressPrinter(to_stderr=to_stderr)],
             failure_config=tune.FailureConfig(max_failures=o.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),

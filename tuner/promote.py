@@ -54,6 +54,7 @@ from tuner.experiment import (
     placement_requests,
     experiment_dir,
     quiet_tune_output,
+    ray_location,
     results_table,
     storage_path,
     tensorboard_hint,
@@ -203,10 +204,13 @@ def checkpoint_exists(uri: str) -> bool:
     """Whether a checkpoint directory is there (local path or gs://...)."""
     import pyarrow.fs as pafs
 
+    from nfnet.errors import NFNetError
+    from nfnet.storage import filesystem
+
     try:
-        fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+        fs, path = filesystem(uri)
         return fs.get_file_info(path).type == pafs.FileType.Directory
-    except (OSError, ValueError):
+    except (OSError, NFNetError):
         return False
 
 
@@ -353,6 +357,7 @@ def promote(options: PromoteOptions, log: Callable[..., None] = print) -> Promot
         log(f"every candidate has been fine-tuned on {options.dataset} already (--skip-promoted): nothing to run")
         return PromoteResult(name, experiment_dir(storage_path(options.storage), name), [], [])
     storage = storage_path(options.storage)
+    storage_at, storage_fs = ray_location(storage)
     path = experiment_dir(storage, name)
     ledger_uri = options.ledger or default_ledger_uri()
     for c in candidates:
@@ -371,7 +376,8 @@ def promote(options: PromoteOptions, log: Callable[..., None] = print) -> Promot
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 name=name,
-                storage_path=storage,
+                storage_path=storage_at,
+                storage_filesystem=storage_fs,
                 callbacks=[FinetuneLedgerCallback(Ledger(ledger_uri)), NoTuneTensorBoard(),
                            PromoteProgressPrinter(to_stderr=options.json)],
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),

@@ -26,19 +26,23 @@ search on it; `--lr-search-ledger` adds the audit of a real walk's rows.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
 import sys
+import tempfile
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
+from nfnet import storage
 from tuner.errors import TunerError
 from tuner.ledger import Ledger
 from tuner.lr_audit import (
@@ -1117,10 +1121,56 @@ def run(args: argparse.Namespace) -> int:
     lrs_per_cell = max((c.n_lrs for c in report.lr_table.cells), default=0)
     lr_markdown, searched, replayed = lr_search_audit(grid_rows, args.lr_search_ledger, lrs_per_cell)
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise TunerError(f"--out {out} is a file; give a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    with output_dir(args.out) as out:
+        outputs = _write_report(out, report, lr_markdown)
+    skipped = outputs.pop("skipped")
+    if storage.is_uri(args.out):
+        outputs = {k: f"{args.out.rstrip('/')}/{Path(v).relative_to(out)}" for k, v in outputs.items()}
+
+    if args.json:
+        print(json.dumps(report_json(report, outputs, skipped, searched, replayed), allow_nan=False))
+    else:
+        for line in console_summary(report):
+            print(line)
+        if searched is not None:
+            print(f"LR walk: {summary_sentence(searched)}")
+        if replayed is not None:
+            print(f"LR replay: {summary_sentence(replayed)}")
+        for path in outputs.values():
+            print(f"wrote {path}")
+        for line in skipped:
+            print(line)
+    return 0
+
+
+@contextlib.contextmanager
+def output_dir(uri: str) -> Iterator[Path]:
+    """The local directory to write a report into: `uri` itself, or for a bucket a temporary
+    directory copied there when the block ends (its old TensorBoard events replaced)."""
+    if not storage.is_uri(uri):
+        if storage.mistyped_uri(uri):
+            raise TunerError(f"--out {storage.mistyped_uri(uri)}")
+        out = Path(uri)
+        if out.exists() and not out.is_dir():
+            raise TunerError(f"--out {out} is a file; give a directory")
+        out.mkdir(parents=True, exist_ok=True)
+        yield out
+        return
+    problem = storage.uri_problem(uri)
+    if problem is not None:
+        raise TunerError(f"--out {problem}")
+    fs, path = storage.filesystem(uri)
+    with tempfile.TemporaryDirectory(prefix="nfscale-report-") as tmp:
+        yield Path(tmp)
+        stale = fs.get_file_info(pafs.FileSelector(f"{path}/tensorboard", allow_not_found=True))
+        for info in stale:
+            if info.base_name.startswith("events.out.tfevents."):
+                fs.delete_file(info.path)
+        pafs.copy_files(tmp, path, destination_filesystem=fs)
+
+
+def _write_report(out: Path, report: ScalingReport, lr_markdown: str) -> dict[str, Any]:
+    """Plots, summary.md and tensorboard/ under `out`: {name: path} of what was written, and "skipped"."""
     images: list[Path] = []
     notes: list[str] = []
     skipped: list[str] = []
@@ -1155,23 +1205,9 @@ def run(args: argparse.Namespace) -> int:
     markdown = summary_markdown(report, notes) + ("\n" + lr_markdown if lr_markdown else "")
     (out / "summary.md").write_text(markdown)
     write_tensorboard(out / "tensorboard", images, markdown, report)
-    outputs = {p.stem: str(p) for p in images}
+    outputs: dict[str, Any] = {p.stem: str(p) for p in images}
     outputs |= {"summary": str(out / "summary.md"), "tensorboard": str(out / "tensorboard")}
-
-    if args.json:
-        print(json.dumps(report_json(report, outputs, skipped, searched, replayed), allow_nan=False))
-    else:
-        for line in console_summary(report):
-            print(line)
-        if searched is not None:
-            print(f"LR walk: {summary_sentence(searched)}")
-        if replayed is not None:
-            print(f"LR replay: {summary_sentence(replayed)}")
-        for path in outputs.values():
-            print(f"wrote {path}")
-        for line in skipped:
-            print(line)
-    return 0
+    return outputs | {"skipped": skipped}
 
 
 def console_summary(report: ScalingReport) -> list[str]:

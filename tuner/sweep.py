@@ -60,6 +60,7 @@ from tuner.experiment import (
     experiment_dir,
     placement_requests,
     quiet_tune_output,
+    ray_location,
     results_table,
     storage_path,
     tensorboard_hint,
@@ -687,10 +688,19 @@ class SweepProgressPrinter(ProgressPrinter):
         return trial_name(trial)
 
 
-def _write_settings(plan: SweepPlan, options: SweepOptions) -> None:
-    import pyarrow.fs as pafs
+def _filesystem(uri: str):
+    """(pyarrow filesystem, path) of a local path or bucket URI (`nfnet.storage.filesystem`)."""
+    from nfnet.errors import NFNetError
+    from nfnet.storage import filesystem
 
-    fs, path = pafs.FileSystem.from_uri(plan.path) if "://" in plan.path else (pafs.LocalFileSystem(), plan.path)
+    try:
+        return filesystem(uri)
+    except NFNetError as e:
+        raise TunerError(str(e)) from None
+
+
+def _write_settings(plan: SweepPlan, options: SweepOptions) -> None:
+    fs, path = _filesystem(plan.path)
     fs.create_dir(path, recursive=True)
     settings = {"plan": plan.to_json(), "options": dataclasses.asdict(options),
                 "created": datetime.now().isoformat()}
@@ -700,10 +710,8 @@ def _write_settings(plan: SweepPlan, options: SweepOptions) -> None:
 
 def read_settings(path: str) -> dict[str, Any] | None:
     """The settings a sweep wrote into its experiment directory; None when there are none."""
-    import pyarrow.fs as pafs
-
     try:
-        fs, base = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+        fs, base = _filesystem(path)
         with fs.open_input_stream(f"{base}/{SETTINGS_FILE}") as f:
             return json.loads(f.read().decode())
     except (OSError, ValueError):
@@ -721,7 +729,7 @@ def find_experiment(storage: str, name: str | None, preset: str | None) -> str:
             raise TunerError(f"no sweep to resume at {path}; check --storage and --name")
         return path
     try:
-        fs, base = pafs.FileSystem.from_uri(storage) if "://" in storage else (pafs.LocalFileSystem(), storage)
+        fs, base = _filesystem(storage)
         listing = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     except OSError as exc:
         raise TunerError(f"cannot list {storage}: {exc}") from None
@@ -761,9 +769,11 @@ def _experiment_rows(ledger_uri: str, experiment: str) -> list[dict[str, Any]]:
 def _run_config(plan: SweepPlan, callbacks: Sequence[Any], quiet: bool):
     from ray import tune
 
+    storage, filesystem = ray_location(plan.storage)
     return tune.RunConfig(
         name=plan.experiment,
-        storage_path=plan.storage,
+        storage_path=storage,
+        storage_filesystem=filesystem,
         callbacks=[LedgerCallback(Ledger(plan.ledger), source=SOURCE), NoTuneTensorBoard(),
                    SweepProgressPrinter(to_stderr=quiet), *callbacks],
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
@@ -789,6 +799,7 @@ def run_sweep(
             raise TunerError("--resume continues a sweep from its experiment directory; drop --skip-recorded")
         target = preset.name if preset is not None else (
             get_preset(options.preset, cpu=options.cpu).name if options.preset else None)
+        check_storage(options.storage)
         path = find_experiment(storage_path(options.storage), options.name, target)
         plan_json = read_settings(path)["plan"]
         log(f"resuming sweep {plan_json['experiment']} at {path}")
@@ -798,8 +809,10 @@ def run_sweep(
         connection = connect(options.address, num_cpus=options.num_cpus)
         try:
             check_resources(plan_json.get("resources_per_trial") or {}, connection, log, options.wait_for_nodes)
-            tuner = tune.Tuner.restore(path, trainable=_trainable(plan_json["accelerator"], plan_json["cpus_per_trial"]),
-                                       resume_unfinished=True)
+            restore_path, restore_fs = ray_location(path)
+            tuner = tune.Tuner.restore(restore_path, trainable=_trainable(plan_json["accelerator"],
+                                                                          plan_json["cpus_per_trial"]),
+                                       resume_unfinished=True, storage_filesystem=restore_fs)
             with InterruptWatch() as watch:
                 results = tuner.fit()
             return _finish(plan_json, path, results, options, log, watch.interrupted)

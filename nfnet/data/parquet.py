@@ -8,7 +8,8 @@ S followed by `-`, `_`, `.`, a digit or nothing — `data/train-00000-of-00002.p
 directory that holds the pattern or the file, that directory's name included (so
 `/x/train/*.parquet` is a train split). The held-out split is `test`, or `validation`/`valid`/`val`
 when the root has no `test` shards. Files are opened through pyarrow's filesystems
-(`FileSystem.from_uri`), so `gs://bucket/path` reads through `GcsFileSystem`.
+(`nfnet.storage.filesystem`), so `gs://bucket/path` reads through `GcsFileSystem`, or the GCS
+emulator named by $STORAGE_EMULATOR_HOST.
 
 A split is always streamed (`ParquetStream`): loading reads only the shards' footers (row-group
 sizes, schema, label statistics for the class count); row groups are read when the loader needs
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import posixpath
 import re
 
@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from nfnet import storage
 from nfnet.data.dataset import Indices, decode_image
 from nfnet.data.stream import DEFAULT_SHUFFLE_WINDOW, RowGroupBuffer, StreamOrder
 from nfnet.errors import NFNetError
@@ -38,12 +39,7 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri)).replace(os.sep, "/")
-    try:
-        return pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise NFNetError(f"cannot open {uri}: {e}; check the URI scheme and credentials") from e
+    return storage.filesystem(uri)
 
 
 def _list_shards(fs: pafs.FileSystem, path: str, uri: str) -> tuple[str, list[str]]:
@@ -66,7 +62,8 @@ def _list_shards(fs: pafs.FileSystem, path: str, uri: str) -> tuple[str, list[st
     if info.type == pafs.FileType.Directory:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
         return path, sorted(i.path for i in infos if i.is_file and i.path.endswith(".parquet"))
-    raise NFNetError(f"Parquet dataset {uri} not found; give a directory, file or glob of .parquet shards")
+    raise NFNetError(storage.uri_problem(uri)
+                     or f"Parquet dataset {uri} not found; give a directory, file or glob of .parquet shards")
 
 
 def _in_split(relative: str, names: tuple[str, ...]) -> bool:
