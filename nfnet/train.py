@@ -327,8 +327,9 @@ def _init_fn(spec: StepSpec) -> Callable[[jax.Array, jax.Array], dict]:
 
 
 @functools.lru_cache(maxsize=4)
-def compile_train_step(spec: StepSpec, state_shapes: Any) -> tuple[Any, float]:
-    """(compiled step, training FLOPs of one step over all devices) for this spec."""
+def compile_train_step(spec: StepSpec, state_shapes: Any) -> tuple[Any, float | None]:
+    """(compiled step, training FLOPs of one step over all devices) for this spec; the
+    FLOPs are None when the backend's cost analysis gives no figure."""
     state_abstract = jax.tree.unflatten(state_shapes[0], state_shapes[1])
     batch = (
         jax.ShapeDtypeStruct((spec.batch_size, spec.resolution, spec.resolution, 3), jnp.uint8,
@@ -339,7 +340,8 @@ def compile_train_step(spec: StepSpec, state_shapes: Any) -> tuple[Any, float]:
                    out_shardings=(spec.replicated, spec.replicated), donate_argnums=0)
     compiled = step.lower(state_abstract, batch).compile()
     # XLA's cost analysis is of the per-device SPMD program.
-    return compiled, compiled_flops(compiled) * spec.mesh.size
+    flops = compiled_flops(compiled)
+    return compiled, None if flops is None else flops * spec.mesh.size
 
 
 def abstract_state_key(state: dict) -> Any:
@@ -503,6 +505,8 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
         state, meta = restore_checkpoint(resume_path, target=state)
         start = int(meta["step"])
         counters.update({k: float(meta[k]) if meta.get(k) is not None else counters[k] for k in counters})
+        if meta.get("flops") is None and start > 0:
+            counters["flops"] = None  # the steps before the checkpoint were not counted
         parent = meta.get("parent")
     elif init_path is not None:
         # The optimizer state holds no parameter values yet (zero momentum), so it stays.
@@ -554,7 +558,9 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
             "lr": float(schedule(max(step - 1, 0))),
             "clip_fraction": _mean(clips),
             "images_per_sec": (step - interval_first) * batch / elapsed if elapsed > 0 else float("nan"),
-            "flops": counters["flops"] + flops_per_step * (step - segment_start_step),
+            # None (not 0) when XLA gave no FLOPs figure: unknown compute is not free.
+            "flops": None if counters["flops"] is None or flops_per_step is None
+            else counters["flops"] + flops_per_step * (step - segment_start_step),
             "device_seconds": device_seconds(),
             "variant": variant.name,
             "epochs": config.epochs,

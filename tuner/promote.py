@@ -154,7 +154,13 @@ def select_candidates(
     with_checkpoint = [r for r in finished if r.get("checkpoint_uri")]
     eligible = with_checkpoint
     if budget_flops is not None:
-        eligible = [r for r in eligible if _finite(r.get("flops")) and r["flops"] <= budget_flops]
+        measured = [r for r in eligible if _finite(r.get("flops")) and r["flops"] > 0]
+        if eligible and not measured:
+            raise TunerError(
+                f"none of the {len(eligible)} finished pre-training rows with a checkpoint has a FLOPs figure "
+                "(XLA's cost analysis on their backend gave none), so --budget-flops cannot select them; "
+                "give the budget in device-hours with --budget-device-hours instead")
+        eligible = [r for r in measured if r["flops"] <= budget_flops]
     if budget_device_hours is not None:
         eligible = [r for r in eligible if _finite(r.get("device_hours")) and r["device_hours"] <= budget_device_hours]
     if not eligible:

@@ -216,7 +216,7 @@ class SweepResult:
     path: str
     rows: list[dict[str, Any]]
     trials: int
-    flops: float
+    flops: float | None  # None when a trial's FLOPs are unknown
     device_hours: float
     budget: tuple[str, float] | None
     finetune: list[dict[str, Any]] = field(default_factory=list)
@@ -739,16 +739,22 @@ def find_experiment(storage: str, name: str | None, preset: str | None) -> str:
     raise TunerError(f"no sweep{which} to resume under {storage}; start one without --resume, or pass --name")
 
 
-def _grid_usage(results: Iterable[Any]) -> tuple[int, float, float]:
+def _grid_usage(results: Iterable[Any]) -> tuple[int, float | None, float, str | None]:
+    """(trials, their FLOPs, device-hours, the first trial that reported no FLOPs figure).
+    The FLOPs are None when any trial's are unknown: a partial sum would read as the total."""
     trials = flops = seconds = 0.0
+    unmeasured = None
     for result in results:
         metrics = result.metrics or {}
         if not metrics:
             continue
         trials += 1
-        flops += float(metrics.get("flops") or 0.0)
+        if metrics.get("flops") is None:
+            unmeasured = unmeasured or str(metrics.get("trial_id") or getattr(result, "path", "?"))
+        else:
+            flops += float(metrics["flops"])
         seconds += float(metrics.get("device_seconds") or 0.0)
-    return int(trials), flops, seconds / 3600.0
+    return int(trials), None if unmeasured else flops, seconds / 3600.0, unmeasured
 
 
 def _experiment_rows(ledger_uri: str, experiment: str) -> list[dict[str, Any]]:
@@ -852,7 +858,7 @@ def _finish(plan_json: dict[str, Any], path: str, results: Any, options: SweepOp
             interrupted: bool = False) -> SweepResult:
     """Print what the sweep did (table, compute, best cell, where things are), then promote."""
     experiment = plan_json["experiment"]
-    trials, flops, device_hours = _grid_usage(results)
+    trials, flops, device_hours, unmeasured = _grid_usage(results)
     rows = _experiment_rows(plan_json["ledger"], experiment)
     budget = None if plan_json["budget"] is None else (plan_json["budget"]["unit"], plan_json["budget"]["total"])
     result = SweepResult(plan_json, experiment, path, rows, trials, flops, device_hours, budget,
@@ -860,8 +866,9 @@ def _finish(plan_json: dict[str, Any], path: str, results: Any, options: SweepOp
     if rows:
         log(results_table(rows))
     used = flops if budget is None or budget[0] == "flops" else device_hours
-    log(f"{trials} trials, {flops:.4g} FLOPs, {device_hours:.4g} device-hours"
-        + ("" if budget is None else f" (budget {used:.4g} of {budget[1]:.4g} {budget[0]})"))
+    shown = "unknown (no FLOPs figure from XLA)" if flops is None else f"{flops:.4g}"
+    log(f"{trials} trials, {shown} FLOPs, {device_hours:.4g} device-hours"
+        + ("" if budget is None or used is None else f" (budget {used:.4g} of {budget[1]:.4g} {budget[0]})"))
     errors = [r for r in results if r.error is not None]
     if errors:
         log(f"{len(errors)} trial(s) failed after their retries; see error.txt in their directories under {path}")
@@ -875,6 +882,10 @@ def _finish(plan_json: dict[str, Any], path: str, results: Any, options: SweepOp
         log(f"interrupted (Ctrl-C): finished trials are in the ledger; continue the sweep with: "
             f"{resume_command(plan_json, options)}")
         return result
+    if budget is not None and budget[0] == "flops" and unmeasured is not None:
+        from tuner.schedulers import unmeasured_budget_message
+
+        raise TunerError(unmeasured_budget_message(True, unmeasured))
     if not options.then_finetune:
         return result
     from tuner.promote import PromoteOptions, promote

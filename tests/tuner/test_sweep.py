@@ -387,3 +387,26 @@ def test_an_optuna_storage_keeps_the_study_to_inspect_and_continue(tmp_path):
     config = later.suggest("d")
     assert (config["variant"], config["epochs"], config["lr"]) not in seen
     assert len(optuna.load_study(study_name="study", storage=url).trials) == 4
+
+
+def test_a_flops_budget_whose_trials_report_no_flops_ends_in_a_one_line_error(tmp_path):
+    """Trials on a backend whose XLA gives no FLOPs figure (flops=None, stood in for by hand-made
+    results): the sweep's total is unknown (None), not a partial sum, and a --budget-flops sweep
+    ends with an error naming --budget-device-hours."""
+    from types import SimpleNamespace
+
+    from tuner.sweep import _finish, _grid_usage
+
+    results = [SimpleNamespace(metrics={"trial_id": "a", "flops": 1e12, "device_seconds": 36.0}, error=None),
+               SimpleNamespace(metrics={"trial_id": "b", "flops": None, "device_seconds": 36.0}, error=None)]
+    assert _grid_usage(results) == (2, None, 0.02, "b")
+    assert _grid_usage(results[:1]) == (1, 1e12, 0.01, None)
+    plan_json = {"experiment": "e", "ledger": str(tmp_path / "ledger"), "budget": {"unit": "flops", "total": 1e15}}
+    lines = []
+    with pytest.raises(TunerError, match="--budget-device-hours") as info:
+        _finish(plan_json, str(tmp_path / "exp"), results, SweepOptions(), lines.append)
+    assert "\n" not in str(info.value) and "trial b" in str(info.value)
+    assert any("unknown (no FLOPs figure from XLA) FLOPs" in line for line in lines)
+    # In device-hours the same sweep is fine.
+    plan_json["budget"] = {"unit": "device_hours", "total": 1.0}
+    assert _finish(plan_json, str(tmp_path / "exp"), results, SweepOptions(), lines.append).flops is None
