@@ -52,6 +52,7 @@ from nfnet import cli
 from nfnet.agc import DEFAULT_EPS, DEFAULT_EXCLUDE, agc_clip_fraction
 from nfnet.checkpoint import (
     CHECKPOINTS_SUBDIR,
+    MAX_TO_KEEP,
     CheckpointStore,
     latest_checkpoint,
     read_meta,
@@ -433,11 +434,14 @@ def _mean(values: list[float]) -> float:
 
 
 def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | None = None,
-          tensorboard_dir: str | None = None) -> dict:
+          tensorboard_dir: str | None = None, checkpoint_root: str | None = None,
+          keep_checkpoints: int = MAX_TO_KEEP) -> dict:
     """Train, evaluate, checkpoint; call `callback(metrics, checkpoint_dir)` after every evaluation.
 
     TensorBoard events (scalars against the step, and the run's hparams) go to
-    `tensorboard_dir`, `<workdir>/tensorboard` unless given.
+    `tensorboard_dir`, `<workdir>/tensorboard` unless given. Checkpoints go to
+    `checkpoint_root` (`<workdir>/checkpoints` unless given), the newest
+    `keep_checkpoints` of them kept; `--resume` looks there too.
 
     Returns the summary: the last metrics plus status ("finished" or "diverged"),
     num_classes, steps, workdir, checkpoint_dir (the last checkpoint written, or None),
@@ -453,7 +457,9 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
     eval_resolution = config.eval_resolution or resolution
 
     # Resume / init sources are checked before anything is built or written.
-    checkpoint_root = os.path.join(config.workdir, CHECKPOINTS_SUBDIR)
+    checkpoint_root = checkpoint_root or os.path.join(config.workdir, CHECKPOINTS_SUBDIR)
+    if keep_checkpoints < 1:
+        raise NFNetError(f"keep_checkpoints must be at least 1, got {keep_checkpoints}")
     resume_path = None
     if config.resume:
         resume_path = latest_checkpoint(checkpoint_root)
@@ -520,7 +526,7 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
 
     main_process = jax.process_index() == 0
     epath.Path(config.workdir).mkdir(parents=True, exist_ok=True)  # local or gs://
-    store = CheckpointStore(checkpoint_root)
+    store = CheckpointStore(checkpoint_root, max_to_keep=keep_checkpoints)
     if resume_meta is not None:
         stale = store.delete_after(start)
         if stale and main_process:

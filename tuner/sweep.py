@@ -51,9 +51,12 @@ from tuner.experiment import (
     NODE_WAIT_HELP,
     InterruptWatch,
     LedgerCallback,
+    DEFAULT_KEEP_CHECKPOINTS,
+    KEEP_CHECKPOINTS_HELP,
     NoTuneTensorBoard,
     ProgressPrinter,
     check_ray_options,
+    checkpoint_config,
     check_resources,
     check_storage,
     connect,
@@ -97,6 +100,7 @@ class SweepOptions:
     accelerator: str = "cpu"
     fast_compile: bool | None = None
     max_failures: int = 2
+    keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS
     resume: bool = False
     skip_recorded: bool = False
     name: str | None = None
@@ -143,6 +147,7 @@ class SweepPlan:
     study_name: str
     seed: int
     max_failures: int
+    keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS
     notes: list[str] = field(default_factory=list)
     recorded: int = 0  # grid cells left out because the ledger holds them (--skip-recorded)
 
@@ -174,6 +179,7 @@ class SweepPlan:
             "study_name": self.study_name,
             "seed": self.seed,
             "max_failures": self.max_failures,
+            "keep_checkpoints": self.keep_checkpoints,
             "scheduler": {
                 "grace_period": self.preset.grace_period,
                 "reduction_factor": self.preset.reduction_factor,
@@ -193,7 +199,8 @@ class SweepPlan:
             f"scheduler: GroupedASHA per (variant, epochs), rungs from {self.preset.grace_period:g} of each run, "
             f"reduction factor {self.preset.reduction_factor:g}",
             f"compute budget: {budget}; concurrency: {self.max_concurrent or 'as resources allow'}; "
-            f"retries: {self.max_failures}",
+            f"retries: {self.max_failures}; checkpoints kept per trial: the {self.keep_checkpoints} best "
+            "and the latest",
             *(f"placement: {p.describe()}" for p in self.placements.values()),
             f"ledger: {self.ledger}",
             "trainer: " + ", ".join(f"{k}={v}" for k, v in sorted(self.base_config.items())),
@@ -507,6 +514,7 @@ def plan_sweep(options: SweepOptions, preset: Preset | None = None, now: datetim
         raise TunerError(f"--max-concurrent must be positive, got {options.max_concurrent}")
     if options.max_failures < 0:
         raise TunerError(f"--max-failures must be >= 0, got {options.max_failures}")
+    checkpoint_config(options.keep_checkpoints, METRIC)
     if options.grid and options.points:
         raise TunerError("--grid runs every cell once; drop --point (start points are for Optuna sweeps)")
     if options.grid and options.num_samples is not None:
@@ -579,6 +587,7 @@ def plan_sweep(options: SweepOptions, preset: Preset | None = None, now: datetim
         study_name=options.study_name or name,
         seed=options.seed,
         max_failures=options.max_failures,
+        keep_checkpoints=options.keep_checkpoints,
         notes=notes,
         recorded=recorded,
     )
@@ -773,6 +782,7 @@ def _run_config(plan: SweepPlan, callbacks: Sequence[Any], quiet: bool):
         callbacks=[LedgerCallback(Ledger(plan.ledger), source=SOURCE), NoTuneTensorBoard(),
                    SweepProgressPrinter(to_stderr=quiet), *callbacks],
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+        checkpoint_config=checkpoint_config(plan.keep_checkpoints, METRIC),
         verbose=0,
     )
 
@@ -906,6 +916,7 @@ def _finish(plan_json: dict[str, Any], path: str, results: Any, options: SweepOp
             cpus_per_trial=options.cpus_per_trial,
             fast_compile=options.fast_compile,
             max_failures=options.max_failures,
+            keep_checkpoints=options.keep_checkpoints,
             seed=options.seed,
         ),
         log=log,
@@ -962,6 +973,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="XLA's full optimisations (default on clusters and accelerators)")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries of a failed trial, from its last checkpoint (default: 2)")
+    p.add_argument("--keep-checkpoints", type=int, default=DEFAULT_KEEP_CHECKPOINTS, metavar="K",
+                   help=KEEP_CHECKPOINTS_HELP)
     p.add_argument("--wait-for-nodes", type=float, default=DEFAULT_NODE_WAIT_S, metavar="SECONDS", help=NODE_WAIT_HELP)
     p.add_argument("--resume", action="store_true",
                    help="continue the latest sweep (of --preset, if given) under --storage, or --name; "

@@ -189,3 +189,9 @@ def test_a_flops_budget_over_rows_without_flops_is_a_one_line_error_naming_devic
         select_candidates(rows, budget_flops=1e12)
     assert "\n" not in str(info.value) and "FLOPs figure" in str(info.value)
     assert [r["trial_id"] for r in select_candidates(rows, budget_device_hours=1.0)] == ["x"]
+
+
+def test_keep_checkpoints_below_1_is_a_one_line_error(capsys, tmp_path):
+    code = main(["--dataset", "digits", "--ledger", str(tmp_path / "ledger"), "--keep-checkpoints", "0", "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --keep-checkpoints must be") and err.count("\n") == 1
