@@ -19,10 +19,12 @@ half-written temporary directories included, kept forever. So the trainer writes
 its orbax checkpoints to a node-local scratch directory outside the trial
 directory (`local_checkpoint_root`), keeps only the newest one there
 (`LOCAL_CHECKPOINTS`: the one being handed to Ray; Ray's copy is the durable
-one), and the directory is removed when the trial's function returns. A retry on
-the same node finds that newest local checkpoint (it may be newer than the last
-reported one, by a crash between save and report) and resumes from it; anywhere
-else it resumes from Ray's copy.
+one), and the directory is removed when the trial's function returns or raises.
+A retry after the process was killed outright (a preemption) on the same node
+finds that newest local checkpoint (it may be newer than the last reported one,
+by a kill between save and report) and resumes from it; otherwise it resumes from
+Ray's copy. Either is exact. Multi-host slice trials (`tuner/slice_trial.py`)
+keep their checkpoints in the shared workdir as before.
 
 What a trial reports is the trainer's metrics with two changes:
 - `done` (the trainer reached the end of its schedule) is reported as
