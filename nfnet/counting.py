@@ -7,11 +7,14 @@
   these multiply-adds.
 - Training FLOPs: XLA's own cost analysis of the compiled training step
   (`jit(...).lower(...).compile().cost_analysis()`), which the tuner multiplies
-  by the number of steps to account compute.
+  by the number of steps to account compute. A backend whose cost analysis gives
+  no figure (or 0) gives None, never 0: a FLOPs budget counted from zeros would
+  never run out.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import jax
@@ -133,9 +136,18 @@ def stage_table(variant: Variant | str, resolution: int, num_classes: int = 1000
     return rows
 
 
-def compiled_flops(compiled) -> float:
-    """FLOPs of one call of a compiled XLA computation, from XLA's cost analysis."""
-    analysis = compiled.cost_analysis()
+def compiled_flops(compiled) -> float | None:
+    """FLOPs of one call of a compiled XLA computation, from XLA's cost analysis;
+    None when the backend reports no positive finite figure (no cost analysis, no
+    `flops` entry, or 0), so that callers cannot mistake "unknown" for "free"."""
+    try:
+        analysis = compiled.cost_analysis()
+    except NotImplementedError:  # some PJRT plugins do not implement it
+        return None
     if isinstance(analysis, (list, tuple)):  # older jax returned one dict per device
         analysis = analysis[0] if analysis else {}
-    return float((analysis or {}).get("flops", 0.0))
+    flops = (analysis or {}).get("flops")
+    if flops is None:
+        return None
+    flops = float(flops)
+    return flops if math.isfinite(flops) and flops > 0 else None

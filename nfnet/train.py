@@ -52,6 +52,7 @@ from nfnet import cli, storage
 from nfnet.agc import DEFAULT_EPS, DEFAULT_EXCLUDE, agc_clip_fraction
 from nfnet.checkpoint import (
     CHECKPOINTS_SUBDIR,
+    MAX_TO_KEEP,
     CheckpointStore,
     latest_checkpoint,
     read_meta,
@@ -337,8 +338,9 @@ def _init_fn(spec: StepSpec) -> Callable[[jax.Array, jax.Array], dict]:
 
 
 @functools.lru_cache(maxsize=4)
-def compile_train_step(spec: StepSpec, state_shapes: Any) -> tuple[Any, float]:
-    """(compiled step, training FLOPs of one step over all devices) for this spec."""
+def compile_train_step(spec: StepSpec, state_shapes: Any) -> tuple[Any, float | None]:
+    """(compiled step, training FLOPs of one step over all devices) for this spec; the
+    FLOPs are None when the backend's cost analysis gives no figure."""
     state_abstract = jax.tree.unflatten(state_shapes[0], state_shapes[1])
     batch = (
         jax.ShapeDtypeStruct((spec.batch_size, spec.resolution, spec.resolution, 3), jnp.uint8,
@@ -349,7 +351,8 @@ def compile_train_step(spec: StepSpec, state_shapes: Any) -> tuple[Any, float]:
                    out_shardings=(spec.replicated, spec.replicated), donate_argnums=0)
     compiled = step.lower(state_abstract, batch).compile()
     # XLA's cost analysis is of the per-device SPMD program.
-    return compiled, compiled_flops(compiled) * spec.mesh.size
+    flops = compiled_flops(compiled)
+    return compiled, None if flops is None else flops * spec.mesh.size
 
 
 def abstract_state_key(state: dict) -> Any:
@@ -443,11 +446,14 @@ def _mean(values: list[float]) -> float:
 
 
 def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | None = None,
-          tensorboard_dir: str | None = None) -> dict:
+          tensorboard_dir: str | None = None, checkpoint_root: str | None = None,
+          keep_checkpoints: int = MAX_TO_KEEP) -> dict:
     """Train, evaluate, checkpoint; call `callback(metrics, checkpoint_dir)` after every evaluation.
 
     TensorBoard events (scalars against the step, and the run's hparams) go to
-    `tensorboard_dir`, `<workdir>/tensorboard` unless given.
+    `tensorboard_dir`, `<workdir>/tensorboard` unless given. Checkpoints go to
+    `checkpoint_root` (`<workdir>/checkpoints` unless given), the newest
+    `keep_checkpoints` of them kept; `--resume` looks there too.
 
     Returns the summary: the last metrics plus status ("finished" or "diverged"),
     num_classes, steps, workdir, checkpoint_dir (the last checkpoint written, or None),
@@ -463,7 +469,9 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
     eval_resolution = config.eval_resolution or resolution
 
     # Resume / init sources are checked before anything is built or written.
-    checkpoint_root = os.path.join(config.workdir, CHECKPOINTS_SUBDIR)
+    checkpoint_root = checkpoint_root or os.path.join(config.workdir, CHECKPOINTS_SUBDIR)
+    if keep_checkpoints < 1:
+        raise NFNetError(f"keep_checkpoints must be at least 1, got {keep_checkpoints}")
     resume_path = None
     if config.resume:
         resume_path = latest_checkpoint(checkpoint_root)
@@ -515,6 +523,8 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
         state, meta = restore_checkpoint(resume_path, target=state)
         start = int(meta["step"])
         counters.update({k: float(meta[k]) if meta.get(k) is not None else counters[k] for k in counters})
+        if meta.get("flops") is None and start > 0:
+            counters["flops"] = None  # the steps before the checkpoint were not counted
         parent = meta.get("parent")
     elif init_path is not None:
         # The optimizer state holds no parameter values yet (zero momentum), so it stays.
@@ -528,7 +538,7 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
 
     main_process = jax.process_index() == 0
     epath.Path(config.workdir).mkdir(parents=True, exist_ok=True)  # local or gs://
-    store = CheckpointStore(checkpoint_root)
+    store = CheckpointStore(checkpoint_root, max_to_keep=keep_checkpoints)
     if resume_meta is not None:
         stale = store.delete_after(start)
         if stale and main_process:
@@ -566,7 +576,9 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
             "lr": float(schedule(max(step - 1, 0))),
             "clip_fraction": _mean(clips),
             "images_per_sec": (step - interval_first) * batch / elapsed if elapsed > 0 else float("nan"),
-            "flops": counters["flops"] + flops_per_step * (step - segment_start_step),
+            # None (not 0) when XLA gave no FLOPs figure: unknown compute is not free.
+            "flops": None if counters["flops"] is None or flops_per_step is None
+            else counters["flops"] + flops_per_step * (step - segment_start_step),
             "device_seconds": device_seconds(),
             "variant": variant.name,
             "epochs": config.epochs,

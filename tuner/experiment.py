@@ -395,6 +395,23 @@ def ray_location(uri: str) -> tuple[str, Any]:
     return path, fs
 
 
+DEFAULT_KEEP_CHECKPOINTS = 1
+KEEP_CHECKPOINTS_HELP = ("checkpoints Ray keeps per trial: this many of the lowest val_loss, plus always the "
+                         "latest (which resumes the trial), so at most K+1 (default: 1, the best and the latest)")
+
+
+def checkpoint_config(keep: int, metric: str = "val_loss"):
+    """Ray's retention for a sweep's or promotion's trials: the `keep` checkpoints of lowest
+    `metric`, and the latest one (Ray never deletes a trial's latest: a retry resumes from
+    it), so at most keep + 1 per trial and the best always among them."""
+    from ray import tune
+
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise TunerError(f"--keep-checkpoints must be a whole number of at least 1, got {keep}")
+    return tune.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=metric,
+                                 checkpoint_score_order="min")
+
+
 def experiment_dir(storage: str, name: str) -> str:
     return f"{storage.rstrip('/')}/{name}"
 

@@ -7,8 +7,25 @@ temporary file that readers ignore, never half a row; existing files are never
 rewritten. Appends skip rows whose `trial_id` is already present, so a resumed
 sweep or a retried trial never duplicates a row.
 
+Concurrent writers (two sweeps, or a sweep and an import, appending at once) need
+no lock, which an object store could not give: gs:// has no file locking, and a
+lease file would need conditional writes (`ifGenerationMatch`) that pyarrow's
+filesystems do not expose. Instead every append writes a file of its own (the
+uuid makes the name unique on any host, whatever its clock), so no append can
+overwrite or truncate another's rows, and a file becomes visible whole (a rename on
+a local disk; an object is only listed once its upload is finished). Two writers can
+still both write one trial_id, since each checks the ledger before the other's file
+lands; every read collapses such repeats, keeping the row of the first part file in
+name order, so all readers agree on one row per trial_id. The price is that a
+duplicate may sit on disk; nothing is lost.
+
+A part file that cannot be read stops every reader with a one-line error naming it;
+`tuner.ledger check` moves such files aside into `<ledger>/_corrupt/` (kept, for
+inspection or repair), which readers never look into.
+
     python -m tuner.ledger show [--ledger URI] [--kind pretrain|finetune] [--json]
     python -m tuner.ledger import results.csv [--ledger URI] [--dataset NAME]
+    python -m tuner.ledger check [--ledger URI]
 """
 
 from __future__ import annotations
@@ -45,6 +62,8 @@ PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
 # Hidden prefix: pyarrow datasets and readers of this module both skip such files.
 TMP_PREFIX = ".tmp-"
+# Where `tuner.ledger check` moves unreadable part files; readers list only the top level.
+CORRUPT_DIR = "_corrupt"
 
 LEDGER_SCHEMA = pa.schema(
     [
@@ -163,34 +182,50 @@ class Ledger:
         ]
         return [self._join(name) for name in sorted(names)]
 
-    def _read_part(self, path: str) -> pa.Table:
+    def _check_hint(self) -> str:
+        return f"run `python -m tuner.ledger check --ledger {self.uri}` to move it aside"
+
+    def _part_problem(self, path: str) -> tuple[pa.Table | None, str | None]:
+        """(the part's rows in LEDGER_SCHEMA, None), or (None, why it cannot be read)."""
         try:
             table = pq.read_table(path, filesystem=self.fs)
         except (OSError, pa.ArrowException) as exc:
-            raise TunerError(
-                f"cannot read ledger file {path}: {exc}; move it out of {self.uri} (or restore it) and retry"
-            ) from exc
+            return None, _one_line(exc)
         columns = []
         for fld in LEDGER_SCHEMA:
             if fld.name in table.column_names:
                 try:
                     columns.append(table.column(fld.name).cast(fld.type))
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                    raise TunerError(
-                        f"ledger file {path} has column {fld.name!r} of type "
-                        f"{table.schema.field(fld.name).type}, expected {fld.type}; move it out of {self.uri}"
-                    ) from exc
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    return None, (f"column {fld.name!r} is of type {table.schema.field(fld.name).type}, "
+                                  f"expected {fld.type}")
             else:
                 # Files written before a column existed read as null there.
                 columns.append(pa.nulls(table.num_rows, fld.type))
-        return pa.Table.from_arrays(columns, schema=LEDGER_SCHEMA.with_metadata(None))
+        return pa.Table.from_arrays(columns, schema=LEDGER_SCHEMA.with_metadata(None)), None
+
+    def _gone(self, path: str) -> bool:
+        try:
+            return self.fs.get_file_info(path).type == pafs.FileType.NotFound
+        except OSError:
+            return False
+
+    def _read_part(self, path: str) -> pa.Table | None:
+        """The part's rows; None when it vanished since the listing (`check` moved it aside)."""
+        table, problem = self._part_problem(path)
+        if table is not None:
+            return table
+        if self._gone(path):
+            return None
+        raise TunerError(f"cannot read ledger file {path}: {problem}; {self._check_hint()}")
 
     def read(self) -> pa.Table:
         """Every row, in append order; an empty table with the schema when there is no ledger yet.
 
-        Should two writers race to append the same trial, the first file's row wins.
+        Should two writers race to append the same trial, the first file's row (in part-file
+        name order) is the one every reader sees.
         """
-        parts = [self._read_part(path) for path in self._part_files()]
+        parts = [t for t in (self._read_part(path) for path in self._part_files()) if t is not None]
         if not parts:
             return LEDGER_SCHEMA.empty_table()
         table = pa.concat_tables(parts)
@@ -214,6 +249,32 @@ class Ledger:
         elif storage.is_uri(self.uri) and (problem := storage.uri_problem(self.uri)) is not None:
             raise TunerError(f"--ledger {problem}")
         return self.read()
+
+    def move_corrupt_aside(self) -> list[tuple[str, str]]:
+        """Moves every part file that cannot be read into `<ledger>/_corrupt/`; returns
+        (where it now is, why it was moved) per file, [] when every part reads.
+
+        Temporary files are left alone: one may be another writer's append in progress.
+        A name already taken in `_corrupt/` gets a numbered suffix, so nothing is overwritten.
+        """
+        moved = []
+        for path in self._part_files():
+            table, problem = self._part_problem(path)
+            if table is not None or self._gone(path):
+                continue
+            aside_dir = self._join(CORRUPT_DIR)
+            name = path.rsplit("/", 1)[-1]
+            target, n = f"{aside_dir}/{name}", 1
+            try:
+                self.fs.create_dir(aside_dir, recursive=True)
+                while self.fs.get_file_info(target).type != pafs.FileType.NotFound:
+                    target, n = f"{aside_dir}/{name}.{n}", n + 1
+                self.fs.move(path, target)
+            except OSError as exc:
+                raise TunerError(f"cannot move {path} into {aside_dir}: {_one_line(exc)}; "
+                                 "check the ledger's permissions") from exc
+            moved.append((target, problem))
+        return moved
 
     def trial_ids(self) -> set[str]:
         return set(self.read().column("trial_id").to_pylist())
@@ -241,6 +302,11 @@ class Ledger:
         except (OSError, pa.ArrowException) as exc:
             raise TunerError(f"cannot write to ledger {self.uri}: {exc}; check the path and its permissions") from exc
         return len(fresh)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (Arrow's can span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _complete_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -509,10 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = FlagParser(
         prog="python -m tuner.ledger",
-        description="Show the results ledger or import results into it. The ledger is a directory of "
+        description="Show the results ledger, import results into it, or check its files. The ledger is a directory of "
         "Parquet files, local or gs://bucket/path; rows are only ever appended.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{show,import}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{show,import,check}")
     ledger_help = f"ledger directory or gs:// URI (default: ${LEDGER_ENV} or {DEFAULT_LEDGER})"
 
     show = sub.add_parser(
@@ -542,13 +608,39 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--num-classes", type=int, default=None,
                      help="classes of the rows' dataset, for their parameter counts (default: known for "
                      "fashion_mnist, digits, synthetic, imagenet; else guessed as 1000, with a warning)")
+
+    chk = sub.add_parser(
+        "check",
+        help="move unreadable part files aside into <ledger>/_corrupt/",
+        description=f"Read every part file of the ledger; move each one that cannot be read (truncated, not "
+        f"Parquet, a column of the wrong type) into <ledger>/{CORRUPT_DIR}/, where it is kept and readers no longer "
+        "look. Prints one line per moved file and a summary; exits 1 when it moved something, 0 when the "
+        "ledger was clean. Temporary files of appends in progress are left alone.",
+    )
+    chk.add_argument("--ledger", default=None, help=ledger_help)
     return parser
+
+
+def run_check(ledger: Ledger) -> int:
+    """`tuner.ledger check`: 1 when it moved a part file aside, 0 when every part reads."""
+    total = len(ledger._part_files())
+    moved = ledger.move_corrupt_aside()
+    for target, problem in moved:
+        print(f"moved {target.rsplit('/', 1)[-1]} to {target}: {problem}")
+    if moved:
+        print(f"ledger {ledger.uri}: moved {len(moved)} of {total} part files aside into "
+              f"{ledger._join(CORRUPT_DIR)} (kept); the other {total - len(moved)} read")
+        return 1
+    print(f"ledger {ledger.uri}: all {total} part files read")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         ledger = Ledger(args.ledger)
+        if args.command == "check":
+            return run_check(ledger)
         if args.command == "import":
             rows = read_results_csv(args.csv, dataset=args.dataset, source=args.source,
                                     num_classes=args.num_classes, warn=lambda text: print(text, file=sys.stderr))

@@ -40,14 +40,17 @@ from typing import Any
 
 from tuner.errors import TunerError
 from tuner.experiment import (
+    DEFAULT_KEEP_CHECKPOINTS,
     DEFAULT_NODE_WAIT_S,
     INTERRUPTED_EXIT,
+    KEEP_CHECKPOINTS_HELP,
     NODE_WAIT_HELP,
     InterruptWatch,
     LedgerCallback,
     NoTuneTensorBoard,
     ProgressPrinter,
     check_ray_options,
+    checkpoint_config,
     check_resources,
     check_storage,
     connect,
@@ -106,6 +109,7 @@ class PromoteOptions:
     fast_compile: bool | None = None
     max_concurrent: int | None = None
     max_failures: int = 2
+    keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS
     wait_for_nodes: float = DEFAULT_NODE_WAIT_S
     json: bool = False
     dry_run: bool = False
@@ -155,7 +159,13 @@ def select_candidates(
     with_checkpoint = [r for r in finished if r.get("checkpoint_uri")]
     eligible = with_checkpoint
     if budget_flops is not None:
-        eligible = [r for r in eligible if _finite(r.get("flops")) and r["flops"] <= budget_flops]
+        measured = [r for r in eligible if _finite(r.get("flops")) and r["flops"] > 0]
+        if eligible and not measured:
+            raise TunerError(
+                f"none of the {len(eligible)} finished pre-training rows with a checkpoint has a FLOPs figure "
+                "(XLA's cost analysis on their backend gave none), so --budget-flops cannot select them; "
+                "give the budget in device-hours with --budget-device-hours instead")
+        eligible = [r for r in measured if r["flops"] <= budget_flops]
     if budget_device_hours is not None:
         eligible = [r for r in eligible if _finite(r.get("device_hours")) and r["device_hours"] <= budget_device_hours]
     if not eligible:
@@ -324,6 +334,7 @@ def plan_promotion(options: PromoteOptions) -> tuple[list[dict[str, Any]], dict[
         raise TunerError(f"--max-concurrent must be positive, got {options.max_concurrent}")
     if options.max_failures < 0:
         raise TunerError(f"--max-failures must be >= 0, got {options.max_failures}")
+    checkpoint_config(options.keep_checkpoints)
     if options.lrs and any(not (_finite(lr) and lr > 0) for lr in options.lrs):
         raise TunerError(f"--lrs must be positive numbers, got {list(options.lrs)}")
     check_ray_options(options.num_cpus, options.wait_for_nodes)
@@ -381,6 +392,7 @@ def promote(options: PromoteOptions, log: Callable[..., None] = print) -> Promot
                 callbacks=[FinetuneLedgerCallback(Ledger(ledger_uri)), NoTuneTensorBoard(),
                            PromoteProgressPrinter(to_stderr=options.json)],
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),
+                checkpoint_config=checkpoint_config(options.keep_checkpoints),
                 verbose=0,
             ),
         )
@@ -471,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tuning trials at a time (default: as many as the resources allow)")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries of a failed trial, from its last checkpoint (default: 2)")
+    p.add_argument("--keep-checkpoints", type=int, default=DEFAULT_KEEP_CHECKPOINTS, metavar="K",
+                   help=KEEP_CHECKPOINTS_HELP)
     p.add_argument("--wait-for-nodes", type=float, default=DEFAULT_NODE_WAIT_S, metavar="SECONDS", help=NODE_WAIT_HELP)
     p.add_argument("--json", action="store_true", help="print the result (or plan) as one JSON object on stdout")
     p.add_argument("--dry-run", action="store_true", help="print the candidates and trial configs, run nothing")

@@ -27,6 +27,12 @@ never-started trials are stopped rather than merely not chosen. `BudgetStopper`
 is the hard cap: it ends the whole experiment, running trials included, as soon
 as the budget is spent.
 
+A trial that reports no figure in the budget's unit (`flops` is None where XLA's
+cost analysis gives none, on some backends) makes the budget unmeasurable: it
+counts as spent at once, so no new trial starts, and `unmeasured` names the trial
+so that the sweep ends with a one-line error saying to budget in device-hours.
+Counting the missing figure as 0 would make a budget that never runs out.
+
 Surviving a driver restart: `Tuner.restore` does not call the scheduler's
 `save`/`restore`; it runs the scheduler object that was pickled into `tuner.pkl`
 when the Tuner was built (empty rungs, empty budget), and re-adds every trial of
@@ -111,12 +117,24 @@ class BudgetSummary:
         )
 
 
+def unmeasured_budget_message(flops: bool, trial_id: str) -> str:
+    """Why a budget in FLOPs (`flops`) or device-hours cannot be counted, and what to pass instead."""
+    if flops:
+        return (f"trial {trial_id} reported no FLOPs figure (XLA's cost analysis on its backend gives none), "
+                "so --budget-flops cannot be counted and no further trial was started; give the budget in "
+                "device-hours with --budget-device-hours instead")
+    return (f"trial {trial_id} reported no device_seconds, so --budget-device-hours cannot be counted and no "
+            "further trial was started; its trainable must report device_seconds")
+
+
 class ComputeBudget:
     """A sweep's total compute, in training FLOPs or in device-hours (one of them).
 
     Each trial counts the largest cumulative `flops` / `device_seconds` it has
     reported, so a trial stopped early counts what it used and a trial that
-    restarts from a checkpoint never lowers the count.
+    restarts from a checkpoint never lowers the count. A result without a figure
+    in the budget's unit sets `unmeasured` (the first such trial), and the budget
+    is spent from then on.
     """
 
     def __init__(self, flops: float | None = None, device_hours: float | None = None):
@@ -131,20 +149,20 @@ class ComputeBudget:
         self.unit = "FLOPs" if flops is not None else "device-hours"
         self.total = float(total)
         self._usage: dict[str, tuple[float, float]] = {}
-        self._warned: set[str] = set()
+        self.unmeasured: str | None = None
+
+    def unmeasured_message(self) -> str:
+        """The one-line error for a budget a trial could not be counted against."""
+        return unmeasured_budget_message(self.unit == "FLOPs", str(self.unmeasured))
 
     def record(self, trial_id: str, result: Mapping[str, Any]) -> None:
         """Counts one reported result (cumulative `flops`, `device_seconds`)."""
         flops = result.get("flops")
         seconds = result.get("device_seconds")
         needed = flops if self.unit == "FLOPs" else seconds
-        if needed is None and trial_id not in self._warned:
-            self._warned.add(trial_id)
-            logger.warning(
-                "trial %s reports no %s: it does not count against the compute budget",
-                trial_id,
-                "flops" if self.unit == "FLOPs" else "device_seconds",
-            )
+        if needed is None and self.unmeasured is None:
+            self.unmeasured = trial_id
+            logger.error("%s", self.unmeasured_message())
         self.record_usage(trial_id, float(flops or 0.0), float(seconds or 0.0))
 
     def record_usage(self, trial_id: str, flops: float, device_seconds: float) -> None:
@@ -165,7 +183,7 @@ class ComputeBudget:
 
     @property
     def spent(self) -> bool:
-        return self.used >= self.total
+        return self.unmeasured is not None or self.used >= self.total
 
     def summary(self) -> BudgetSummary:
         return BudgetSummary(
@@ -371,6 +389,7 @@ class GroupedASHA(TrialScheduler):
         if self.budget is not None:
             for trial_id, (flops, seconds) in state["usage"].items():
                 self.budget.record_usage(trial_id, flops, seconds)
+            self.budget.unmeasured = self.budget.unmeasured or state.get("unmeasured")
 
     # Inspection --------------------------------------------------------------
 
@@ -412,6 +431,7 @@ class GroupedASHA(TrialScheduler):
             "reported": self._reported,
             "num_stopped": self._num_stopped,
             "usage": self.budget.usage() if self.budget is not None else {},
+            "unmeasured": self.budget.unmeasured if self.budget is not None else None,
         }
 
     def _new_asha(self) -> AsyncHyperBandScheduler:

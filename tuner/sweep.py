@@ -51,9 +51,12 @@ from tuner.experiment import (
     NODE_WAIT_HELP,
     InterruptWatch,
     LedgerCallback,
+    DEFAULT_KEEP_CHECKPOINTS,
+    KEEP_CHECKPOINTS_HELP,
     NoTuneTensorBoard,
     ProgressPrinter,
     check_ray_options,
+    checkpoint_config,
     check_resources,
     check_storage,
     connect,
@@ -98,6 +101,7 @@ class SweepOptions:
     accelerator: str = "cpu"
     fast_compile: bool | None = None
     max_failures: int = 2
+    keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS
     resume: bool = False
     skip_recorded: bool = False
     name: str | None = None
@@ -144,6 +148,7 @@ class SweepPlan:
     study_name: str
     seed: int
     max_failures: int
+    keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS
     notes: list[str] = field(default_factory=list)
     recorded: int = 0  # grid cells left out because the ledger holds them (--skip-recorded)
 
@@ -175,6 +180,7 @@ class SweepPlan:
             "study_name": self.study_name,
             "seed": self.seed,
             "max_failures": self.max_failures,
+            "keep_checkpoints": self.keep_checkpoints,
             "scheduler": {
                 "grace_period": self.preset.grace_period,
                 "reduction_factor": self.preset.reduction_factor,
@@ -194,7 +200,8 @@ class SweepPlan:
             f"scheduler: GroupedASHA per (variant, epochs), rungs from {self.preset.grace_period:g} of each run, "
             f"reduction factor {self.preset.reduction_factor:g}",
             f"compute budget: {budget}; concurrency: {self.max_concurrent or 'as resources allow'}; "
-            f"retries: {self.max_failures}",
+            f"retries: {self.max_failures}; checkpoints kept per trial: the {self.keep_checkpoints} best "
+            "and the latest",
             *(f"placement: {p.describe()}" for p in self.placements.values()),
             f"ledger: {self.ledger}",
             "trainer: " + ", ".join(f"{k}={v}" for k, v in sorted(self.base_config.items())),
@@ -217,7 +224,7 @@ class SweepResult:
     path: str
     rows: list[dict[str, Any]]
     trials: int
-    flops: float
+    flops: float | None  # None when a trial's FLOPs are unknown
     device_hours: float
     budget: tuple[str, float] | None
     finetune: list[dict[str, Any]] = field(default_factory=list)
@@ -508,6 +515,7 @@ def plan_sweep(options: SweepOptions, preset: Preset | None = None, now: datetim
         raise TunerError(f"--max-concurrent must be positive, got {options.max_concurrent}")
     if options.max_failures < 0:
         raise TunerError(f"--max-failures must be >= 0, got {options.max_failures}")
+    checkpoint_config(options.keep_checkpoints, METRIC)
     if options.grid and options.points:
         raise TunerError("--grid runs every cell once; drop --point (start points are for Optuna sweeps)")
     if options.grid and options.num_samples is not None:
@@ -580,6 +588,7 @@ def plan_sweep(options: SweepOptions, preset: Preset | None = None, now: datetim
         study_name=options.study_name or name,
         seed=options.seed,
         max_failures=options.max_failures,
+        keep_checkpoints=options.keep_checkpoints,
         notes=notes,
         recorded=recorded,
     )
@@ -747,16 +756,22 @@ def find_experiment(storage: str, name: str | None, preset: str | None) -> str:
     raise TunerError(f"no sweep{which} to resume under {storage}; start one without --resume, or pass --name")
 
 
-def _grid_usage(results: Iterable[Any]) -> tuple[int, float, float]:
+def _grid_usage(results: Iterable[Any]) -> tuple[int, float | None, float, str | None]:
+    """(trials, their FLOPs, device-hours, the first trial that reported no FLOPs figure).
+    The FLOPs are None when any trial's are unknown: a partial sum would read as the total."""
     trials = flops = seconds = 0.0
+    unmeasured = None
     for result in results:
         metrics = result.metrics or {}
         if not metrics:
             continue
         trials += 1
-        flops += float(metrics.get("flops") or 0.0)
+        if metrics.get("flops") is None:
+            unmeasured = unmeasured or str(metrics.get("trial_id") or getattr(result, "path", "?"))
+        else:
+            flops += float(metrics["flops"])
         seconds += float(metrics.get("device_seconds") or 0.0)
-    return int(trials), flops, seconds / 3600.0
+    return int(trials), None if unmeasured else flops, seconds / 3600.0, unmeasured
 
 
 def _experiment_rows(ledger_uri: str, experiment: str) -> list[dict[str, Any]]:
@@ -777,6 +792,7 @@ def _run_config(plan: SweepPlan, callbacks: Sequence[Any], quiet: bool):
         callbacks=[LedgerCallback(Ledger(plan.ledger), source=SOURCE), NoTuneTensorBoard(),
                    SweepProgressPrinter(to_stderr=quiet), *callbacks],
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+        checkpoint_config=checkpoint_config(plan.keep_checkpoints, METRIC),
         verbose=0,
     )
 
@@ -865,7 +881,7 @@ def _finish(plan_json: dict[str, Any], path: str, results: Any, options: SweepOp
             interrupted: bool = False) -> SweepResult:
     """Print what the sweep did (table, compute, best cell, where things are), then promote."""
     experiment = plan_json["experiment"]
-    trials, flops, device_hours = _grid_usage(results)
+    trials, flops, device_hours, unmeasured = _grid_usage(results)
     rows = _experiment_rows(plan_json["ledger"], experiment)
     budget = None if plan_json["budget"] is None else (plan_json["budget"]["unit"], plan_json["budget"]["total"])
     result = SweepResult(plan_json, experiment, path, rows, trials, flops, device_hours, budget,
@@ -873,8 +889,9 @@ def _finish(plan_json: dict[str, Any], path: str, results: Any, options: SweepOp
     if rows:
         log(results_table(rows))
     used = flops if budget is None or budget[0] == "flops" else device_hours
-    log(f"{trials} trials, {flops:.4g} FLOPs, {device_hours:.4g} device-hours"
-        + ("" if budget is None else f" (budget {used:.4g} of {budget[1]:.4g} {budget[0]})"))
+    shown = "unknown (no FLOPs figure from XLA)" if flops is None else f"{flops:.4g}"
+    log(f"{trials} trials, {shown} FLOPs, {device_hours:.4g} device-hours"
+        + ("" if budget is None or used is None else f" (budget {used:.4g} of {budget[1]:.4g} {budget[0]})"))
     errors = [r for r in results if r.error is not None]
     if errors:
         log(f"{len(errors)} trial(s) failed after their retries; see error.txt in their directories under {path}")
@@ -888,6 +905,10 @@ def _finish(plan_json: dict[str, Any], path: str, results: Any, options: SweepOp
         log(f"interrupted (Ctrl-C): finished trials are in the ledger; continue the sweep with: "
             f"{resume_command(plan_json, options)}")
         return result
+    if budget is not None and budget[0] == "flops" and unmeasured is not None:
+        from tuner.schedulers import unmeasured_budget_message
+
+        raise TunerError(unmeasured_budget_message(True, unmeasured))
     if not options.then_finetune:
         return result
     from tuner.promote import PromoteOptions, promote
@@ -908,6 +929,7 @@ def _finish(plan_json: dict[str, Any], path: str, results: Any, options: SweepOp
             cpus_per_trial=options.cpus_per_trial,
             fast_compile=options.fast_compile,
             max_failures=options.max_failures,
+            keep_checkpoints=options.keep_checkpoints,
             seed=options.seed,
         ),
         log=log,
@@ -964,6 +986,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="XLA's full optimisations (default on clusters and accelerators)")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries of a failed trial, from its last checkpoint (default: 2)")
+    p.add_argument("--keep-checkpoints", type=int, default=DEFAULT_KEEP_CHECKPOINTS, metavar="K",
+                   help=KEEP_CHECKPOINTS_HELP)
     p.add_argument("--wait-for-nodes", type=float, default=DEFAULT_NODE_WAIT_S, metavar="SECONDS", help=NODE_WAIT_HELP)
     p.add_argument("--resume", action="store_true",
                    help="continue the latest sweep (of --preset, if given) under --storage, or --name; "

@@ -9,6 +9,23 @@ so each trial is one TensorBoard run named after that directory. A trial that
 Ray restarts after a failure resumes from its latest reported checkpoint, so it
 continues exactly where that checkpoint left off.
 
+Checkpoints, and why there is one copy of each: `tune.report(checkpoint=...)`
+copies the directory it is given into the experiment's storage
+(`checkpoint_00000N`) before it returns, and Ray's `CheckpointConfig(num_to_keep)`
+prunes those copies. Everything the trial writes in its trial directory is also
+copied to storage by Ray's syncer, which never deletes there; orbax checkpoints
+written in the trial directory were therefore a second full copy of every step,
+half-written temporary directories included, kept forever. So the trainer writes
+its orbax checkpoints to a node-local scratch directory outside the trial
+directory (`local_checkpoint_root`), keeps only the newest one there
+(`LOCAL_CHECKPOINTS`: the one being handed to Ray; Ray's copy is the durable
+one), and the directory is removed when the trial's function returns or raises.
+A retry after the process was killed outright (a preemption) on the same node
+finds that newest local checkpoint (it may be newer than the last reported one,
+by a kill between save and report) and resumes from it; otherwise it resumes from
+Ray's copy. Either is exact. Multi-host slice trials (`tuner/slice_trial.py`)
+keep their checkpoints in the shared workdir as before.
+
 What a trial reports is the trainer's metrics with two changes:
 - `done` (the trainer reached the end of its schedule) is reported as
   `schedule_done`: Ray reads a reported `done=True` as "stop this trial now" and
@@ -47,19 +64,35 @@ _COMPILE_EVENTS = frozenset({
 _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 # A run counts as through its schedule when `progress` is this close to 1.
 _PROGRESS_TOLERANCE = 1e-6
+# Orbax checkpoints a trial keeps on its node: the newest, which Ray copies to storage.
+LOCAL_CHECKPOINTS = 1
+# Where trials keep them (default: the system's temporary directory).
+SCRATCH_ENV = "NFSCALE_SCRATCH"
 
 
-def _train_config(config: Mapping[str, Any], workdir: str, resume_from: str | None):
+def local_checkpoint_root(trial_dir: str, trial_id: str) -> str:
+    """A node-local directory for one trial's orbax checkpoints, outside the trial
+    directory that Ray copies to storage; the same for every attempt of the trial on a
+    node within one run of the driver."""
+    import hashlib
+    import tempfile
+
+    scratch = os.environ.get(SCRATCH_ENV) or os.path.join(tempfile.gettempdir(), "nfscale-checkpoints")
+    tag = hashlib.sha1(os.path.abspath(trial_dir).encode()).hexdigest()[:10]
+    return os.path.join(scratch, f"{trial_id}-{tag}")
+
+
+def _train_config(config: Mapping[str, Any], workdir: str, resume_from: str | None, checkpoint_root: str):
     import dataclasses
 
-    from nfnet.checkpoint import CHECKPOINTS_SUBDIR, latest_checkpoint
+    from nfnet.checkpoint import latest_checkpoint
     from nfnet.train import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in config.items() if k in names}
     # A restarted attempt on the same node may find a checkpoint written after the
     # last one it reported; continuing from it is as exact and loses less.
-    resume = resume_from is None and latest_checkpoint(os.path.join(workdir, CHECKPOINTS_SUBDIR)) is not None
+    resume = resume_from is None and latest_checkpoint(checkpoint_root) is not None
     values.update(workdir=workdir, resume_from=resume_from, resume=resume, progress=False)
     return TrainConfig(**values)
 
@@ -130,7 +163,9 @@ def train_trial(config: dict[str, Any]) -> None:
         jax.config.update("jax_disable_most_optimizations", True)
     from nfnet.train import train
 
-    workdir = tune.get_context().get_trial_dir()
+    context = tune.get_context()
+    workdir = context.get_trial_dir()
+    checkpoint_root = local_checkpoint_root(workdir, context.get_trial_id())
     best = math.inf
     clock = CompileClock()
 
@@ -147,15 +182,25 @@ def train_trial(config: dict[str, Any]) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(out, checkpoint=checkpoint)
 
+    def run(resume_from: str | None) -> None:
+        train(_train_config(config, workdir, resume_from, checkpoint_root), callback=report,
+              tensorboard_dir=workdir, checkpoint_root=checkpoint_root, keep_checkpoints=LOCAL_CHECKPOINTS)
+
     restored = tune.get_checkpoint()
-    with clock:
-        if restored is None:
-            train(_train_config(config, workdir, None), callback=report, tensorboard_dir=workdir)
-            return
-        # Local storage hands over the checkpoint in place; a bucket's is downloaded
-        # and kept for the length of the run.
-        with restored.as_directory() as checkpoint_dir:
-            train(_train_config(config, workdir, checkpoint_dir), callback=report, tensorboard_dir=workdir)
+    try:
+        with clock:
+            if restored is None:
+                run(None)
+                return
+            # Local storage hands over the checkpoint in place; a bucket's is downloaded
+            # and kept for the length of the run.
+            with restored.as_directory() as checkpoint_dir:
+                run(checkpoint_dir)
+    finally:
+        # Every checkpoint the trial reported is in storage; the local copy only served the next report.
+        import shutil
+
+        shutil.rmtree(checkpoint_root, ignore_errors=True)
 
 
 def trial_status(last_result: Mapping[str, Any]) -> str:

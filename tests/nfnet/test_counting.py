@@ -77,3 +77,28 @@ def test_training_step_flops_from_xla_cost_analysis_are_about_three_forward_pass
     forward_flops = 2 * count_macs("nano", res, 10) * batch
     # Backward costs about twice the forward; elementwise work adds a little.
     assert 2.5 * forward_flops < flops < 6 * forward_flops
+
+
+class _NoCostAnalysis:
+    """Stands in for a compiled computation on a backend whose XLA cost analysis has no
+    figure (some PJRT plugins return nothing, or no `flops` entry, or 0)."""
+
+    def __init__(self, analysis):
+        self.analysis = analysis
+
+    def cost_analysis(self):
+        if isinstance(self.analysis, Exception):
+            raise self.analysis
+        return self.analysis
+
+
+@pytest.mark.parametrize(
+    "analysis", [None, {}, [], [{}], {"bytes accessed": 1e6}, {"flops": 0.0}, {"flops": -1.0},
+                 {"flops": float("nan")}, NotImplementedError("no cost analysis")])
+def test_compiled_flops_is_none_when_xla_gives_no_figure(analysis):
+    assert compiled_flops(_NoCostAnalysis(analysis)) is None
+
+
+def test_compiled_flops_reads_the_figure_of_old_and_new_jax():
+    assert compiled_flops(_NoCostAnalysis({"flops": 5.0})) == 5.0
+    assert compiled_flops(_NoCostAnalysis([{"flops": 7.0}])) == 7.0

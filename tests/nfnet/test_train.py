@@ -391,3 +391,21 @@ def test_command_line_trains_and_resumes_from_the_workdir(tmp_path):
     # A finished run resumed with a larger budget is refused: the schedule would differ.
     proc = run_cli("--workdir", workdir, "--resume", "--epochs", "2")
     assert proc.returncode == 2 and "epochs=1.0 in the checkpoint" in proc.stderr
+
+
+def test_a_backend_without_flops_reports_none_not_zero(tmp_path, monkeypatch):
+    """XLA's cost analysis patched to return nothing: a legitimate stand-in for a backend
+    without cost analysis. Metrics and the checkpoint then say the FLOPs are unknown (None),
+    which a FLOPs budget refuses, instead of 0, which would never spend it."""
+    from nfnet import train as train_module
+
+    monkeypatch.setattr(jax.stages.Compiled, "cost_analysis", lambda self: {})
+    train_module.compile_train_step.cache_clear()  # a step compiled by an earlier test has a figure
+    try:
+        reports = []
+        summary = train(tiny(tmp_path / "run"), callback=lambda m, ckpt: reports.append(m))
+    finally:
+        train_module.compile_train_step.cache_clear()
+    assert [m["flops"] for m in reports] == [None, None, None]
+    assert summary["status"] == "finished"
+    assert read_meta(summary["checkpoint_dir"])["flops"] is None

@@ -315,3 +315,125 @@ def test_table_type_mismatch_in_a_part_file_is_an_error(tmp_path):
     pq.write_table(pa.table({"trial_id": ["a"], "lr": ["fast"]}), directory / "part-1-x.parquet")
     with pytest.raises(TunerError, match="'lr'"):
         Ledger(directory).read()
+
+
+# ---------------------------------------------------------------- concurrency and `check`
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from tuner.ledger import Ledger
+ledger_dir, name, go, appends = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+while not go.exists():  # both writers start together
+    time.sleep(0.005)
+ledger = Ledger(ledger_dir)
+for i in range(appends):
+    rows = [dict(trial_id=f"{name}-{i}-{j}", kind="pretrain", variant="nano", epochs=1.0, lr=0.1,
+                 batch_size=8, status="finished", source=name) for j in range(3)]
+    # Every writer also appends the shared trial ids, as two sweeps recording one trial would.
+    rows.append(dict(trial_id=f"shared-{i}", kind="pretrain", variant="nano", epochs=1.0, lr=0.1,
+                     batch_size=8, status="finished", source=name))
+    ledger.append(rows)
+"""
+
+
+def test_two_processes_appending_at_once_lose_no_row_and_duplicate_no_trial_id(tmp_path):
+    """Two real writer processes append to one local ledger at the same time, each its own rows
+    and both the same `shared-*` rows: every row is read back exactly once."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    directory, go, appends = tmp_path / "ledger", tmp_path / "go", 40
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(directory), name, str(go), str(appends)], env=env)
+             for name in ("a", "b")]
+    go.touch()
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+
+    ids = Ledger(directory).read().column("trial_id").to_pylist()
+    assert len(ids) == len(set(ids))
+    expected = {f"{n}-{i}-{j}" for n in "ab" for i in range(appends) for j in range(3)}
+    expected |= {f"shared-{i}" for i in range(appends)}
+    assert set(ids) == expected
+    # Every append wrote a file of its own; none is left half-written.
+    assert len(parts(directory)) == 2 * appends
+    assert not [p for p in directory.iterdir() if p.name.startswith(TMP_PREFIX)]
+
+
+def test_duplicates_on_disk_read_once_keeping_the_first_file(tmp_path):
+    """What two racing writers leave: one trial_id in two part files. Readers keep the first."""
+    directory = tmp_path / "ledger"
+    Ledger(directory).append([row("a", lr=0.1)])
+    Ledger(tmp_path / "other").append([row("a", lr=0.5), row("b")])
+    (late,) = parts(tmp_path / "other")
+    late.rename(directory / late.name)
+    rows = Ledger(directory).read().to_pylist()
+    assert [(r["trial_id"], r["lr"]) for r in rows] == [("a", 0.1), ("b", 0.1)]
+
+
+def test_corrupt_part_error_says_to_run_check(tmp_path):
+    directory = tmp_path / "ledger"
+    Ledger(directory).append([row("a")])
+    (directory / "part-99999999T000000000000Z-bad.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(TunerError) as info:
+        Ledger(directory).read()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "part-99999999T000000000000Z-bad.parquet" in message
+    assert f"python -m tuner.ledger check --ledger {directory}" in message
+
+
+def test_check_moves_corrupt_parts_aside_keeps_them_and_reading_ignores_them(tmp_path, capsys):
+    directory = tmp_path / "ledger"
+    ledger = Ledger(directory)
+    ledger.append([row("a")])
+    ledger.append([row("b")])
+    good = parts(directory)
+    truncated = directory / "part-99999999T000000000001Z-trunc.parquet"
+    truncated.write_bytes(good[0].read_bytes()[:-30])
+    junk = directory / "part-99999999T000000000002Z-junk.parquet"
+    junk.write_bytes(b"not parquet")
+    pq.write_table(pa.table({"trial_id": ["z"], "lr": ["fast"]}), directory / "part-99999999T000000000003Z-type.parquet")
+    in_progress = directory / f"{TMP_PREFIX}part-x.parquet"
+    in_progress.write_bytes(b"half")
+
+    assert main(["check", "--ledger", str(directory)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4
+    assert all(line.startswith("moved part-99999999T") for line in out[:3])
+    assert "'lr'" in out[2]
+    assert "moved 3 of 5 part files aside" in out[3] and "_corrupt" in out[3]
+    # Kept byte for byte under _corrupt/, the readable parts and the temporary file untouched.
+    aside = directory / "_corrupt"
+    assert (aside / junk.name).read_bytes() == b"not parquet"
+    assert sorted(p.name for p in aside.iterdir()) == sorted(
+        [truncated.name, junk.name, "part-99999999T000000000003Z-type.parquet"])
+    assert parts(directory) == good and in_progress.exists()
+    assert Ledger(directory).trial_ids() == {"a", "b"}
+
+    assert main(["check", "--ledger", str(directory)]) == 0
+    assert capsys.readouterr().out.strip() == f"ledger {directory}: all 2 part files read"
+
+    # A second corrupt file of a name already aside is kept too, under a numbered name.
+    junk.write_bytes(b"more junk")
+    assert main(["check", "--ledger", str(directory)]) == 1
+    assert (aside / f"{junk.name}.1").read_bytes() == b"more junk"
+    assert (aside / junk.name).read_bytes() == b"not parquet"
+    assert ledger.append([row("c")]) == 1
+    assert Ledger(directory).trial_ids() == {"a", "b", "c"}
+
+
+def test_check_on_a_bucket_and_on_a_missing_ledger(tmp_path, capsys):
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    fs = pafs.SubTreeFileSystem(str(bucket), pafs.LocalFileSystem())
+    ledger = Ledger("runs/ledger", filesystem=fs)
+    ledger.append([row("a")])
+    (bucket / "runs" / "ledger" / "part-9-bad.parquet").write_bytes(b"junk")
+    (moved,) = ledger.move_corrupt_aside()
+    assert moved[0] == "runs/ledger/_corrupt/part-9-bad.parquet"
+    assert ledger.trial_ids() == {"a"}
+    assert main(["check", "--ledger", str(tmp_path / "none")]) == 0
+    assert "all 0 part files read" in capsys.readouterr().out

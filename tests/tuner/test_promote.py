@@ -181,3 +181,17 @@ def test_promotion_finetunes_the_best_checkpoint_into_a_linked_row(tmp_path, pre
     again = promote(PromoteOptions(dataset="digits", resolution=24, ledger=str(ledger), skip_promoted=True,
                                    storage=str(tmp_path / "results"), name="again"), log=lambda *a: None)
     assert again.candidates == [] and len(Ledger(str(ledger)).read()) == 3
+
+
+def test_a_flops_budget_over_rows_without_flops_is_a_one_line_error_naming_device_hours():
+    rows = [pretrain_row("x", 0.1, flops=None), pretrain_row("y", 0.2, flops=None)]
+    with pytest.raises(TunerError, match="--budget-device-hours") as info:
+        select_candidates(rows, budget_flops=1e12)
+    assert "\n" not in str(info.value) and "FLOPs figure" in str(info.value)
+    assert [r["trial_id"] for r in select_candidates(rows, budget_device_hours=1.0)] == ["x"]
+
+
+def test_keep_checkpoints_below_1_is_a_one_line_error(capsys, tmp_path):
+    code = main(["--dataset", "digits", "--ledger", str(tmp_path / "ledger"), "--keep-checkpoints", "0", "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --keep-checkpoints must be") and err.count("\n") == 1

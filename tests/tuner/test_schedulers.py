@@ -286,6 +286,35 @@ def test_budget_counts_latest_cumulative_usage_in_its_unit():
     assert hours.used == 1.5 and hours.unit == "device-hours"
 
 
+def test_a_flops_budget_with_no_flops_figure_is_spent_and_says_which_flag_to_use():
+    """A trial whose backend's XLA gave no FLOPs figure reports flops=None: counted as 0 it
+    would make a budget that never runs out; instead the budget stops starting trials."""
+    budget = ComputeBudget(flops=1e15)
+    budget.record("a", {"flops": 1e12, "device_seconds": 10})
+    assert not budget.spent and budget.unmeasured is None
+    budget.record("b", {"flops": None, "device_seconds": 10})
+    budget.record("c", {"device_seconds": 10})
+    assert budget.spent and budget.unmeasured == "b"
+    message = budget.unmeasured_message()
+    assert "\n" not in message and "trial b" in message and "--budget-device-hours" in message
+    # A device-hours budget does not need FLOPs.
+    hours = ComputeBudget(device_hours=1.0)
+    hours.record("b", {"flops": None, "device_seconds": 10})
+    assert not hours.spent and hours.unmeasured is None
+
+
+def test_grouped_asha_starts_nothing_once_a_trial_reports_no_flops_and_keeps_that_over_a_restore(tmp_path):
+    scheduler = make_scheduler(budget=ComputeBudget(flops=1e15))
+    trial = make_trial("t1", 0.4, 1.0)
+    scheduler.on_trial_add(None, trial)
+    scheduler.on_trial_result(None, trial, dict(result_at(1, 0.4, 1.0), flops=None))
+    assert scheduler.budget.spent
+    scheduler.save(str(tmp_path / "state.pkl"))
+    restored = make_scheduler(budget=ComputeBudget(flops=1e15))
+    restored.restore(str(tmp_path / "state.pkl"))
+    assert restored.budget.spent and restored.budget.unmeasured == "t1"
+
+
 def test_trials_stopped_early_count_what_they_used():
     budget = ComputeBudget(flops=100 * FLOPS_PER_EPOCH)
     scheduler = make_scheduler(budget=budget)

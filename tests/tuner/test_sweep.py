@@ -72,6 +72,7 @@ def run_main(capsys, *argv: str) -> tuple[int, str, str]:
         (["--then-finetune"], "needs --finetune-dataset"),
         (["--num-samples", "0"], "--num-samples must be positive"),
         (["--name", "a/b"], "experiment name"),
+        (["--keep-checkpoints", "0"], "--keep-checkpoints must be a whole number of at least 1, got 0"),
     ],
 )
 def test_mistakes_are_one_line_errors_with_status_2(capsys, argv, message):
@@ -387,3 +388,65 @@ def test_an_optuna_storage_keeps_the_study_to_inspect_and_continue(tmp_path):
     config = later.suggest("d")
     assert (config["variant"], config["epochs"], config["lr"]) not in seen
     assert len(optuna.load_study(study_name="study", storage=url).trials) == 4
+
+
+def test_a_flops_budget_whose_trials_report_no_flops_ends_in_a_one_line_error(tmp_path):
+    """Trials on a backend whose XLA gives no FLOPs figure (flops=None, stood in for by hand-made
+    results): the sweep's total is unknown (None), not a partial sum, and a --budget-flops sweep
+    ends with an error naming --budget-device-hours."""
+    from types import SimpleNamespace
+
+    from tuner.sweep import _finish, _grid_usage
+
+    results = [SimpleNamespace(metrics={"trial_id": "a", "flops": 1e12, "device_seconds": 36.0}, error=None),
+               SimpleNamespace(metrics={"trial_id": "b", "flops": None, "device_seconds": 36.0}, error=None)]
+    assert _grid_usage(results) == (2, None, 0.02, "b")
+    assert _grid_usage(results[:1]) == (1, 1e12, 0.01, None)
+    plan_json = {"experiment": "e", "ledger": str(tmp_path / "ledger"), "budget": {"unit": "flops", "total": 1e15}}
+    lines = []
+    with pytest.raises(TunerError, match="--budget-device-hours") as info:
+        _finish(plan_json, str(tmp_path / "exp"), results, SweepOptions(), lines.append)
+    assert "\n" not in str(info.value) and "trial b" in str(info.value)
+    assert any("unknown (no FLOPs figure from XLA) FLOPs" in line for line in lines)
+    # In device-hours the same sweep is fine.
+    plan_json["budget"] = {"unit": "device_hours", "total": 1.0}
+    assert _finish(plan_json, str(tmp_path / "exp"), results, SweepOptions(), lines.append).flops is None
+
+
+@pytest.mark.slow
+def test_a_sweep_keeps_at_most_k_plus_1_checkpoints_per_trial_the_best_among_them(trial_env, tmp_path, monkeypatch):
+    """--keep-checkpoints 1 over trials that checkpoint up to 4 times: each trial directory in storage
+    holds at most 2 Ray checkpoints, one of them the lowest val_loss it reported, and no orbax
+    copy of its own (the trainer's checkpoints live in node scratch, removed when it ends)."""
+    scratch = tmp_path / "scratch"
+    monkeypatch.setenv("NFSCALE_SCRATCH", str(scratch))
+    keep = 1
+    preset = tiny_preset(lr_exponents=(1, 2), overrides={**dict(tiny_preset().overrides), "evals_per_run": 4})
+    options = SweepOptions(grid=True, max_concurrent=1, num_cpus=2, storage=str(tmp_path / "results"),
+                           ledger=str(tmp_path / "ledger"), name="keep", keep_checkpoints=keep)
+    run_sweep(options, preset=preset, log=lambda *a: None)
+
+    experiment = tmp_path / "results" / "keep"
+    trial_dirs = [d for d in experiment.iterdir() if (d / "result.json").is_file()]
+    assert len(trial_dirs) == 2
+    reported = []
+    for trial_dir in trial_dirs:
+        results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line]
+        checkpointed = {r["checkpoint_dir_name"]: r["val_loss"] for r in results if r.get("checkpoint_dir_name")}
+        reported.append(len(checkpointed))
+        kept = sorted(p.name for p in trial_dir.glob("checkpoint_*"))
+        assert 1 <= len(kept) <= keep + 1
+        assert min(checkpointed, key=checkpointed.get) in kept
+        assert max(checkpointed) in kept  # the latest, which a retry resumes from
+        assert not (trial_dir / "checkpoints").exists()
+    # One LR runs its 4 evaluations; ASHA may stop the other at half its run (2).
+    assert max(reported) == 4 and min(reported) >= 2
+    # A finished trial removes its scratch; one that ASHA stopped may leave its newest, and only that.
+    finished_ids = {r["trial_id"].split("/")[-1] for r in experiment_rows(tmp_path / "ledger", "keep")
+                    if r["status"] == "finished"}
+    left = list(scratch.iterdir()) if scratch.exists() else []
+    assert not [d for d in left if d.name.split("-")[0] in finished_ids]
+    assert all(len(list(d.iterdir())) <= 1 for d in left)
+    rows = experiment_rows(tmp_path / "ledger", "keep")
+    assert len(rows) == 2 and all(Path(r["checkpoint_uri"]).is_dir() for r in rows)
+    assert json.loads((experiment / SETTINGS_FILE).read_text())["plan"]["keep_checkpoints"] == keep

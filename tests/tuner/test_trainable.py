@@ -387,3 +387,54 @@ def test_train_trial_resumes_a_failed_trial_exactly(tmp_path, local_ray):
     assert retried.metrics["images_seen"] == plain.metrics["images_seen"] == 128
     assert plain.metrics["compile_seconds"] > 0
     assert os.listdir(tmp_path / "jax-cache")  # trials wrote to the shared compilation cache
+
+
+def scored_trial(config):
+    """Reports checkpoints whose val_loss follows config["losses"]: the best is not the latest."""
+    for step, loss in enumerate(config["losses"], start=1):
+        workdir = Path(tune.get_context().get_trial_dir()) / f"ckpt-{step}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "step").write_text(str(step))
+        tune.report({"step": step, "val_loss": loss}, checkpoint=tune.Checkpoint.from_directory(str(workdir)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep", [1, 2])
+def test_checkpoint_config_keeps_the_best_k_and_the_latest(tmp_path, local_ray, keep):
+    """What `--keep-checkpoints K` asks of Ray: per trial the K lowest-val_loss checkpoints
+    and the latest, at most K + 1, here with the best one reported second of five."""
+    from tuner.experiment import checkpoint_config
+
+    tuner = tune.Tuner(
+        scored_trial,
+        param_space={"losses": [3.0, 1.0, 2.0, 4.0, 5.0]},
+        run_config=tune.RunConfig(name="keep", storage_path=str(tmp_path / "results"),
+                                  checkpoint_config=checkpoint_config(keep), verbose=0),
+    )
+    (result,) = tuner.fit()
+    (trial_dir,) = [p for p in (tmp_path / "results" / "keep").iterdir() if p.is_dir()]
+    kept = sorted(int((p / "step").read_text()) for p in trial_dir.glob("checkpoint_*"))
+    assert kept == ([2, 5] if keep == 1 else [2, 3, 5])
+    assert result.checkpoint is not None and (Path(result.checkpoint.path) / "step").read_text() == "5"
+
+
+def test_keep_checkpoints_must_be_a_positive_whole_number():
+    from tuner.experiment import checkpoint_config
+
+    config = checkpoint_config(3)
+    assert (config.num_to_keep, config.checkpoint_score_attribute, config.checkpoint_score_order) == (
+        3, "val_loss", "min")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(TunerError, match="--keep-checkpoints"):
+            checkpoint_config(bad)
+
+
+def test_local_checkpoint_root_is_outside_the_trial_dir_and_stable(tmp_path, monkeypatch):
+    from tuner.trainable import SCRATCH_ENV, local_checkpoint_root
+
+    monkeypatch.setenv(SCRATCH_ENV, str(tmp_path / "scratch"))
+    trial_dir = str(tmp_path / "results" / "exp" / "trial")
+    root = local_checkpoint_root(trial_dir, "abc")
+    assert root.startswith(str(tmp_path / "scratch")) and not root.startswith(trial_dir)
+    assert local_checkpoint_root(trial_dir, "abc") == root
+    assert local_checkpoint_root(str(tmp_path / "results" / "other" / "trial"), "abc") != root
