@@ -20,6 +20,11 @@ its orbax checkpoints to a node-local scratch directory outside the trial
 directory (`local_checkpoint_root`), keeps only the newest one there
 (`LOCAL_CHECKPOINTS`: the one being handed to Ray; Ray's copy is the durable
 one), and the directory is removed when the trial's function returns or raises.
+A trial whose process is ended from outside (ASHA stopping it, a kill) cannot
+remove its own; each directory has an owner file naming its process, and every
+trial that starts on the node removes the directories of owners that are gone
+(`claim_local_checkpoints`), so scratch holds at most the running trials' newest
+checkpoints and those of trials ended since the last start.
 A retry after the process was killed outright (a preemption) on the same node
 finds that newest local checkpoint (it may be newer than the last reported one,
 by a kill between save and report) and resumes from it; otherwise it resumes from
@@ -42,6 +47,7 @@ import JAX, or on a TPU host it would hold the chips the trials need.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Mapping
@@ -80,6 +86,52 @@ def local_checkpoint_root(trial_dir: str, trial_id: str) -> str:
     scratch = os.environ.get(SCRATCH_ENV) or os.path.join(tempfile.gettempdir(), "nfscale-checkpoints")
     tag = hashlib.sha1(os.path.abspath(trial_dir).encode()).hexdigest()[:10]
     return os.path.join(scratch, f"{trial_id}-{tag}")
+
+
+OWNER_SUFFIX = ".owner"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_local_checkpoints(root: str) -> list[str]:
+    """Mark `root` as this process's and remove the checkpoint directories in the same scratch
+    whose owner process is gone (trials stopped or killed before they could clean up); returns
+    what was removed. A retry of a killed trial that finds its directory gone resumes from Ray's
+    copy instead, which is exact too."""
+    import shutil
+
+    scratch = os.path.dirname(root)
+    os.makedirs(scratch, exist_ok=True)
+    removed = []
+    for entry in sorted(os.listdir(scratch)):
+        if not entry.endswith(OWNER_SUFFIX):
+            continue
+        owner = os.path.join(scratch, entry)
+        directory = owner[: -len(OWNER_SUFFIX)]
+        if directory == root:
+            continue
+        try:
+            with open(owner) as handle:
+                pid = int(handle.read().strip())
+        except (OSError, ValueError):
+            continue  # being written, or not ours
+        if _alive(pid):
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.remove(owner)
+        removed.append(directory)
+    with open(root + OWNER_SUFFIX, "w") as handle:
+        handle.write(str(os.getpid()))
+    return removed
 
 
 def _train_config(config: Mapping[str, Any], workdir: str, resume_from: str | None, checkpoint_root: str):
@@ -166,6 +218,7 @@ def train_trial(config: dict[str, Any]) -> None:
     context = tune.get_context()
     workdir = context.get_trial_dir()
     checkpoint_root = local_checkpoint_root(workdir, context.get_trial_id())
+    claim_local_checkpoints(checkpoint_root)
     best = math.inf
     clock = CompileClock()
 
@@ -201,6 +254,8 @@ def train_trial(config: dict[str, Any]) -> None:
         import shutil
 
         shutil.rmtree(checkpoint_root, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.remove(checkpoint_root + OWNER_SUFFIX)
 
 
 def trial_status(last_result: Mapping[str, Any]) -> str:

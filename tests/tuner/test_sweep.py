@@ -444,7 +444,7 @@ def test_a_sweep_keeps_at_most_k_plus_1_checkpoints_per_trial_the_best_among_the
     # A finished trial removes its scratch; one that ASHA stopped may leave its newest, and only that.
     finished_ids = {r["trial_id"].split("/")[-1] for r in experiment_rows(tmp_path / "ledger", "keep")
                     if r["status"] == "finished"}
-    left = list(scratch.iterdir()) if scratch.exists() else []
+    left = [d for d in scratch.iterdir() if d.is_dir()] if scratch.exists() else []
     assert not [d for d in left if d.name.split("-")[0] in finished_ids]
     assert all(len(list(d.iterdir())) <= 1 for d in left)
     rows = experiment_rows(tmp_path / "ledger", "keep")

@@ -438,3 +438,28 @@ def test_local_checkpoint_root_is_outside_the_trial_dir_and_stable(tmp_path, mon
     assert root.startswith(str(tmp_path / "scratch")) and not root.startswith(trial_dir)
     assert local_checkpoint_root(trial_dir, "abc") == root
     assert local_checkpoint_root(str(tmp_path / "results" / "other" / "trial"), "abc") != root
+
+
+def test_a_starting_trial_removes_the_local_checkpoints_of_trials_whose_process_is_gone(tmp_path, monkeypatch):
+    """Scratch stays bounded when trials are stopped or killed before they clean up: the next trial
+    on the node removes directories whose owner process has ended, and leaves live owners' alone."""
+    import subprocess
+    import sys
+
+    from tuner.trainable import OWNER_SUFFIX, SCRATCH_ENV, claim_local_checkpoints, local_checkpoint_root
+
+    monkeypatch.setenv(SCRATCH_ENV, str(tmp_path / "scratch"))
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    dead = local_checkpoint_root(str(tmp_path / "t1"), "dead")
+    live = local_checkpoint_root(str(tmp_path / "t2"), "live")
+    for root, pid in ((dead, ended.pid), (live, os.getpid())):
+        os.makedirs(os.path.join(root, "5"))
+        with open(root + OWNER_SUFFIX, "w") as handle:
+            handle.write(str(pid))
+    mine = local_checkpoint_root(str(tmp_path / "t3"), "mine")
+    assert claim_local_checkpoints(mine) == [dead]
+    assert not os.path.exists(dead) and not os.path.exists(dead + OWNER_SUFFIX)
+    assert os.path.isdir(os.path.join(live, "5"))
+    with open(mine + OWNER_SUFFIX) as handle:
+        assert int(handle.read()) == os.getpid()
