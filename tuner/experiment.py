@@ -384,15 +384,23 @@ def ray_location(uri: str) -> tuple[str, Any]:
     without its scheme.
     """
     from nfnet import storage as storage_lib
-    from nfnet.errors import NFNetError
 
     if not storage_lib.is_uri(uri):
         return uri, None
+    fs, path = open_filesystem(uri)
+    return path, fs
+
+
+def open_filesystem(uri: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path) of a local path or bucket URI (`nfnet.storage.filesystem`),
+    its problems raised as this package's error."""
+    from nfnet import storage as storage_lib
+    from nfnet.errors import NFNetError
+
     try:
-        fs, path = storage_lib.filesystem(uri)
+        return storage_lib.filesystem(uri)
     except NFNetError as e:
         raise TunerError(str(e)) from None
-    return path, fs
 
 
 DEFAULT_KEEP_CHECKPOINTS = 1

@@ -61,6 +61,7 @@ from tuner.experiment import (
     check_storage,
     connect,
     experiment_dir,
+    open_filesystem,
     placement_requests,
     quiet_tune_output,
     ray_location,
@@ -697,19 +698,8 @@ class SweepProgressPrinter(ProgressPrinter):
         return trial_name(trial)
 
 
-def _filesystem(uri: str):
-    """(pyarrow filesystem, path) of a local path or bucket URI (`nfnet.storage.filesystem`)."""
-    from nfnet.errors import NFNetError
-    from nfnet.storage import filesystem
-
-    try:
-        return filesystem(uri)
-    except NFNetError as e:
-        raise TunerError(str(e)) from None
-
-
 def _write_settings(plan: SweepPlan, options: SweepOptions) -> None:
-    fs, path = _filesystem(plan.path)
+    fs, path = open_filesystem(plan.path)
     fs.create_dir(path, recursive=True)
     settings = {"plan": plan.to_json(), "options": dataclasses.asdict(options),
                 "created": datetime.now().isoformat()}
@@ -720,7 +710,7 @@ def _write_settings(plan: SweepPlan, options: SweepOptions) -> None:
 def read_settings(path: str) -> dict[str, Any] | None:
     """The settings a sweep wrote into its experiment directory; None when there are none."""
     try:
-        fs, base = _filesystem(path)
+        fs, base = open_filesystem(path)
         with fs.open_input_stream(f"{base}/{SETTINGS_FILE}") as f:
             return json.loads(f.read().decode())
     except (OSError, ValueError):
@@ -738,7 +728,7 @@ def find_experiment(storage: str, name: str | None, preset: str | None) -> str:
             raise TunerError(f"no sweep to resume at {path}; check --storage and --name")
         return path
     try:
-        fs, base = _filesystem(storage)
+        fs, base = open_filesystem(storage)
         listing = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     except OSError as exc:
         raise TunerError(f"cannot list {storage}: {exc}") from None

@@ -38,10 +38,6 @@ _SPLIT_NAMES = {"train": (("train",),), "test": (("test",), ("validation", "vali
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    return storage.filesystem(uri)
-
-
 def _list_shards(fs: pafs.FileSystem, path: str, uri: str) -> tuple[str, list[str]]:
     """(root, shard paths) for a directory, a single file or a glob."""
     if _GLOB_CHARS.search(path):
@@ -241,7 +237,7 @@ def load_parquet(
     num_classes: int | None = None,
 ) -> ParquetStream:
     """The `split` of the Parquet shards at `uri`; num_classes from the argument, HF metadata, or max label + 1."""
-    fs, path = _filesystem(uri)
+    fs, path = storage.filesystem(uri)
     root, shards = _list_shards(fs, path, uri)
     if not shards:
         raise NFNetError(f"no .parquet shards found at {uri}")
