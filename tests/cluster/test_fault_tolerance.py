@@ -22,12 +22,14 @@ evaluation's step again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -94,13 +96,21 @@ def wait_until_gone(pid: int, timeout: float = 60.0) -> None:
     pytest.fail(f"process {pid} outlived its driver")
 
 
-def finish(proc: subprocess.Popen) -> str:
+@contextlib.contextmanager
+def sweep_process(cmd: list[str]) -> Iterator[subprocess.Popen]:
+    """`python -m tuner.sweep` joined to the cluster; killed on the way out if still running."""
+    proc = subprocess.Popen(cmd, env=client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def finish(proc: subprocess.Popen) -> str:
+    """Its output once it ends (a timeout raises; `sweep_process` then kills it)."""
+    out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
     assert proc.returncode == 0, out[-4000:]
     return out
 
@@ -152,16 +162,10 @@ CLUSTER_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
 def test_killed_trial_resumes_from_its_checkpoint(tmp_path):
     name = "ft-worker"
     with fake_cluster(fake_hosts(), env=CLUSTER_ENV) as cluster:
-        driver = subprocess.Popen(sweep_command(tmp_path, name, cluster.address), env=client_env(),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
+        with sweep_process(sweep_command(tmp_path, name, cluster.address)) as driver:
             trial_dir, pid = wait_for_first_checkpoint(tmp_path / "results" / name, driver)
             os.kill(pid, signal.SIGKILL)
             finish(driver)
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-                driver.wait()
     assert_resumed(trial_dir, pid)
     assert_ledger_once(tmp_path, name)
 
@@ -169,21 +173,14 @@ def test_killed_trial_resumes_from_its_checkpoint(tmp_path):
 def test_killed_driver_resumes_with_resume(tmp_path):
     name = "ft-driver"
     with fake_cluster(fake_hosts(), env=CLUSTER_ENV) as cluster:
-        driver = subprocess.Popen(sweep_command(tmp_path, name, cluster.address), env=client_env(),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
+        with sweep_process(sweep_command(tmp_path, name, cluster.address)) as driver:
             trial_dir, pid = wait_for_first_checkpoint(tmp_path / "results" / name, driver)
             driver.send_signal(signal.SIGKILL)
             driver.wait()
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-                driver.wait()
         # Ray ends the trials of a driver that died; they must be gone before the resume.
         wait_until_gone(pid)
-        resumed = subprocess.Popen(sweep_command(tmp_path, name, cluster.address, "--resume"), env=client_env(),
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        out = finish(resumed)
+        with sweep_process(sweep_command(tmp_path, name, cluster.address, "--resume")) as resumed:
+            out = finish(resumed)
     assert f"resuming sweep {name}" in out
     assert_resumed(trial_dir, pid, repeats_allowed=True)
     assert_ledger_once(tmp_path, name)
@@ -207,12 +204,12 @@ def all_faults_command(tmp_path: Path, name: str, address: str, *extra: str) -> 
     return cmd
 
 
-def running_trials(experiment: Path, done: set[str]) -> list[tuple[Path, int, int]]:
+def running_trials(experiment: Path) -> list[tuple[Path, int, int]]:
     """(trial directory, actor pid, results so far) of each trial still running."""
     live = []
     for trial_dir in sorted(d for d in experiment.glob("*") if d.is_dir()):
         results = results_of(trial_dir)
-        if results and not results[-1].get("schedule_done") and trial_dir.name not in done:
+        if results and not results[-1].get("schedule_done"):
             live.append((trial_dir, int(results[-1]["pid"]), len(results)))
     return live
 
@@ -223,7 +220,7 @@ def kill_a_worker(experiment: Path, driver: subprocess.Popen, rng, killed: list[
     deadline = time.monotonic() + KILL_TIMEOUT_S
     seen: dict[Path, int] = {}
     while time.monotonic() < deadline and driver.poll() is None:
-        live = [t for t in running_trials(experiment, set()) if t[1] not in killed]
+        live = [t for t in running_trials(experiment) if t[1] not in killed]
         for trial_dir, _, count in live:
             seen.setdefault(trial_dir, count)
         ready = [t for t in live if t[2] - seen[t[0]] >= wait_results]
@@ -259,35 +256,23 @@ def test_every_fault_in_one_run_matches_the_clean_run(tmp_path):
     with fake_cluster(fake_hosts(), env=CLUSTER_ENV) as cluster:
         experiment = tmp_path / "results" / faulted
         start = time.monotonic()
-        driver = subprocess.Popen(all_faults_command(tmp_path, faulted, cluster.address), env=client_env(),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
+        with sweep_process(all_faults_command(tmp_path, faulted, cluster.address)) as driver:
             for _ in range(2):
                 assert kill_a_worker(experiment, driver, rng, killed), "the sweep ended before two kills"
             wait_for_first_checkpoint(experiment, driver)
             time.sleep(rng.uniform(0.0, 1.5))
             driver.send_signal(signal.SIGKILL)
             driver.wait()
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-                driver.wait()
-        for trial_dir, pid, _ in running_trials(experiment, set()):
+        for _, pid, _ in running_trials(experiment):
             wait_until_gone(pid)
-        resumed = subprocess.Popen(all_faults_command(tmp_path, faulted, cluster.address, "--resume"),
-                                   env=client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
+        with sweep_process(all_faults_command(tmp_path, faulted, cluster.address, "--resume")) as resumed:
             third = kill_a_worker(experiment, resumed, rng, killed)
             out = finish(resumed)
-        finally:
-            if resumed.poll() is None:
-                resumed.kill()
-                resumed.wait()
         timings["faulted_s"] = time.monotonic() - start
         assert third, "the resumed sweep ended before the third kill:\n" + out[-3000:]
         start = time.monotonic()
-        finish(subprocess.Popen(all_faults_command(tmp_path, clean, cluster.address), env=client_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        with sweep_process(all_faults_command(tmp_path, clean, cluster.address)) as proc:
+            finish(proc)
         timings["clean_s"] = time.monotonic() - start
     assert f"resuming sweep {faulted}" in out
     assert len(killed) == 3
