@@ -7,7 +7,7 @@ epochs, lr) points run at 2 or more seeds, and prints a Markdown report: each po
 final held-out loss per seed, mean and standard deviation; per cell, the best LR of
 each seed against the best of the mean; and the spread as a share of the loss, to set
 beside the 0.5% tolerance that tuner.lr_audit grades the LR search with; tuner.lr_search
-estimates its noise the same way (tuner.planner.seed_repeats).
+estimates its noise the same way (tuner.study.planner.seed_repeats).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import statistics
 import sys
 
 from tuner.errors import TunerError
-from tuner.ledger import Ledger
-from tuner.planner import seed_repeats
+from tuner.records.ledger import Ledger
+from tuner.study.planner import seed_repeats
 
 
 def points(ledgers: list[str]) -> dict[tuple[str, float], dict[float, dict[int, float]]]:
     """(label, epochs) -> lr -> seed -> final loss, for points with 2 or more seeds.
 
-    The grouping is the planner's (`tuner.planner.seed_repeats`), which lr_search
+    The grouping is the planner's (`tuner.study.planner.seed_repeats`), which lr_search
     uses for its noise estimate: the same points, the same median.
     """
     rows = [row for uri in ledgers for row in Ledger(uri).read().to_pylist()]

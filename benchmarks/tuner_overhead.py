@@ -31,7 +31,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from tuner.errors import TunerError
-from tuner.lr_search import build_parser, options_from_args, plan_search, run_search
+from tuner.lr_search import build_parser, options_from_args
+from tuner.jobs.lr_search import plan_search, run_search
 
 
 def trial_figures(trial_dir: Path) -> dict[str, float]:

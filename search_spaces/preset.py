@@ -21,7 +21,7 @@ from nfnet.variants import get_variant, resolution_problem
 from tuner.errors import TunerError
 
 # [P1] Sec. 2 / [P2]: peak LR 1.6 at batch 4096, i.e. 0.1 × batch/256 (the reference
-# code's linear scaling rule). The grid is this base times 2^k; tuner.planner snaps to
+# code's linear scaling rule). The grid is this base times 2^k; tuner.study.planner snaps to
 # the same grid (tests/search_spaces/test_presets.py checks they agree).
 PAPER_LR = 1.6
 PAPER_BATCH = 4096

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tuner.cluster_config import tpu_slice
+from tuner.placement.tpu import tpu_slice
 
 HEAD_CPUS = 0
 # Memory each raylet's object store gets: small, the tests move little data.

@@ -13,15 +13,8 @@ import pytest
 import yaml
 
 from tuner import cluster_config
-from tuner.cluster_config import (
-    tpu_hosts,
-    tpu_slice,
-    tpu_topology,
-    tpu_type_for_topology,
-    unfilled_placeholders,
-    validate_cluster_yaml,
-    validate_kuberay_manifest,
-)
+from tuner.placement.tpu import tpu_hosts, tpu_slice, tpu_topology, tpu_type_for_topology
+from tuner.clusterfiles.checks import unfilled_placeholders, validate_cluster_yaml, validate_kuberay_manifest
 from tuner.errors import TunerError
 
 CLUSTER_DIR = Path(__file__).resolve().parents[2] / "cluster"

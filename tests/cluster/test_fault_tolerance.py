@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 
 from fake_cluster import client_env, fake_cluster, tpu_hosts
-from tuner.ledger import Ledger
+from tuner.records.ledger import Ledger
 
 pytestmark = pytest.mark.slow
 

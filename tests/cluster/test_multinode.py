@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fake_cluster import client_env, fake_cluster, node_ip, tpu_hosts
-from tuner.ledger import Ledger
+from tuner.records.ledger import Ledger
 
 pytestmark = pytest.mark.slow
 

@@ -21,9 +21,11 @@ import pytest
 
 from nfnet.checkpoint import latest_checkpoint, read_meta
 from fake_cluster import fake_cluster, tpu_hosts
-from tuner.placement import placement_for_config, tune_trainable
-from tuner.slice_trial import CHECKPOINT_DIR, PROCESSES
-from tuner.trainable import SCHEDULE_DONE, train_trial
+from tuner.placement.trial import placement_for_config
+from tuner.raytune.slice_trial import tune_trainable
+from tuner.raytune.slice_trial import CHECKPOINT_DIR, PROCESSES
+from tuner.records.rows import SCHEDULE_DONE
+from tuner.raytune.trainable import train_trial
 
 pytestmark = pytest.mark.slow
 

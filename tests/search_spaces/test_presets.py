@@ -23,7 +23,7 @@ from search_spaces import (
 )
 from search_spaces.space import DistinctCellSampler, GridCellSampler
 from tuner.errors import TunerError
-from tuner.planner import snap_to_grid
+from tuner.study.planner import snap_to_grid
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

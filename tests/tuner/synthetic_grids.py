@@ -19,7 +19,7 @@ import math
 import random
 from pathlib import Path
 
-from tuner.planner import base_lr
+from tuner.study.planner import base_lr
 
 BATCH = 128
 DATASET = "fashion_mnist"

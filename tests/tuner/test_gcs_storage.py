@@ -17,10 +17,10 @@ import pytest
 
 from nfnet import storage
 from tuner.errors import TunerError
-from tuner.experiment import INTERRUPTED_EXIT, check_storage, ray_location
-from tuner.ledger import PART_PREFIX, Ledger
+from tuner.raytune.experiment import INTERRUPTED_EXIT, check_storage, ray_location
+from tuner.records.ledger import PART_PREFIX, Ledger
 from tuner.ledger import main as ledger_main
-from tuner.sweep import SETTINGS_FILE
+from tuner.jobs.sweep import SETTINGS_FILE
 from tuner.sweep import main as sweep_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -10,17 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tuner.errors import TunerError
-from tuner.ledger import (
-    DEFAULT_LEDGER,
-    LEDGER_SCHEMA,
-    TMP_PREFIX,
-    Ledger,
-    code_version,
-    default_ledger_uri,
-    main,
-    read_results_csv,
-)
-from tuner.planner import plan
+from tuner.records.ledger import DEFAULT_LEDGER, LEDGER_SCHEMA, TMP_PREFIX, Ledger, code_version, default_ledger_uri, read_results_csv
+from tuner.ledger import main
+from tuner.study.planner import plan
 
 
 def row(trial_id, variant="nano", epochs=1.0, lr=0.1, loss=1.0, params=300_000, **extra):

@@ -1,4 +1,4 @@
-"""Chinchilla's approaches 3 (tuner/loss_law.py) and 2 (tuner/isoflop.py) on runs made
+"""Chinchilla's approaches 3 (tuner/study/loss_law.py) and 2 (tuner/study/isoflop.py) on runs made
 from Chinchilla's published law, and through `tuner.report` on a ledger of them."""
 
 import json
@@ -9,11 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tuner.isoflop import isoflop
-from tuner.ledger import LEDGER_SCHEMA
-from tuner.loss_law import _objective, fit_joint_law
+from tuner.study.isoflop import isoflop
+from tuner.records.ledger import LEDGER_SCHEMA
+from tuner.study.loss_law import _objective, fit_joint_law
 from tuner.report import main
-from tuner.scaling import ScalingError
+from tuner.study.scaling import ScalingError
 
 # Hoffmann et al. (2022), approach 3's constants.
 E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28

@@ -6,8 +6,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tuner.ledger import Ledger
-from tuner.lr_audit import audit, audit_json, audit_markdown, grid_cells, main, replay
+from tuner.records.ledger import Ledger
+from tuner.study.audit import audit, audit_json, audit_markdown, grid_cells, replay
+from tuner.lr_audit import main
 from tuner.report import main as report_main
 
 PARAMS = {"nano": 100_000, "micro": 400_000, "mini": 1_000_000}
@@ -215,7 +216,7 @@ def test_the_replayed_search_finds_the_optimum_of_known_laws_for_a_third_of_the_
     """The issue's targets on full grids built from a law plus noise, imported as CSVs."""
     from synthetic_grids import grid_rows, write_csv
 
-    from tuner.ledger import read_results_csv
+    from tuner.records.ledger import read_results_csv
 
     within = cells = 0
     for seed in range(4):

@@ -7,7 +7,6 @@ files with the hparams view, and a second run that trains nothing.
 """
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -15,16 +14,11 @@ import pytest
 import ray
 
 from tuner.errors import TunerError
-from tuner.ledger import Ledger
-from tuner.lr_search import (
-    DEFAULT_EPOCHS,
-    LRSearchOptions,
-    main,
-    plan_search,
-    trial_config,
-)
-from tuner.planner import base_lr
-from tuner.trainable import FAST_COMPILE
+from tuner.records.ledger import Ledger
+from tuner.jobs.lr_search import DEFAULT_EPOCHS, LRSearchOptions, plan_search, trial_config
+from tuner.lr_search import main
+from tuner.study.planner import base_lr
+from tuner.raytune.trainable import FAST_COMPILE
 
 NANO_PARAMS = 117350  # nano with a 10-way head
 
@@ -320,8 +314,8 @@ def test_lr_search_end_to_end_brackets_records_one_row_and_runs_nothing_the_seco
 def test_the_searcher_plans_a_round_only_when_the_last_has_ended_and_stops_after_a_failure():
     from ray.tune.search import Searcher
 
-    from tuner.lr_searcher import BracketSearcher
-    from tuner.planner import Bracket
+    from tuner.raytune.searcher import BracketSearcher
+    from tuner.study.planner import Bracket
 
     def done(loss):
         return {"val_loss": loss, "schedule_done": True, "progress": 1.0, "flops": 1e9}
@@ -356,9 +350,9 @@ def test_the_searcher_plans_a_round_only_when_the_last_has_ended_and_stops_after
 def test_a_staggered_search_starts_the_others_after_the_first_trials_first_report():
     from ray.tune.search import Searcher
 
-    from tuner.lr_search import staggered
-    from tuner.lr_searcher import BracketSearcher
-    from tuner.planner import Bracket
+    from tuner.jobs.lr_search import staggered
+    from tuner.raytune.searcher import BracketSearcher
+    from tuner.study.planner import Bracket
 
     def done(loss):
         return {"val_loss": loss, "schedule_done": True, "progress": 1.0, "flops": 1e9}

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from tuner.scaling import ScalingError, lr_trend
+from tuner.study.scaling import ScalingError, lr_trend
 
 SIZES = {"s1": 1e5, "s2": 4e5, "s3": 1.6e6}
 EPOCHS = (0.25, 0.5, 1.0, 2.0, 4.0)

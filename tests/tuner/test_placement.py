@@ -8,16 +8,7 @@ import pytest
 
 from nfnet.variants import get_variant
 from tuner.errors import TunerError
-from tuner.placement import (
-    HBM_BYTES_PER_V4_CHIP,
-    HBM_USABLE_FRACTION,
-    TrialPlacement,
-    activation_elements,
-    count_params,
-    estimate_device_memory,
-    placement_for_config,
-    trial_placement,
-)
+from tuner.placement.trial import HBM_BYTES_PER_V4_CHIP, HBM_USABLE_FRACTION, TrialPlacement, activation_elements, count_params, estimate_device_memory, placement_for_config, trial_placement
 
 
 def test_param_count_matches_the_model_table():

@@ -6,25 +6,8 @@ import math
 import pytest
 
 from tuner.errors import TunerError
-from tuner.planner import (
-    DEFAULT_NOISE,
-    Bracket,
-    Trial,
-    base_lr,
-    cell_label,
-    estimate_noise,
-    first_pair,
-    make_record,
-    next_lower,
-    parse_label,
-    plan,
-    plan_cell,
-    predict,
-    run_bracket,
-    snap_to_grid,
-    transfer_lr,
-    tuned_cells,
-)
+from tuner.study.planner import DEFAULT_NOISE, Bracket, Trial, base_lr, estimate_noise, first_pair, make_record, next_lower, plan, plan_cell, predict, run_bracket, snap_to_grid, transfer_lr, tuned_cells
+from tuner.records.cells import cell_label, parse_label
 
 NANO, MICRO, MINI = 300_000, 860_000, 2_000_000
 
@@ -236,7 +219,7 @@ def test_the_target_cell_and_other_datasets_never_predict_themselves():
 
 
 def test_first_pair_straddles_a_prediction_between_grid_points():
-    from tuner.planner import Prediction
+    from tuner.study.planner import Prediction
 
     assert first_pair(Prediction(0.3, "fit", ""), 256) == pytest.approx((0.4, 0.2))
     assert first_pair(Prediction(0.1, "fit", ""), 256) == pytest.approx((0.1, 0.05))

@@ -25,9 +25,13 @@ import nfnet.train as nftrain
 import tuner.lr_search as lr_search
 import tuner.promote as promote
 import tuner.sweep as sweep
+import tuner.jobs.lr_search as lr_search_job
+import tuner.jobs.sweep as sweep_job
 from tuner.errors import TunerError
-from tuner.experiment import ProgressPrinter, RayConnection, check_resources, command_line
-from tuner.ledger import Ledger
+from tuner.raytune.callbacks import ProgressPrinter
+from tuner.raytune.connection import RayConnection, check_resources
+from tuner.raytune.experiment import command_line
+from tuner.records.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -266,15 +270,15 @@ def test_progress_shows_the_share_of_the_epoch_budget():
 
 
 def _result(search, verdict, **over):
-    return lr_search.SearchResult(search=search, experiment="exp", experiment_dir="results/exp", trials=[],
+    return lr_search_job.SearchResult(search=search, experiment="exp", experiment_dir="results/exp", trials=[],
                                   verdict=verdict, record={"rounds": [[0.05, 0.025]]}, recorded=None,
                                   wall_seconds=1.0, **over)
 
 
 def test_closing_advice_names_commands(tmp_path):
-    from tuner.planner import Verdict
+    from tuner.study.planner import Verdict
 
-    search = lr_search.plan_search(lr_search.LRSearchOptions(dataset="digits", ledger=str(tmp_path / "l")))
+    search = lr_search_job.plan_search(lr_search_job.LRSearchOptions(dataset="digits", ledger=str(tmp_path / "l")))
     bracketed = Verdict(lr=0.4, loss=0.99, done=True, bracketed=True, tied=False, stop="bracketed",
                         runner_up=0.2, gap=0.06, message="lr 0.4 is best")
     lines = lr_search.describe_result(_result(search, bracketed), rerun="python -m tuner.lr_search --dataset digits")
@@ -296,15 +300,15 @@ def test_closing_advice_names_commands(tmp_path):
 
 def test_sweep_resume_command_names_what_it_needs():
     plan = {"experiment": "sweep-cpu-smoke-1"}
-    options = sweep.SweepOptions(storage="runs", address="auto")
-    assert sweep.resume_command(plan, options) == \
+    options = sweep_job.SweepOptions(storage="runs", address="auto")
+    assert sweep_job.resume_command(plan, options) == \
         "python -m tuner.sweep --resume --name sweep-cpu-smoke-1 --storage runs --address auto"
-    assert sweep.resume_command(plan, sweep.SweepOptions()) == "python -m tuner.sweep --resume --name sweep-cpu-smoke-1"
+    assert sweep_job.resume_command(plan, sweep_job.SweepOptions()) == "python -m tuner.sweep --resume --name sweep-cpu-smoke-1"
 
 
 def test_a_ledger_that_fails_mid_run_loses_no_row_and_fails_no_trial(tmp_path, capsys):
     """A row the ledger refuses is kept beside the experiment, with one error line."""
-    from tuner.experiment import UNRECORDED_FILE, LedgerCallback
+    from tuner.raytune.callbacks import UNRECORDED_FILE, LedgerCallback
 
     (tmp_path / "ledger").write_text("a file where the ledger should be")
 

@@ -8,8 +8,9 @@ import re
 import pytest
 
 from tuner.errors import TunerError
-from tuner.ledger import Ledger
-from tuner.promote import PromoteOptions, main, promote, promoted_parents, select_candidates
+from tuner.records.ledger import Ledger
+from tuner.jobs.promote import PromoteOptions, promote, promoted_parents, select_candidates
+from tuner.promote import main
 
 
 def pretrain_row(trial_id: str, loss: float, **changes) -> dict:

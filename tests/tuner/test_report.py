@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tuner.ledger import LEDGER_SCHEMA, Ledger
+from tuner.records.ledger import LEDGER_SCHEMA, Ledger
 from tuner.report import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -331,7 +331,7 @@ def search_row(rows: list[dict], epochs: float, max_trials: int, name: str) -> d
     """The row `python -m tuner.lr_search` records for nano at `epochs` on fashion_mnist: the cell
     planned from `rows` (a search that stopped continues), its bracket run on a bowl of losses around
     lr 0.4, and the winner recorded with its search (planner.make_record)."""
-    from tuner.planner import SEARCH_SOURCE, Trial, make_record, plan_cell, run_bracket
+    from tuner.study.planner import SEARCH_SOURCE, Trial, make_record, plan_cell, run_bracket
 
     params = 117_350
     planned = plan_cell(rows, "nano", epochs, 128, params, dataset="fashion_mnist", max_trials=max_trials)

@@ -4,18 +4,7 @@ import numpy as np
 import pytest
 
 from tuner.errors import TunerError
-from tuner.scaling import (
-    ScalingError,
-    best_per_cell,
-    bootstrap_ci,
-    check_fit_points,
-    compute_optimal,
-    fit_power_law,
-    frontier,
-    optimal_lr_table,
-    size_order,
-    uncontested,
-)
+from tuner.study.scaling import ScalingError, best_per_cell, bootstrap_ci, check_fit_points, compute_optimal, fit_power_law, frontier, optimal_lr_table, size_order, uncontested
 
 
 def noisy_power_law(a: float, b: float, noise: float, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

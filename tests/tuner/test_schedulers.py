@@ -25,7 +25,8 @@ from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.errors import TunerError
-from tuner.schedulers import BudgetStopper, ComputeBudget, GroupedASHA, variant_epochs_key
+from tuner.raytune.budget import BudgetStopper, ComputeBudget
+from tuner.raytune.schedulers import GroupedASHA, variant_epochs_key
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 REPORTS = 8  # reports per run, on a fixed fraction of the run's own schedule

@@ -15,17 +15,10 @@ from ray import tune
 
 from search_spaces import Preset, known_presets
 from tuner.errors import TunerError
-from tuner.ledger import Ledger
-from tuner.sweep import (
-    SETTINGS_FILE,
-    SweepOptions,
-    group_by_cell,
-    main,
-    parse_overrides,
-    plan_sweep,
-    run_sweep,
-    startup_points,
-)
+from tuner.records.ledger import Ledger
+from tuner.jobs.sweep import SETTINGS_FILE, SweepOptions, group_by_cell, plan_sweep, run_sweep, startup_points
+from tuner.sweep import main
+from tuner.jobs.overrides import parse_overrides
 
 # base_lr(64) = 0.025: 0.2 learns on digits in 8 steps, 0.025 / 64 barely moves.
 GOOD_LR, BAD_LR = 0.2, 0.025 / 64
@@ -369,7 +362,7 @@ def test_a_grid_continues_from_its_ledger_alone(trial_env, tmp_path):
 def test_an_optuna_storage_keeps_the_study_to_inspect_and_continue(tmp_path):
     import optuna
 
-    from tuner.sweep import make_searcher
+    from tuner.jobs.sweep import make_searcher
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     options = SweepOptions(optuna_storage=url, study_name="study", num_samples=4, name="first")
@@ -396,7 +389,7 @@ def test_a_flops_budget_whose_trials_report_no_flops_ends_in_a_one_line_error(tm
     ends with an error naming --budget-device-hours."""
     from types import SimpleNamespace
 
-    from tuner.sweep import _finish, _grid_usage
+    from tuner.jobs.sweep import _finish, _grid_usage
 
     results = [SimpleNamespace(metrics={"trial_id": "a", "flops": 1e12, "device_seconds": 36.0}, error=None),
                SimpleNamespace(metrics={"trial_id": "b", "flops": None, "device_seconds": 36.0}, error=None)]

@@ -26,8 +26,8 @@ import pytest
 from ray.tune.experiment import Trial
 
 from search_spaces import Preset
-from tuner.experiment import trial_dirname
-from tuner.sweep import SweepOptions, run_sweep
+from tuner.raytune.callbacks import trial_dirname
+from tuner.jobs.sweep import SweepOptions, run_sweep
 
 SHOWN_FIRST = ["batch_size", "epochs", "lr", "seed", "variant"]  # TensorBoard orders them by name
 

@@ -20,28 +20,14 @@ import ray
 from ray import cloudpickle, tune
 
 from tuner.errors import TunerError
-from tuner.experiment import (
-    LedgerCallback,
-    NoTuneTensorBoard,
-    checkpoint_uri,
-    compilation_cache_env,
-    connect,
-    experiment_name,
-    ledger_trial_id,
-    results_table,
-    storage_path,
-    tensorboard_hint,
-)
-from tuner.ledger import LEDGER_SCHEMA, Ledger
-from tuner.trainable import (
-    BEST_VAL_LOSS,
-    SCHEDULE_DONE,
-    CompileClock,
-    dataset_label,
-    ledger_row,
-    train_trial,
-    trial_status,
-)
+from tuner.raytune.callbacks import LedgerCallback, NoTuneTensorBoard, checkpoint_uri, ledger_trial_id
+from tuner.raytune.compile_cache import compilation_cache_env
+from tuner.raytune.connection import connect
+from tuner.raytune.experiment import experiment_name, results_table, storage_path, tensorboard_hint
+from tuner.records.ledger import LEDGER_SCHEMA, Ledger
+from tuner.records.rows import BEST_VAL_LOSS, SCHEDULE_DONE, dataset_label, ledger_row, trial_status
+from tuner.raytune.compile_cache import CompileClock
+from tuner.raytune.trainable import train_trial
 
 
 def last_result(**over):
@@ -403,7 +389,7 @@ def scored_trial(config):
 def test_checkpoint_config_keeps_the_best_k_and_the_latest(tmp_path, local_ray, keep):
     """What `--keep-checkpoints K` asks of Ray: per trial the K lowest-val_loss checkpoints
     and the latest, at most K + 1, here with the best one reported second of five."""
-    from tuner.experiment import checkpoint_config
+    from tuner.raytune.experiment import checkpoint_config
 
     tuner = tune.Tuner(
         scored_trial,
@@ -419,7 +405,7 @@ def test_checkpoint_config_keeps_the_best_k_and_the_latest(tmp_path, local_ray, 
 
 
 def test_keep_checkpoints_must_be_a_positive_whole_number():
-    from tuner.experiment import checkpoint_config
+    from tuner.raytune.experiment import checkpoint_config
 
     config = checkpoint_config(3)
     assert (config.num_to_keep, config.checkpoint_score_attribute, config.checkpoint_score_order) == (
@@ -430,7 +416,7 @@ def test_keep_checkpoints_must_be_a_positive_whole_number():
 
 
 def test_local_checkpoint_root_is_outside_the_trial_dir_and_stable(tmp_path, monkeypatch):
-    from tuner.trainable import SCRATCH_ENV, local_checkpoint_root
+    from tuner.raytune.trainable import SCRATCH_ENV, local_checkpoint_root
 
     monkeypatch.setenv(SCRATCH_ENV, str(tmp_path / "scratch"))
     trial_dir = str(tmp_path / "results" / "exp" / "trial")
@@ -446,7 +432,7 @@ def test_a_starting_trial_removes_the_local_checkpoints_of_trials_whose_process_
     import subprocess
     import sys
 
-    from tuner.trainable import OWNER_SUFFIX, SCRATCH_ENV, claim_local_checkpoints, local_checkpoint_root
+    from tuner.raytune.trainable import OWNER_SUFFIX, SCRATCH_ENV, claim_local_checkpoints, local_checkpoint_root
 
     monkeypatch.setenv(SCRATCH_ENV, str(tmp_path / "scratch"))
     ended = subprocess.Popen([sys.executable, "-c", "pass"])

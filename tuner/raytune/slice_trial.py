@@ -1,6 +1,6 @@
 """One Tune trial on a whole multi-host TPU slice, through Ray Train's JaxTrainer.
 
-The Tune trial is a small driver (tuner/placement.py gives it one CPU, no TPU). It
+The Tune trial is a small driver (tuner/placement/trial.py gives it one CPU, no TPU). It
 starts a `JaxTrainer` whose `ScalingConfig(use_tpu=True, topology, accelerator_type
 ="TPU-V4", num_workers=<hosts>)` makes Ray Train reserve one slice atomically (its
 worker 0 through the `TPU-<type>-head` resource, then every host of that slice by
@@ -30,7 +30,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from tuner.errors import TunerError
-from tuner.placement import TrialPlacement
+from tuner.placement.trial import TrialPlacement
+from tuner.placement.trial import DEFAULT_NUM_CLASSES, placement_for_config
+from collections.abc import Callable
 
 # Ray Train's accelerator type for every TPU v4 slice.
 TPU_V4 = "TPU-V4"
@@ -46,12 +48,12 @@ DEFAULT_TRAIN_MAX_FAILURES = 2
 
 
 def tune_metrics(metrics: Mapping[str, Any], best_val_loss: float) -> tuple[dict[str, Any], float]:
-    """The trainer's metrics as tuner.trainable reports them, and the running best loss.
+    """The trainer's metrics as tuner.raytune.trainable reports them, and the running best loss.
 
     `done` becomes `schedule_done` (a reported `done=True` would stop the trial) and
     `best_val_loss` is the lowest finite held-out loss so far.
     """
-    from tuner.trainable import BEST_VAL_LOSS, SCHEDULE_DONE
+    from tuner.records.rows import BEST_VAL_LOSS, SCHEDULE_DONE
 
     out = dict(metrics)
     out[SCHEDULE_DONE] = bool(out.pop("done", False))
@@ -66,21 +68,16 @@ def train_on_host(loop_config: dict[str, Any]) -> None:
     """Ray Train's per-worker loop: this host's share of one data-parallel run.
 
     `loop_config` holds `train`, the trial's config (TrainConfig fields, `workdir`
-    shared by all hosts, and tuner.trainable's `fast_compile`). Every host reports
+    shared by all hosts, and tuner.raytune.trainable's `fast_compile`). Every host reports
     every evaluation (Ray Train needs the same number of reports from each worker);
-    Tune sees rank 0's, with the same keys tuner.trainable.train_trial reports.
+    Tune sees rank 0's, with the same keys tuner.raytune.trainable.train_trial reports.
     """
     import dataclasses
 
     import ray.train
 
-    from tuner.trainable import (
-        COMPILE_CACHE_HITS,
-        COMPILE_SECONDS,
-        FAST_COMPILE,
-        CompileClock,
-        apply_compilation_cache,
-    )
+    from tuner.raytune.compile_cache import COMPILE_CACHE_HITS, COMPILE_SECONDS, CompileClock, apply_compilation_cache
+    from tuner.raytune.trainable import FAST_COMPILE
 
     apply_compilation_cache()
     import jax
@@ -178,3 +175,38 @@ def run_on_slice(
         run_config=run_config,
     )
     return trainer.fit()
+
+
+def tune_trainable(
+    train_fn: Callable[[dict[str, Any]], None],
+    accelerator: str = "cpu",
+    cpus_per_trial: float = 1.0,
+    num_classes: int = DEFAULT_NUM_CLASSES,
+) -> Any:
+    """`train_fn` for Tune, each trial placed by its own config (`tune.with_resources`).
+
+    A sweep mixes variants, so every trial's placement is derived from its config:
+    one that fits a host runs `train_fn` (tuner.raytune.trainable.train_trial) in the trial;
+    one that needs a multi-host slice runs through tuner.raytune.slice_trial.run_on_slice.
+    The accelerator name is checked now, so a typo fails before Ray starts.
+    """
+    from ray import tune
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+    placement_for_config({}, accelerator, cpus_per_trial, num_classes)
+
+    def resources(config: dict[str, Any]) -> Any:
+        placement = placement_for_config(config, accelerator, cpus_per_trial, num_classes)
+        return resource_dict_to_pg_factory(dict(placement.resources))
+
+    def trial(config: dict[str, Any]) -> None:
+        placement = placement_for_config(config, accelerator, cpus_per_trial, num_classes)
+        if placement.is_slice:
+
+            run_on_slice(config, placement)
+        else:
+            train_fn(config)
+
+    trial.__name__ = getattr(train_fn, "__name__", "train_trial")
+    trial.__qualname__ = trial.__name__
+    return tune.with_resources(trial, resources)

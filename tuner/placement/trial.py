@@ -15,7 +15,7 @@ cluster/README.md explains:
   keeps the trial off the hosts of multi-host slices (they advertise `TPU: 4` too)
   and is the demand the autoscaler answers by starting a v4-8 VM.
 - a multi-host slice (`v4-16` and up): the Tune trial is a driver that asks for one
-  CPU and no TPU; it runs Ray Train's `JaxTrainer` (tuner/slice_trial.py), which
+  CPU and no TPU; it runs Ray Train's `JaxTrainer` (tuner/raytune/slice_trial.py), which
   gang-schedules one worker per host, each `{"CPU": n, "TPU": 4}`, on one whole slice.
 
 The memory-fit rule that picks the slice: training is data-parallel (params,
@@ -39,13 +39,13 @@ imports JAX or Ray (the driver must not touch a TPU).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nfnet.errors import NFNetError
 from nfnet.variants import Variant, get_variant
-from tuner.cluster_config import V4_CHIPS_PER_HOST, V4_TOPOLOGIES, tpu_slice
+from tuner.placement.tpu import V4_CHIPS_PER_HOST, V4_TOPOLOGIES, tpu_slice
 from tuner.errors import TunerError
 
 # TPU v4: 32 GiB of HBM per chip (Google Cloud, "TPU v4" system architecture).
@@ -350,37 +350,3 @@ def placement_for_config(config: Mapping[str, Any], accelerator: str = "cpu", cp
     )
 
 
-def tune_trainable(
-    train_fn: Callable[[dict[str, Any]], None],
-    accelerator: str = "cpu",
-    cpus_per_trial: float = 1.0,
-    num_classes: int = DEFAULT_NUM_CLASSES,
-) -> Any:
-    """`train_fn` for Tune, each trial placed by its own config (`tune.with_resources`).
-
-    A sweep mixes variants, so every trial's placement is derived from its config:
-    one that fits a host runs `train_fn` (tuner.trainable.train_trial) in the trial;
-    one that needs a multi-host slice runs through tuner.slice_trial.run_on_slice.
-    The accelerator name is checked now, so a typo fails before Ray starts.
-    """
-    from ray import tune
-    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
-
-    placement_for_config({}, accelerator, cpus_per_trial, num_classes)
-
-    def resources(config: dict[str, Any]) -> Any:
-        placement = placement_for_config(config, accelerator, cpus_per_trial, num_classes)
-        return resource_dict_to_pg_factory(dict(placement.resources))
-
-    def trial(config: dict[str, Any]) -> None:
-        placement = placement_for_config(config, accelerator, cpus_per_trial, num_classes)
-        if placement.is_slice:
-            from tuner.slice_trial import run_on_slice
-
-            run_on_slice(config, placement)
-        else:
-            train_fn(config)
-
-    trial.__name__ = getattr(train_fn, "__name__", "train_trial")
-    trial.__qualname__ = trial.__name__
-    return tune.with_resources(trial, resources)

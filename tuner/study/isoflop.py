@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from tuner.scaling import Fit, MIN_FIT_POINTS, ScalingError, bootstrap_ci, fit_power_law
+from tuner.study.scaling import Fit, MIN_FIT_POINTS, ScalingError, bootstrap_ci, fit_power_law
 
 MIN_SIZES = 3  # a parabola through 3 points at least
 WINDOW = 2  # sizes each side of a profile's lowest point that its parabola goes through

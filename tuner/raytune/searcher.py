@@ -1,4 +1,4 @@
-"""A Ray Tune searcher that runs a `tuner.planner.Bracket` round by round.
+"""A Ray Tune searcher that runs a `tuner.study.planner.Bracket` round by round.
 
 Each round's LRs are suggested to Tune at once (as many run together as
 `max_concurrent_trials` and the cluster allow); the next round is planned only
@@ -23,8 +23,8 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from tuner.planner import Bracket, Trial
-from tuner.trainable import trial_status
+from tuner.study.planner import Bracket, Trial
+from tuner.records.rows import trial_status
 
 
 class BracketSearcher(Searcher):

@@ -45,7 +45,7 @@ import numpy as np
 from scipy import optimize, special, stats
 from threadpoolctl import threadpool_limits
 
-from tuner.scaling import ScalingError
+from tuner.study.scaling import ScalingError
 
 HUBER_DELTA = 1e-3  # Hoffmann et al. (2022) §D.2
 # Hoffmann et al. (2022) §D.2's initialisation grid, in the order of THETA.

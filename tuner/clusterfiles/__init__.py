@@ -1,0 +1,1 @@
+"""Offline checks of the cluster files in `cluster/` (`ray up` YAML, KubeRay manifests)."""

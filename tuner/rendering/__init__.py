@@ -1,0 +1,1 @@
+"""A scaling report written out: plots, Markdown, JSON, TensorBoard images."""
