@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tuner import cluster_config
-from tuner.placement.tpu import tpu_hosts, tpu_slice, tpu_topology, tpu_type_for_topology
+from tuner.placement.tpu import V4_TOPOLOGIES, tpu_hosts, tpu_slice, tpu_topology, tpu_type_for_topology
 from tuner.clusterfiles.checks import unfilled_placeholders, validate_cluster_yaml, validate_kuberay_manifest
 from tuner.errors import TunerError
 
@@ -461,7 +461,7 @@ def test_unknown_topology_raises_tuner_error():
 def test_slice_table_agrees_with_ray():
     from ray._private.accelerators import tpu as ray_tpu
 
-    for name, topology in cluster_config.V4_TOPOLOGIES.items():
+    for name, topology in V4_TOPOLOGIES.items():
         shape = tpu_slice(name)
         assert ray_tpu.get_total_chips_from_accelerator_type(name) == shape.chips
         assert ray_tpu.get_num_chips_from_topology(topology) == shape.chips
