@@ -50,7 +50,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from nfnet import storage
-from nfnet.errors import NFNetError
+from nfnet.errors import NFNetError, one_line
 from tuner.errors import TunerError
 from tuner.records.cells import cell_label, parse_label, variant_params
 
@@ -188,7 +188,7 @@ class Ledger:
         try:
             table = pq.read_table(path, filesystem=self.fs)
         except (OSError, pa.ArrowException) as exc:
-            return None, _one_line(exc)
+            return None, one_line(exc)
         columns = []
         for fld in LEDGER_SCHEMA:
             if fld.name in table.column_names:
@@ -269,7 +269,7 @@ class Ledger:
                     target, n = f"{aside_dir}/{name}.{n}", n + 1
                 self.fs.move(path, target)
             except OSError as exc:
-                raise TunerError(f"cannot move {path} into {aside_dir}: {_one_line(exc)}; "
+                raise TunerError(f"cannot move {path} into {aside_dir}: {one_line(exc)}; "
                                  "check the ledger's permissions") from exc
             moved.append((target, problem))
         return moved
@@ -300,11 +300,6 @@ class Ledger:
         except (OSError, pa.ArrowException) as exc:
             raise TunerError(f"cannot write to ledger {self.uri}: {exc}; check the path and its permissions") from exc
         return len(fresh)
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception's message on one line (Arrow's can span several)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _complete_row(row: Mapping[str, Any]) -> dict[str, Any]:
