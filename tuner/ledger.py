@@ -14,8 +14,9 @@ import argparse
 import json
 import sys
 
+from nfnet.metrics import json_safe
 from tuner.cli import run_command
-from tuner.records.ledger import CORRUPT_DIR, CSV_REQUIRED, DEFAULT_LEDGER, LEDGER_ENV, Ledger, _jsonable, format_table, read_results_csv, sort_rows
+from tuner.records.ledger import CORRUPT_DIR, CSV_REQUIRED, DEFAULT_LEDGER, LEDGER_ENV, Ledger, format_table, read_results_csv, sort_rows
 from tuner.records.ledger import KINDS
 
 
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         rows = [r for r in rows if r["kind"] == args.kind]
     rows = sort_rows(rows)
     if args.json:
-        print(json.dumps([_jsonable(r) for r in rows], indent=1))
+        print(json.dumps(json_safe(rows), indent=1))
     elif rows:
         print(format_table(rows))
     else:

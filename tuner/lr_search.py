@@ -34,6 +34,7 @@ import math
 import sys
 
 from nfnet.errors import NFNetError
+from nfnet.metrics import json_safe
 from tuner.cli import run_command
 from tuner.errors import TunerError
 from tuner.raytune.connection import DEFAULT_NODE_WAIT_S, NODE_WAIT_HELP
@@ -41,7 +42,6 @@ from tuner.raytune.experiment import INTERRUPTED_EXIT
 from tuner.placement.trial import ACCELERATOR_HELP
 from tuner.study.planner import COMPLETE_STOPS, DEFAULT_MAX_TRIALS, DEFAULT_NOISE, DEFAULT_PARALLEL
 from tuner.jobs.lr_search import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_EVALS, DEFAULT_MAX_EVAL, DEFAULT_VARIANT, LRSearchOptions, OTHER_EPOCHS, SearchPlan, SearchResult, plan_search, run_search
-from tuner.jobs.lr_search import _json_safe
 
 
 def describe_plan(search: SearchPlan) -> list[str]:
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             log(line)
         if args.dry_run:
             if args.json:
-                print(json.dumps(_json_safe({"dry_run": True, **search.to_dict()})))
+                print(json.dumps(json_safe({"dry_run": True, **search.to_dict()})))
             return 0
         searched.append(run_search(search, log, to_stderr=args.json))
         return 0
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in describe_result(result, rerun):
         log(line)
     if args.json:
-        print(json.dumps(_json_safe({"dry_run": False, **result.to_dict()})))
+        print(json.dumps(json_safe({"dry_run": False, **result.to_dict()})))
     if result.interrupted:
         return INTERRUPTED_EXIT
     return 0 if result.ok else 1

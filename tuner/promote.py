@@ -34,7 +34,7 @@ from tuner.raytune.experiment import DEFAULT_KEEP_CHECKPOINTS, INTERRUPTED_EXIT,
 from tuner.raytune.connection import DEFAULT_NODE_WAIT_S, NODE_WAIT_HELP
 from tuner.placement.trial import ACCELERATOR_HELP
 from tuner.cli import SetOverride, parse_lrs, run_command
-from tuner.records.rows import json_row
+from nfnet.metrics import json_safe
 from tuner.jobs.promote import PromoteOptions, plan_promotion, promote
 
 # A second Ctrl-C: Tune stopped; the trials that finished are recorded.
@@ -117,7 +117,7 @@ def run(options: PromoteOptions) -> int:
     if options.dry_run:
         candidates, configs, placements = plan_promotion(options)
         if options.json:
-            print(json.dumps({"candidates": [json_row(c) for c in candidates], "configs": configs,
+            print(json.dumps({"candidates": [json_safe(c) for c in candidates], "configs": configs,
                               "lrs": list(options.lrs),
                               "placements": {k: p.describe() for k, p in placements.items()},
                               "resources_per_trial": {k: p.resources for k, p in placements.items()}},
@@ -132,8 +132,8 @@ def run(options: PromoteOptions) -> int:
     result = promote(options, log=log)
     if options.json:
         print(json.dumps({"experiment": result.experiment, "path": result.path,
-                          "candidates": [json_row(c) for c in result.candidates],
-                          "rows": [json_row(r) for r in result.rows],
+                          "candidates": [json_safe(c) for c in result.candidates],
+                          "rows": [json_safe(r) for r in result.rows],
                           "interrupted": result.interrupted}, indent=1))
     return INTERRUPTED_EXIT if result.interrupted else 0
 

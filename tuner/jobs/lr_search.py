@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nfnet.metrics import json_safe
 from tuner.errors import TunerError
 from tuner.raytune.connection import DEFAULT_NODE_WAIT_S
 from tuner.study.planner import COMPLETE_STOPS, DEFAULT_MAX_TRIALS, DEFAULT_PARALLEL, SEARCH_SOURCE, Bracket, CellSearch, Verdict, make_record, plan_cell
@@ -435,7 +436,7 @@ def _recorded_row(search: SearchPlan, rows: list[dict[str, Any]], verdict: Verdi
     def same(lr: Any) -> bool:
         return lr is not None and math.isclose(float(lr), verdict.lr, rel_tol=LR_SAME)
 
-    text = json.dumps(_json_safe(record), allow_nan=False)
+    text = json.dumps(json_safe(record), allow_nan=False)
     mine = [r for r in rows if same(r["lr"]) and r["status"] == "finished"]
     if mine:
         return {**mine[0], "search": text}
@@ -515,19 +516,6 @@ def _previous_verdict(search: SearchPlan, bracket: Bracket) -> Verdict:
     if search.cell.status == "done" and previous is not None and verdict.lr is not None:
         return dataclasses.replace(verdict, message=previous.get("message") or verdict.message)
     return verdict
-
-
-# ---------------------------------------------------------------- output
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------- command line

@@ -25,8 +25,8 @@ from tuner.records.ledger import Ledger
 from tuner.records.cells import cell_label
 from tuner.raytune.trainable import FAST_COMPILE
 from tuner.jobs.overrides import parse_overrides
-from tuner.records.rows import json_row
-from tuner.records.rows import _finite
+from nfnet.metrics import json_safe
+from tuner.records.rows import finite
 from tuner.raytune.compile_cache import use_fast_compile
 
 DEFAULT_PRESET = "cpu-smoke"
@@ -187,7 +187,7 @@ class SweepResult:
 
     @property
     def best(self) -> dict[str, Any] | None:
-        done = [r for r in self.rows if r["status"] == "finished" and _finite(r.get("final_val_loss"))]
+        done = [r for r in self.rows if r["status"] == "finished" and finite(r.get("final_val_loss"))]
         return min(done, key=lambda r: r["final_val_loss"]) if done else None
 
     def to_json(self) -> dict[str, Any]:
@@ -198,11 +198,11 @@ class SweepResult:
             "flops": self.flops,
             "device_hours": self.device_hours,
             "budget": None if self.budget is None else {"unit": self.budget[0], "total": self.budget[1]},
-            "best": None if self.best is None else json_row(self.best),
-            "rows": [json_row(r) for r in self.rows],
+            "best": None if self.best is None else json_safe(self.best),
+            "rows": [json_safe(r) for r in self.rows],
             "ledger": self.plan_json.get("ledger"),
             "tensorboard": tensorboard_hint(self.path),
-            "finetune": [json_row(r) for r in self.finetune],
+            "finetune": [json_safe(r) for r in self.finetune],
             "interrupted": self.interrupted,
         }
 

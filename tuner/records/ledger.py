@@ -547,17 +547,4 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([fmt(headers), *(fmt(line) for line in cells)])
 
 
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    """Timestamps as ISO text; NaN/inf (a diverged loss) as null, which JSON can carry."""
-
-    def convert(value: Any) -> Any:
-        if isinstance(value, datetime):
-            return value.isoformat()
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        return value
-
-    return {k: convert(v) for k, v in row.items()}
-
-
 # ---------------------------------------------------------------- command line

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from nfnet import storage
+from nfnet.metrics import json_safe
 from tuner.errors import TunerError
 from tuner.study.audit import Audit, audit_json
 from tuner.study.loss_law import JointLaw
@@ -441,19 +442,6 @@ def summary_markdown(report: ScalingReport, notes: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf become null, numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _fit_dict(f: Fit | None) -> dict[str, Any] | None:
     return None if f is None else {"coefficient": f.a, "exponent": f.b, "r2": f.r2, "n": f.n}
 
@@ -498,7 +486,7 @@ def report_json(
     table = report.lr_table
     point_keys = ("variant", "epochs", "compute", "val_loss", "lr", "params", "trial_id")
     fit, ci = report.fit, report.ci
-    return _clean(
+    return json_safe(
         {
             "source": report.source,
             "dataset": report.dataset,
