@@ -53,6 +53,7 @@ from nfnet import storage
 from nfnet.errors import NFNetError, one_line
 from tuner.errors import TunerError
 from tuner.records.cells import cell_label, parse_label, variant_params
+from tuner.records.tables import text_table
 
 DEFAULT_LEDGER = "results/ledger"
 LEDGER_ENV = "NFSCALE_LEDGER"
@@ -516,35 +517,10 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     )
 
 
-def _compact(value: Any, column: str) -> str:
-    if value is None:
-        return "-"
-    if column == "params":
-        for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-            if value >= scale:
-                return f"{value / scale:.3g}{suffix}"
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """An aligned plain-text table of ledger rows (numbers right-aligned)."""
-    cells = []
-    for row in rows:
-        shown = dict(row, variant=cell_label(row["variant"], row["width_mult"], row["depth_mult"]))
-        cells.append([_compact(shown[col], col) for col in SHOW_COLUMNS])
-    headers = [SHOW_HEADERS.get(col, col) for col in SHOW_COLUMNS]
-    widths = [max(len(h), *(len(line[i]) for line in cells)) for i, h in enumerate(headers)]
-    numeric = {i for i, col in enumerate(SHOW_COLUMNS) if LEDGER_SCHEMA.field(col).type != pa.string()}
-
-    def fmt(line: list[str]) -> str:
-        return "  ".join(
-            text.rjust(widths[i]) if i in numeric else text.ljust(widths[i]) for i, text in enumerate(line)
-        ).rstrip()
-
-    return "\n".join([fmt(headers), *(fmt(line) for line in cells)])
+    """An aligned plain-text table of ledger rows (the schema's number columns right-aligned)."""
+    numeric = [col for col in SHOW_COLUMNS if LEDGER_SCHEMA.field(col).type != pa.string()]
+    return text_table(rows, SHOW_COLUMNS, SHOW_HEADERS, numeric)
 
 
 # ---------------------------------------------------------------- command line
