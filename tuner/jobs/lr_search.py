@@ -16,7 +16,7 @@ from nfnet.metrics import json_safe
 from tuner.errors import TunerError
 from tuner.raytune.connection import DEFAULT_NODE_WAIT_S
 from tuner.study.planner import COMPLETE_STOPS, DEFAULT_MAX_TRIALS, DEFAULT_PARALLEL, SEARCH_SOURCE, Bracket, CellSearch, Verdict, make_record, plan_cell
-from tuner.records.cells import cell_label, parse_label
+from tuner.records.cells import cell_label, parse_label, variant_params
 from tuner.raytune.trainable import FAST_COMPILE
 
 SOURCE = SEARCH_SOURCE
@@ -207,16 +207,14 @@ def choose_dataset(dataset: str | None, data_dir: str | None) -> tuple[str, int,
         return "digits", _num_classes("digits", data_dir), note
 
 
-def _count_params(variant: str, width_mult: float, depth_mult: float, num_classes: int) -> int:
+def _count_params(variant: str, width_mult: float, depth_mult: float, num_classes: int) -> int | None:
     import jax
 
     # Shapes only, on the driver's CPU: the driver must never take accelerators
     # its trials need (the setting is this process's, not its children's).
     jax.config.update("jax_platforms", "cpu")
-    from nfnet.counting import count_params
-    from nfnet.variants import get_variant
-
-    return count_params(get_variant(variant, width_mult, depth_mult), num_classes=num_classes)
+    # The count the placement's memory estimate reads too (cached: counted once).
+    return variant_params(variant, width_mult, depth_mult, num_classes)
 
 
 def _check_variant(variant: str, width_mult: float, depth_mult: float) -> tuple[str, float, float]:
