@@ -16,7 +16,7 @@ from nfnet.metrics import json_safe
 from tuner.errors import TunerError
 from tuner.raytune.connection import DEFAULT_NODE_WAIT_S
 from tuner.study.planner import COMPLETE_STOPS, DEFAULT_MAX_TRIALS, DEFAULT_PARALLEL, SEARCH_SOURCE, Bracket, CellSearch, Verdict, make_record, plan_cell
-from tuner.records.cells import cell_label, parse_label, variant_params
+from tuner.records.cells import cell_label, cell_shape, variant_params
 from tuner.raytune.trainable import FAST_COMPILE
 
 SOURCE = SEARCH_SOURCE
@@ -221,12 +221,12 @@ def _check_variant(variant: str, width_mult: float, depth_mult: float) -> tuple[
     from nfnet.errors import NFNetError
     from nfnet.variants import get_variant
 
-    base, w, d = parse_label(variant)
+    base, width, depth = cell_shape(variant, width_mult, depth_mult)
     try:
-        get_variant(base, w * width_mult, d * depth_mult)
+        get_variant(base, width, depth)
     except NFNetError as exc:
         raise TunerError(str(exc)) from None
-    return base, w * width_mult, d * depth_mult
+    return base, width, depth
 
 
 def _check_options(options: LRSearchOptions) -> None:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from tuner.errors import TunerError
-from tuner.raytune.experiment import DEFAULT_KEEP_CHECKPOINTS, InterruptWatch, checkpoint_config, check_storage, experiment_dir, quiet_tune_output, ray_location, results_table, storage_path, tensorboard_hint
+from tuner.raytune.experiment import DEFAULT_KEEP_CHECKPOINTS, InterruptWatch, check_experiment_name, checkpoint_config, check_storage, experiment_dir, quiet_tune_output, ray_location, results_table, storage_path, tensorboard_hint
 from tuner.raytune.connection import DEFAULT_NODE_WAIT_S, check_ray_options, check_resources, connect, placement_requests
 from tuner.raytune.callbacks import LedgerCallback, NoTuneTensorBoard, ProgressPrinter, trial_dirname, trial_row
 from tuner.records.ledger import Ledger, default_ledger_uri
@@ -267,9 +267,7 @@ class PromoteProgressPrinter(ProgressPrinter):
 
 def _experiment_name(options: PromoteOptions) -> str:
     if options.name:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", options.name):
-            raise TunerError(f"experiment name {options.name!r} may hold only letters, digits and . _ + -")
-        return options.name
+        return check_experiment_name(options.name)
     dataset = re.sub(r"[^A-Za-z0-9]+", "_", options.dataset).strip("_") or "data"
     return f"{EXPERIMENT_PREFIX}{dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 

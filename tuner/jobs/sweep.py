@@ -8,7 +8,6 @@ import dataclasses
 import json
 import math
 import random
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from search_spaces import CELL_KEYS, Preset, PresetSpace, get_preset, grid_space
 from search_spaces.space import DistinctCellSampler, GridCellSampler
 from tuner.errors import TunerError
 from tuner.raytune.connection import DEFAULT_NODE_WAIT_S, check_ray_options, check_resources, connect, placement_requests
-from tuner.raytune.experiment import InterruptWatch, DEFAULT_KEEP_CHECKPOINTS, checkpoint_config, check_storage, experiment_dir, open_filesystem, quiet_tune_output, ray_location, results_table, storage_path, tensorboard_hint
+from tuner.raytune.experiment import InterruptWatch, DEFAULT_KEEP_CHECKPOINTS, check_experiment_name, checkpoint_config, check_storage, experiment_dir, open_filesystem, quiet_tune_output, ray_location, results_table, storage_path, tensorboard_hint
 from tuner.raytune.callbacks import LedgerCallback, NoTuneTensorBoard, ProgressPrinter, trial_dirname
 from tuner.records.ledger import Ledger
 from tuner.records.cells import cell_label
@@ -271,12 +270,6 @@ def default_experiment_name(preset: Preset, now: datetime | None = None) -> str:
     return f"{EXPERIMENT_PREFIX}{preset.name}-{stamp}"
 
 
-def _check_name(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
-        raise TunerError(f"experiment name {name!r} may hold only letters, digits and . _ + -")
-    return name
-
-
 def _budget(options: SweepOptions) -> tuple[str, float] | None:
     """(unit, total), checked here so that a mistake fails before Ray starts."""
     if options.budget_flops is None and options.budget_device_hours is None:
@@ -421,7 +414,7 @@ def plan_sweep(options: SweepOptions, preset: Preset | None = None, now: datetim
         num_samples = options.num_samples or preset.num_samples
         startup = min(MAX_STARTUP, max(1, num_samples // 2))
         points = points + startup_points(preset, startup - len(points), options.seed, points)
-    name = _check_name(options.name) if options.name else default_experiment_name(preset, now)
+    name = check_experiment_name(options.name) if options.name else default_experiment_name(preset, now)
     notes = [note] if note else []
     return SweepPlan(
         preset=preset,
@@ -576,7 +569,7 @@ def find_experiment(storage: str, name: str | None, preset: str | None) -> str:
     import pyarrow.fs as pafs
 
     if name:
-        path = experiment_dir(storage, _check_name(name))
+        path = experiment_dir(storage, check_experiment_name(name))
         if read_settings(path) is None:
             raise TunerError(f"no sweep to resume at {path}; check --storage and --name")
         return path

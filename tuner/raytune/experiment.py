@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -160,6 +161,13 @@ def checkpoint_config(keep: int, metric: str = "val_loss"):
         raise TunerError(f"--keep-checkpoints must be a whole number of at least 1, got {keep}")
     return tune.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=metric,
                                  checkpoint_score_order="min")
+
+
+def check_experiment_name(name: str) -> str:
+    """`name` when it can name an experiment directory (letters, digits and . _ + -), else a TunerError."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+        raise TunerError(f"experiment name {name!r} may hold only letters, digits and . _ + -")
+    return name
 
 
 def experiment_dir(storage: str, name: str) -> str:
