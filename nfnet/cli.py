@@ -3,14 +3,18 @@
 `FlagParser` reports a flag mistake as one line, `error: --flag: what it wants`, with
 exit status 2; `int` and `float` flag types say "expected an integer/a number" instead
 of argparse's "invalid int value". The type functions below raise
-`argparse.ArgumentTypeError` with a sentence a user can act on.
+`argparse.ArgumentTypeError` with a sentence a user can act on. `run_main` does the
+same for a mistake found after the flags parse: one `error: ...` line, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import sys
+from collections.abc import Callable
 
+from nfnet.errors import NFNetError, one_line
 from nfnet.variants import resolution_problem
 
 
@@ -77,3 +81,14 @@ class FlagParser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         message = _ARGUMENT_PREFIX.sub(r"\1: ", " ".join(message.split()))
         self.exit(2, f"error: {message}\n")
+
+
+def run_main(body: Callable[[], int],
+             errors: type[BaseException] | tuple[type[BaseException], ...] = NFNetError) -> int:
+    """A command's exit status: `body()`'s, or 2 after a user mistake (one of `errors`),
+    which is printed as one `error: ...` line on stderr."""
+    try:
+        return body()
+    except errors as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2

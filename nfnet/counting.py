@@ -1,7 +1,7 @@
 """Counting an NFNet's size and cost without allocating it.
 
-- Parameters: `jax.eval_shape` of `init`, so F7+ is counted in a second with no
-  weights in memory.
+- Parameters: `jax.eval_shape` of `init`, so F7+ is counted in seconds with no
+  weights in memory and no device touched.
 - MACs: the forward pass is traced to a jaxpr (abstract shapes only) and every
   convolution and matrix product in it is counted; "FLOPs" in [P2]'s tables are
   these multiply-adds.
@@ -37,9 +37,11 @@ def abstract_variables(model: NFNet, resolution: int = 32):
 
 
 def count_params(variant: Variant | str, num_classes: int = 1000) -> int:
-    """Parameter count with a `num_classes`-way head, by shape evaluation."""
-    # Parameter shapes do not depend on the input resolution; 32px is cheapest to trace.
-    variables = abstract_variables(NFNet(_as_variant(variant), num_classes), 32)
+    """Parameter count with a `num_classes`-way head, by shape evaluation; touches no device."""
+    # Parameter shapes depend neither on the input resolution (32px is cheapest to trace) nor on
+    # how convs are lowered; "native" asks for no backend, where "auto" would start JAX's default
+    # one (a driver that did would hold the TPU its trials need).
+    variables = abstract_variables(NFNet(_as_variant(variant), num_classes, conv_lowering="native"), 32)
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(variables)))
 
 

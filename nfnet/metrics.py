@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, TextIO
 
 # The HParams view's columns: (name, kind, shown by default). TensorBoard shows the
@@ -36,7 +37,10 @@ HPARAM_METRICS = ("val_loss", "val_top1")
 
 
 def json_safe(value: Any) -> Any:
-    """`value` with every non-finite float replaced by None (JSON has no inf or NaN)."""
+    """`value` as JSON can carry it: every non-finite float as None (JSON has no inf or NaN),
+    datetimes as ISO text, numpy / jax scalars as Python numbers, tuples as lists and keys
+    as strings, through nested dicts and lists. nfnet's summaries and the tuner's JSON
+    (ledger rows, plans, reports) all go through here."""
     if isinstance(value, Mapping):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -45,6 +49,8 @@ def json_safe(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, datetime):
+        return value.isoformat()
     if hasattr(value, "item"):  # numpy / jax scalars
         return json_safe(value.item())
     return value

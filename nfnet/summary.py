@@ -14,7 +14,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # counting needs no accelerator
 
 from nfnet.counting import count_macs, count_params, stage_table  # noqa: E402
 from nfnet.errors import NFNetError  # noqa: E402
-from nfnet.cli import FlagParser  # noqa: E402
+from nfnet.cli import FlagParser, run_main  # noqa: E402
 from nfnet.variants import MIN_RESOLUTION, VARIANTS, check_resolution, get_variant  # noqa: E402
 
 
@@ -78,24 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.num_classes < 1:
-            raise NFNetError(f"--num-classes must be >= 1, got {args.num_classes}")
-        if args.resolution is not None:
-            check_resolution(args.resolution, "--resolution")
-        if args.list:
-            lines = list_variants(args.num_classes)
-        elif args.variant:
-            lines = describe(args.variant, args.resolution, args.num_classes, args.width_mult, args.depth_mult)
-        else:
-            raise NFNetError("name a variant (e.g. F0) or pass --list")
-    except NFNetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    if args.num_classes < 1:
+        raise NFNetError(f"--num-classes must be >= 1, got {args.num_classes}")
+    if args.resolution is not None:
+        check_resolution(args.resolution, "--resolution")
+    if args.list:
+        lines = list_variants(args.num_classes)
+    elif args.variant:
+        lines = describe(args.variant, args.resolution, args.num_classes, args.width_mult, args.depth_mult)
+    else:
+        raise NFNetError("name a variant (e.g. F0) or pass --list")
     print("\n".join(lines))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,7 @@ import argparse
 import sys
 from typing import Sequence
 
-
-from tuner.errors import TunerError
+from tuner.cli import run_command
 from tuner.clusterfiles.checks import unfilled_placeholders, validate_file
 
 
@@ -43,24 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run(args: argparse.Namespace) -> int:
+    failed = False
+    for file in args.files:
+        problems = validate_file(file)
+        if args.strict:
+            problems += unfilled_placeholders(file)
+        if problems:
+            failed = True
+            for problem in problems:
+                print(f"{file}: {problem}")
+        else:
+            print(f"{file}: OK")
+    return 2 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        failed = False
-        for file in args.files:
-            problems = validate_file(file)
-            if args.strict:
-                problems += unfilled_placeholders(file)
-            if problems:
-                failed = True
-                for problem in problems:
-                    print(f"{file}: {problem}")
-            else:
-                print(f"{file}: OK")
-    except TunerError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 2 if failed else 0
+    return run_command(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ import argparse
 import json
 import sys
 
-
-from tuner.errors import TunerError
-from tuner.records.ledger import CORRUPT_DIR, CSV_REQUIRED, DEFAULT_LEDGER, LEDGER_ENV, Ledger, _jsonable, format_table, read_results_csv, sort_rows
+from nfnet.metrics import json_safe
+from tuner.cli import run_command
+from tuner.records.ledger import CORRUPT_DIR, CSV_REQUIRED, DEFAULT_LEDGER, LEDGER_ENV, Ledger, format_table, read_results_csv, sort_rows
 from tuner.records.ledger import KINDS
 
 
@@ -85,33 +85,33 @@ def run_check(ledger: Ledger) -> int:
     return 0
 
 
+def run(args: argparse.Namespace) -> int:
+    ledger = Ledger(args.ledger)
+    if args.command == "check":
+        return run_check(ledger)
+    if args.command == "import":
+        rows = read_results_csv(args.csv, dataset=args.dataset, source=args.source,
+                                num_classes=args.num_classes, warn=lambda text: print(text, file=sys.stderr))
+        written = ledger.append(rows)
+        print(f"imported {written} of {len(rows)} rows into {ledger.uri} ({len(rows) - written} already present)")
+        return 0
+    table = ledger.read()
+    rows = table.to_pylist()
+    if args.kind:
+        rows = [r for r in rows if r["kind"] == args.kind]
+    rows = sort_rows(rows)
+    if args.json:
+        print(json.dumps(json_safe(rows), indent=1))
+    elif rows:
+        print(format_table(rows))
+    else:
+        print(f"ledger {ledger.uri} has no rows", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        ledger = Ledger(args.ledger)
-        if args.command == "check":
-            return run_check(ledger)
-        if args.command == "import":
-            rows = read_results_csv(args.csv, dataset=args.dataset, source=args.source,
-                                    num_classes=args.num_classes, warn=lambda text: print(text, file=sys.stderr))
-            written = ledger.append(rows)
-            print(f"imported {written} of {len(rows)} rows into {ledger.uri} ({len(rows) - written} already present)")
-            return 0
-        table = ledger.read()
-        rows = table.to_pylist()
-        if args.kind:
-            rows = [r for r in rows if r["kind"] == args.kind]
-        rows = sort_rows(rows)
-        if args.json:
-            print(json.dumps([_jsonable(r) for r in rows], indent=1))
-        elif rows:
-            print(format_table(rows))
-        else:
-            print(f"ledger {ledger.uri} has no rows", file=sys.stderr)
-        return 0
-    except TunerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tuner.cli import run_command
 from tuner.errors import TunerError
 from tuner.study.planner import DEFAULT_MAX_TRIALS, DEFAULT_NOISE, DEFAULT_PARALLEL
 from tuner.study.audit import DEFAULT_TOLERANCE, DEFAULT_TRIALS_PER_CELL, _check, audit, audit_json, read_ledger_rows, read_search_rows, replay, section_markdown, summary_sentence
@@ -83,11 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except TunerError as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
+    return run_command(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -33,13 +33,15 @@ import json
 import math
 import sys
 
+from nfnet.errors import NFNetError
+from nfnet.metrics import json_safe
+from tuner.cli import run_command
 from tuner.errors import TunerError
 from tuner.raytune.connection import DEFAULT_NODE_WAIT_S, NODE_WAIT_HELP
 from tuner.raytune.experiment import INTERRUPTED_EXIT
 from tuner.placement.trial import ACCELERATOR_HELP
 from tuner.study.planner import COMPLETE_STOPS, DEFAULT_MAX_TRIALS, DEFAULT_NOISE, DEFAULT_PARALLEL
 from tuner.jobs.lr_search import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_EVALS, DEFAULT_MAX_EVAL, DEFAULT_VARIANT, LRSearchOptions, OTHER_EPOCHS, SearchPlan, SearchResult, plan_search, run_search
-from tuner.jobs.lr_search import _json_safe
 
 
 def describe_plan(search: SearchPlan) -> list[str]:
@@ -216,31 +218,29 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(text, file=out, flush=True)
 
-    try:
-        from nfnet.errors import NFNetError
+    searched: list[SearchResult] = []
 
-        try:
-            search = plan_search(options_from_args(args))
-            for line in describe_plan(search):
-                log(line)
-            if args.dry_run:
-                if args.json:
-                    print(json.dumps(_json_safe({"dry_run": True, **search.to_dict()})))
-                return 0
-            result = run_search(search, log, to_stderr=args.json)
-        except NFNetError as exc:
-            raise TunerError(str(exc)) from None
-    except TunerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        # A second Ctrl-C: Tune stopped without its last snapshot, and nothing was recorded.
-        print(f"interrupted (Ctrl-C) before the search was recorded; start it again with: {rerun}", file=sys.stderr)
-        return INTERRUPTED_EXIT
+    def plan_and_run() -> int:
+        search = plan_search(options_from_args(args))
+        for line in describe_plan(search):
+            log(line)
+        if args.dry_run:
+            if args.json:
+                print(json.dumps(json_safe({"dry_run": True, **search.to_dict()})))
+            return 0
+        searched.append(run_search(search, log, to_stderr=args.json))
+        return 0
+
+    # A second Ctrl-C: Tune stopped without its last snapshot, and nothing was recorded.
+    interrupted = f"interrupted (Ctrl-C) before the search was recorded; start it again with: {rerun}"
+    status = run_command(plan_and_run, interrupted, errors=(TunerError, NFNetError))
+    if not searched:
+        return status
+    (result,) = searched
     for line in describe_result(result, rerun):
         log(line)
     if args.json:
-        print(json.dumps(_json_safe({"dry_run": False, **result.to_dict()})))
+        print(json.dumps(json_safe({"dry_run": False, **result.to_dict()})))
     if result.interrupted:
         return INTERRUPTED_EXIT
     return 0 if result.ok else 1

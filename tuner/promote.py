@@ -30,13 +30,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tuner.errors import TunerError
 from tuner.raytune.experiment import DEFAULT_KEEP_CHECKPOINTS, INTERRUPTED_EXIT, KEEP_CHECKPOINTS_HELP
 from tuner.raytune.connection import DEFAULT_NODE_WAIT_S, NODE_WAIT_HELP
 from tuner.placement.trial import ACCELERATOR_HELP
-from tuner.cli import SetOverride, parse_lrs
-from tuner.records.rows import json_row
+from tuner.cli import SetOverride, parse_lrs, run_command
+from nfnet.metrics import json_safe
 from tuner.jobs.promote import PromoteOptions, plan_promotion, promote
+
+# A second Ctrl-C: Tune stopped; the trials that finished are recorded.
+INTERRUPTED = ("interrupted (Ctrl-C) twice; finished fine-tuning trials are in the ledger: run the same command "
+               "with --skip-promoted to fine-tune the rest")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,44 +110,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(options: PromoteOptions) -> int:
     import json
 
+    log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if options.json else print
+    if options.dry_run:
+        candidates, configs, placements = plan_promotion(options)
+        if options.json:
+            print(json.dumps({"candidates": [json_safe(c) for c in candidates], "configs": configs,
+                              "lrs": list(options.lrs),
+                              "placements": {k: p.describe() for k, p in placements.items()},
+                              "resources_per_trial": {k: p.resources for k, p in placements.items()}},
+                             indent=1))
+        else:
+            for c in candidates:
+                config = configs[c["trial_id"]]
+                print(f"{c['trial_id']}: val_loss={c['final_val_loss']:.4g} -> fine-tune "
+                      + ", ".join(f"{k}={v}" for k, v in sorted(config.items())))
+                print(f"  placement: {placements[c['trial_id']].describe()}")
+        return 0
+    result = promote(options, log=log)
+    if options.json:
+        print(json.dumps({"experiment": result.experiment, "path": result.path,
+                          "candidates": [json_safe(c) for c in result.candidates],
+                          "rows": [json_safe(r) for r in result.rows],
+                          "interrupted": result.interrupted}, indent=1))
+    return INTERRUPTED_EXIT if result.interrupted else 0
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     values = vars(args)
     values["overrides"] = tuple(values["overrides"])
     options = PromoteOptions(**values)
-    log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if options.json else print
-    try:
-        if options.dry_run:
-            candidates, configs, placements = plan_promotion(options)
-            if options.json:
-                print(json.dumps({"candidates": [json_row(c) for c in candidates], "configs": configs,
-                                  "lrs": list(options.lrs),
-                                  "placements": {k: p.describe() for k, p in placements.items()},
-                                  "resources_per_trial": {k: p.resources for k, p in placements.items()}},
-                                 indent=1))
-            else:
-                for c in candidates:
-                    config = configs[c["trial_id"]]
-                    print(f"{c['trial_id']}: val_loss={c['final_val_loss']:.4g} -> fine-tune "
-                          + ", ".join(f"{k}={v}" for k, v in sorted(config.items())))
-                    print(f"  placement: {placements[c['trial_id']].describe()}")
-            return 0
-        result = promote(options, log=log)
-        if options.json:
-            print(json.dumps({"experiment": result.experiment, "path": result.path,
-                              "candidates": [json_row(c) for c in result.candidates],
-                              "rows": [json_row(r) for r in result.rows],
-                              "interrupted": result.interrupted}, indent=1))
-        return INTERRUPTED_EXIT if result.interrupted else 0
-    except TunerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted (Ctrl-C) twice; finished fine-tuning trials are in the ledger: run the same command "
-              "with --skip-promoted to fine-tune the rest", file=sys.stderr)
-        return INTERRUPTED_EXIT
+    return run_command(lambda: run(options), interrupted=INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pathlib import Path
 
 
 from nfnet import storage
+from tuner.cli import run_command
 from tuner.errors import TunerError
 from tuner.study.audit import summary_sentence
 from tuner.rendering.report import _write_report, output_dir, report_json
@@ -118,11 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except TunerError as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
+    return run_command(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -38,8 +38,12 @@ from tuner.errors import TunerError
 from tuner.raytune.connection import DEFAULT_NODE_WAIT_S, NODE_WAIT_HELP
 from tuner.raytune.experiment import INTERRUPTED_EXIT, DEFAULT_KEEP_CHECKPOINTS, KEEP_CHECKPOINTS_HELP
 from tuner.placement.trial import ACCELERATOR_HELP
-from tuner.cli import SetOverride, parse_lrs
+from tuner.cli import SetOverride, parse_lrs, run_command
 from tuner.jobs.sweep import DEFAULT_PRESET, SweepOptions, plan_sweep, run_sweep
+
+# A second Ctrl-C: Tune stopped without writing its last snapshot.
+INTERRUPTED = ("interrupted (Ctrl-C) twice: Tune stopped without its last snapshot; `python -m tuner.sweep "
+               "--resume` continues from the one before (add --name and --storage as you ran it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,35 +140,31 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
     return SweepOptions(**values)
 
 
+def run(options: SweepOptions) -> int:
+    log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if options.json else print
+    if options.dry_run:
+        if options.resume:
+            raise TunerError("--dry-run plans a new sweep; drop --resume")
+        plan = plan_sweep(options)
+        if options.json:
+            print(json.dumps(plan.to_json(), indent=1))
+        else:
+            print(plan.describe())
+            if plan.mode == "grid":
+                cells = plan.points if options.skip_recorded else [
+                    {"variant": c.label, "epochs": c.epochs, "lr": c.lr} for c in plan.preset.cells()]
+                for cell in cells:
+                    print(f"  cell {cell['variant']} epochs={cell['epochs']:g} lr={cell['lr']:g}")
+        return 0
+    result = run_sweep(options, log=log)
+    if options.json:
+        print(json.dumps(result.to_json(), indent=1))
+    return INTERRUPTED_EXIT if result.interrupted else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     options = options_from_args(build_parser().parse_args(argv))
-    log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if options.json else print
-    try:
-        if options.dry_run:
-            if options.resume:
-                raise TunerError("--dry-run plans a new sweep; drop --resume")
-            plan = plan_sweep(options)
-            if options.json:
-                print(json.dumps(plan.to_json(), indent=1))
-            else:
-                print(plan.describe())
-                if plan.mode == "grid":
-                    cells = plan.points if options.skip_recorded else [
-                        {"variant": c.label, "epochs": c.epochs, "lr": c.lr} for c in plan.preset.cells()]
-                    for cell in cells:
-                        print(f"  cell {cell['variant']} epochs={cell['epochs']:g} lr={cell['lr']:g}")
-            return 0
-        result = run_sweep(options, log=log)
-        if options.json:
-            print(json.dumps(result.to_json(), indent=1))
-        return INTERRUPTED_EXIT if result.interrupted else 0
-    except TunerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted (Ctrl-C) twice: Tune stopped without its last snapshot; `python -m tuner.sweep "
-              "--resume` continues from the one before (add --name and --storage as you ran it)", file=sys.stderr)
-        return INTERRUPTED_EXIT
+    return run_command(lambda: run(options), interrupted=INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import Any, Iterator, Sequence
 
 import yaml
 
+from nfnet.errors import one_line
 from tuner.errors import TunerError
 from tuner.placement.tpu import V4_CHIPS_PER_HOST, V4_TOPOLOGIES, _KNOWN_V4, tpu_slice, tpu_type_for_topology
 
@@ -182,7 +183,7 @@ def _ray_prepare(config: dict) -> tuple[dict | None, list[str]]:
     except click.ClickException as error:
         return None, [f"Ray rejects the config: {error.message}"]
     except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as error:
-        return None, [f"Ray rejects the config: {_one_line(error)}"]
+        return None, [f"Ray rejects the config: {one_line(error)}"]
 
 
 def _ray_schema_problems(prepared: dict, only_types: bool = False) -> list[str]:
@@ -252,7 +253,7 @@ def _ray_semantic_problems(prepared: dict) -> list[str]:
     try:
         validate_config(prepared)
     except (ValueError, RuntimeError, jsonschema.ValidationError) as error:
-        return [f"Ray rejects the config: {_one_line(error)}"]
+        return [f"Ray rejects the config: {one_line(error)}"]
     return []
 
 
@@ -275,7 +276,7 @@ def _provider_problems(prepared: dict) -> list[str]:
             with _quiet():  # Ray warns about every multi-host slice type
                 get_node_type(node_config)
         except (ValueError, TypeError, KeyError) as error:
-            problems.append(f"available_node_types.{name}.node_config: {_one_line(error)}")
+            problems.append(f"available_node_types.{name}.node_config: {one_line(error)}")
     return problems
 
 
@@ -751,11 +752,6 @@ def _dotted(parts: Sequence[Any]) -> str:
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
 
 
 @contextlib.contextmanager

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nfnet.metrics import json_safe
 from tuner.errors import TunerError
 from tuner.raytune.connection import DEFAULT_NODE_WAIT_S
 from tuner.study.planner import COMPLETE_STOPS, DEFAULT_MAX_TRIALS, DEFAULT_PARALLEL, SEARCH_SOURCE, Bracket, CellSearch, Verdict, make_record, plan_cell
-from tuner.records.cells import cell_label, parse_label
+from tuner.records.cells import cell_label, cell_shape, variant_params
 from tuner.raytune.trainable import FAST_COMPILE
 
 SOURCE = SEARCH_SOURCE
@@ -206,28 +207,26 @@ def choose_dataset(dataset: str | None, data_dir: str | None) -> tuple[str, int,
         return "digits", _num_classes("digits", data_dir), note
 
 
-def _count_params(variant: str, width_mult: float, depth_mult: float, num_classes: int) -> int:
+def _count_params(variant: str, width_mult: float, depth_mult: float, num_classes: int) -> int | None:
     import jax
 
     # Shapes only, on the driver's CPU: the driver must never take accelerators
     # its trials need (the setting is this process's, not its children's).
     jax.config.update("jax_platforms", "cpu")
-    from nfnet.counting import count_params
-    from nfnet.variants import get_variant
-
-    return count_params(get_variant(variant, width_mult, depth_mult), num_classes=num_classes)
+    # The count the placement's memory estimate reads too (cached: counted once).
+    return variant_params(variant, width_mult, depth_mult, num_classes)
 
 
 def _check_variant(variant: str, width_mult: float, depth_mult: float) -> tuple[str, float, float]:
     from nfnet.errors import NFNetError
     from nfnet.variants import get_variant
 
-    base, w, d = parse_label(variant)
+    base, width, depth = cell_shape(variant, width_mult, depth_mult)
     try:
-        get_variant(base, w * width_mult, d * depth_mult)
+        get_variant(base, width, depth)
     except NFNetError as exc:
         raise TunerError(str(exc)) from None
-    return base, w * width_mult, d * depth_mult
+    return base, width, depth
 
 
 def _check_options(options: LRSearchOptions) -> None:
@@ -435,7 +434,7 @@ def _recorded_row(search: SearchPlan, rows: list[dict[str, Any]], verdict: Verdi
     def same(lr: Any) -> bool:
         return lr is not None and math.isclose(float(lr), verdict.lr, rel_tol=LR_SAME)
 
-    text = json.dumps(_json_safe(record), allow_nan=False)
+    text = json.dumps(json_safe(record), allow_nan=False)
     mine = [r for r in rows if same(r["lr"]) and r["status"] == "finished"]
     if mine:
         return {**mine[0], "search": text}
@@ -515,19 +514,6 @@ def _previous_verdict(search: SearchPlan, bracket: Bracket) -> Verdict:
     if search.cell.status == "done" and previous is not None and verdict.lr is not None:
         return dataclasses.replace(verdict, message=previous.get("message") or verdict.message)
     return verdict
-
-
-# ---------------------------------------------------------------- output
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------- command line

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -15,11 +14,12 @@ from datetime import datetime
 from typing import Any
 
 from tuner.errors import TunerError
-from tuner.raytune.experiment import DEFAULT_KEEP_CHECKPOINTS, InterruptWatch, checkpoint_config, check_storage, experiment_dir, quiet_tune_output, ray_location, results_table, storage_path, tensorboard_hint
+from tuner.raytune.experiment import DEFAULT_KEEP_CHECKPOINTS, InterruptWatch, check_experiment_name, checkpoint_config, check_storage, experiment_dir, quiet_tune_output, ray_location, results_table, storage_path, tensorboard_hint
 from tuner.raytune.connection import DEFAULT_NODE_WAIT_S, check_ray_options, check_resources, connect, placement_requests
 from tuner.raytune.callbacks import LedgerCallback, NoTuneTensorBoard, ProgressPrinter, trial_dirname, trial_row
 from tuner.records.ledger import Ledger, default_ledger_uri
 from tuner.records.cells import cell_label
+from tuner.records.rows import finite
 from tuner.jobs.overrides import parse_overrides
 from tuner.raytune.compile_cache import use_fast_compile
 from tuner.raytune.trainable import FAST_COMPILE
@@ -81,10 +81,6 @@ class PromoteResult:
 # ---------------------------------------------------------------- choosing candidates
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def select_candidates(
     rows: Sequence[Mapping[str, Any]],
     top_k: int = 1,
@@ -100,7 +96,7 @@ def select_candidates(
     if top_k < 1:
         raise TunerError(f"--top-k must be at least 1, got {top_k}")
     for flag, value in (("--budget-flops", budget_flops), ("--budget-device-hours", budget_device_hours)):
-        if value is not None and not (_finite(value) and value > 0):
+        if value is not None and not (finite(value) and value > 0):
             raise TunerError(f"{flag} must be a positive number, got {value:g}")
     if budget_flops is not None and budget_device_hours is not None:
         raise TunerError("give one budget: --budget-flops or --budget-device-hours, not both")
@@ -109,11 +105,11 @@ def select_candidates(
         pretrain = [r for r in pretrain if r.get("experiment") == experiment]
     if pretrain_dataset is not None:
         pretrain = [r for r in pretrain if r.get("dataset") == pretrain_dataset]
-    finished = [r for r in pretrain if r.get("status") == "finished" and _finite(r.get("final_val_loss"))]
+    finished = [r for r in pretrain if r.get("status") == "finished" and finite(r.get("final_val_loss"))]
     with_checkpoint = [r for r in finished if r.get("checkpoint_uri")]
     eligible = with_checkpoint
     if budget_flops is not None:
-        measured = [r for r in eligible if _finite(r.get("flops")) and r["flops"] > 0]
+        measured = [r for r in eligible if finite(r.get("flops")) and r["flops"] > 0]
         if eligible and not measured:
             raise TunerError(
                 f"none of the {len(eligible)} finished pre-training rows with a checkpoint has a FLOPs figure "
@@ -121,7 +117,7 @@ def select_candidates(
                 "give the budget in device-hours with --budget-device-hours instead")
         eligible = [r for r in measured if r["flops"] <= budget_flops]
     if budget_device_hours is not None:
-        eligible = [r for r in eligible if _finite(r.get("device_hours")) and r["device_hours"] <= budget_device_hours]
+        eligible = [r for r in eligible if finite(r.get("device_hours")) and r["device_hours"] <= budget_device_hours]
     if not eligible:
         where = f" of experiment {experiment}" if experiment else ""
         budget = ""
@@ -271,9 +267,7 @@ class PromoteProgressPrinter(ProgressPrinter):
 
 def _experiment_name(options: PromoteOptions) -> str:
     if options.name:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", options.name):
-            raise TunerError(f"experiment name {options.name!r} may hold only letters, digits and . _ + -")
-        return options.name
+        return check_experiment_name(options.name)
     dataset = re.sub(r"[^A-Za-z0-9]+", "_", options.dataset).strip("_") or "data"
     return f"{EXPERIMENT_PREFIX}{dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -287,7 +281,7 @@ def plan_promotion(options: PromoteOptions) -> tuple[list[dict[str, Any]], dict[
     if options.max_failures < 0:
         raise TunerError(f"--max-failures must be >= 0, got {options.max_failures}")
     checkpoint_config(options.keep_checkpoints)
-    if options.lrs and any(not (_finite(lr) and lr > 0) for lr in options.lrs):
+    if options.lrs and any(not (finite(lr) and lr > 0) for lr in options.lrs):
         raise TunerError(f"--lrs must be positive numbers, got {list(options.lrs)}")
     check_ray_options(options.num_cpus, options.wait_for_nodes)
     check_storage(options.storage)
@@ -359,7 +353,7 @@ def promote(options: PromoteOptions, log: Callable[..., None] = print) -> Promot
         log(results_table(rows, TABLE_COLUMNS))
     if failed:
         log(f"{len(failed)} fine-tuning trial(s) failed after their retries; see error.txt under {path}")
-    done = [r for r in rows if r["status"] == "finished" and _finite(r.get("top1"))]
+    done = [r for r in rows if r["status"] == "finished" and finite(r.get("top1"))]
     if done:
         best = max(done, key=lambda r: r["top1"])
         log(f"best fine-tuned: {cell_label(best['variant'], best['width_mult'], best['depth_mult'])} "

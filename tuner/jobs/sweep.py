@@ -8,7 +8,6 @@ import dataclasses
 import json
 import math
 import random
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,14 +18,14 @@ from search_spaces import CELL_KEYS, Preset, PresetSpace, get_preset, grid_space
 from search_spaces.space import DistinctCellSampler, GridCellSampler
 from tuner.errors import TunerError
 from tuner.raytune.connection import DEFAULT_NODE_WAIT_S, check_ray_options, check_resources, connect, placement_requests
-from tuner.raytune.experiment import InterruptWatch, DEFAULT_KEEP_CHECKPOINTS, checkpoint_config, check_storage, experiment_dir, open_filesystem, quiet_tune_output, ray_location, results_table, storage_path, tensorboard_hint
+from tuner.raytune.experiment import InterruptWatch, DEFAULT_KEEP_CHECKPOINTS, check_experiment_name, checkpoint_config, check_storage, experiment_dir, open_filesystem, quiet_tune_output, ray_location, results_table, storage_path, tensorboard_hint
 from tuner.raytune.callbacks import LedgerCallback, NoTuneTensorBoard, ProgressPrinter, trial_dirname
 from tuner.records.ledger import Ledger
 from tuner.records.cells import cell_label
 from tuner.raytune.trainable import FAST_COMPILE
 from tuner.jobs.overrides import parse_overrides
-from tuner.records.rows import json_row
-from tuner.records.rows import _finite
+from nfnet.metrics import json_safe
+from tuner.records.rows import finite
 from tuner.raytune.compile_cache import use_fast_compile
 
 DEFAULT_PRESET = "cpu-smoke"
@@ -187,7 +186,7 @@ class SweepResult:
 
     @property
     def best(self) -> dict[str, Any] | None:
-        done = [r for r in self.rows if r["status"] == "finished" and _finite(r.get("final_val_loss"))]
+        done = [r for r in self.rows if r["status"] == "finished" and finite(r.get("final_val_loss"))]
         return min(done, key=lambda r: r["final_val_loss"]) if done else None
 
     def to_json(self) -> dict[str, Any]:
@@ -198,11 +197,11 @@ class SweepResult:
             "flops": self.flops,
             "device_hours": self.device_hours,
             "budget": None if self.budget is None else {"unit": self.budget[0], "total": self.budget[1]},
-            "best": None if self.best is None else json_row(self.best),
-            "rows": [json_row(r) for r in self.rows],
+            "best": None if self.best is None else json_safe(self.best),
+            "rows": [json_safe(r) for r in self.rows],
             "ledger": self.plan_json.get("ledger"),
             "tensorboard": tensorboard_hint(self.path),
-            "finetune": [json_row(r) for r in self.finetune],
+            "finetune": [json_safe(r) for r in self.finetune],
             "interrupted": self.interrupted,
         }
 
@@ -269,12 +268,6 @@ def recorded_cells(rows: Iterable[Mapping[str, Any]], preset: Preset, base: Mapp
 def default_experiment_name(preset: Preset, now: datetime | None = None) -> str:
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
     return f"{EXPERIMENT_PREFIX}{preset.name}-{stamp}"
-
-
-def _check_name(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
-        raise TunerError(f"experiment name {name!r} may hold only letters, digits and . _ + -")
-    return name
 
 
 def _budget(options: SweepOptions) -> tuple[str, float] | None:
@@ -421,7 +414,7 @@ def plan_sweep(options: SweepOptions, preset: Preset | None = None, now: datetim
         num_samples = options.num_samples or preset.num_samples
         startup = min(MAX_STARTUP, max(1, num_samples // 2))
         points = points + startup_points(preset, startup - len(points), options.seed, points)
-    name = _check_name(options.name) if options.name else default_experiment_name(preset, now)
+    name = check_experiment_name(options.name) if options.name else default_experiment_name(preset, now)
     notes = [note] if note else []
     return SweepPlan(
         preset=preset,
@@ -576,7 +569,7 @@ def find_experiment(storage: str, name: str | None, preset: str | None) -> str:
     import pyarrow.fs as pafs
 
     if name:
-        path = experiment_dir(storage, _check_name(name))
+        path = experiment_dir(storage, check_experiment_name(name))
         if read_settings(path) is None:
             raise TunerError(f"no sweep to resume at {path}; check --storage and --name")
         return path

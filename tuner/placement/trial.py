@@ -32,8 +32,12 @@ a rough rule (no rematerialisation, no fusion savings, XLA's own buffers only
 through the usable fraction): it errs large, so an auto-picked slice may be
 bigger than the least that would run, never smaller. No variant is split across
 chips (no model parallelism): a model whose replicated state alone does not fit
-is refused. All of this is pure arithmetic on the variant table: nothing here
-imports JAX or Ray (the driver must not touch a TPU).
+is refused. The parameter count is nfnet's own (`nfnet.counting.count_params`: a
+`jax.eval_shape` of the model's init, which allocates nothing and runs on no device),
+counted once per variant, multipliers and head (`tuner.records.cells.variant_params`);
+the activations are arithmetic on the variant table (`activation_elements`). Importing
+this module imports neither JAX nor Ray, and nothing here touches a device (the
+driver must not take a TPU its trials need).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from nfnet.errors import NFNetError
 from nfnet.variants import Variant, get_variant
 from tuner.placement.tpu import V4_CHIPS_PER_HOST, V4_TOPOLOGIES, tpu_slice
 from tuner.errors import TunerError
+from tuner.records.cells import variant_params
 
 # TPU v4: 32 GiB of HBM per chip (Google Cloud, "TPU v4" system architecture).
 HBM_BYTES_PER_V4_CHIP = 32 * 2**30
@@ -65,11 +70,10 @@ ACTIVATION_COPIES = 3
 SLICE_DRIVER_CPUS = 1.0
 # num_classes when the caller does not know the dataset's: ImageNet's head.
 DEFAULT_NUM_CLASSES = 1000
-# Stem and block layout of nfnet/model.py ([P2] Fig. 7 and Sec. 4.1).
+# Stem and block layout of nfnet/model.py ([P2] Fig. 7 and Sec. 4.1), for the activation count.
 _STEM = ((16, 3, 2), (32, 3, 1), (64, 3, 1))
 _STRIDES = (1, 2, 2, 2)
 _BOTTLENECK = 0.5
-_SE_RATIO = 0.5
 
 ACCELERATOR_HELP = (
     "cpu, gpu, tpu (the smallest TPU v4 slice the trial fits on), or a TPU v4 slice type "
@@ -78,12 +82,7 @@ ACCELERATOR_HELP = (
 KINDS = ("cpu", "gpu", "tpu-host", "tpu-slice")
 
 
-# ---------------------------------------------------------------- the variant's size
-
-
-def _conv_params(in_ch: int, out_ch: int, kernel: int, groups: int = 1) -> int:
-    # WSConv2D: kernel, per-output gain and bias (nfnet/layers.py).
-    return kernel * kernel * (in_ch // groups) * out_ch + 2 * out_ch
+# ---------------------------------------------------------------- the variant's activations
 
 
 def _bottleneck(out_ch: int, group_width: int) -> tuple[int, int]:
@@ -93,30 +92,6 @@ def _bottleneck(out_ch: int, group_width: int) -> tuple[int, int]:
 
 def _out_size(size: int, stride: int) -> int:
     return -(-size // stride)  # SAME padding
-
-
-def count_params(variant: Variant, num_classes: int = DEFAULT_NUM_CLASSES) -> int:
-    """Parameters of nfnet.model.NFNet(variant, num_classes), by arithmetic on the layout."""
-    total, ch = 0, 3
-    for out_ch, k, _ in _STEM:
-        total += _conv_params(ch, out_ch, k)
-        ch = out_ch
-    total += _conv_params(ch, variant.widths[0] // 2, 3)
-    ch = variant.widths[0] // 2
-    for depth, out_ch, stride in zip(variant.depths, variant.widths, _STRIDES):
-        for i in range(depth):
-            width, groups = _bottleneck(out_ch, variant.group_width)
-            if (stride if i == 0 else 1) > 1 or ch != out_ch:
-                total += _conv_params(ch, out_ch, 1)
-            total += _conv_params(ch, width, 1)
-            total += 2 * _conv_params(width, width, 3, groups)
-            total += _conv_params(width, out_ch, 1)
-            hidden = max(1, int(out_ch * _SE_RATIO))
-            total += out_ch * hidden + hidden + hidden * out_ch + out_ch
-            total += 1  # skip gain
-            ch = out_ch
-    total += _conv_params(ch, 2 * ch, 1)
-    return total + 2 * ch * num_classes + num_classes
 
 
 def activation_elements(variant: Variant, resolution: int) -> int:
@@ -168,10 +143,13 @@ def estimate_device_memory(
     num_classes: int = DEFAULT_NUM_CLASSES,
     ema: bool = False,
 ) -> MemoryEstimate:
-    """Per-device training memory of `variant` with a global batch split over `devices`."""
+    """Per-device training memory of `variant` (as nfnet.variants.get_variant gives it) with a global
+    batch split over `devices`; its parameters are nfnet's count with a `num_classes`-way head."""
     if dtype not in ACTIVATION_BYTES:
         raise TunerError(f"dtype must be one of {', '.join(ACTIVATION_BYTES)}, got {dtype!r}")
-    params = count_params(variant, num_classes)
+    params = variant_params(variant.name, variant.width_mult, variant.depth_mult, num_classes)
+    if params is None:
+        raise TunerError(f"cannot count the parameters of {variant.label}: nfnet.counting (JAX) is not importable")
     per_param = BYTES_PER_PARAM + (BYTES_PER_PARAM_EMA if ema else 0)
     per_example = ACTIVATION_COPIES * activation_elements(variant, resolution or variant.train_resolution)
     return MemoryEstimate(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -18,6 +19,7 @@ from typing import Any
 
 from tuner.errors import TunerError
 from tuner.records.cells import cell_label
+from tuner.records.tables import text_table
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +163,13 @@ def checkpoint_config(keep: int, metric: str = "val_loss"):
                                  checkpoint_score_order="min")
 
 
+def check_experiment_name(name: str) -> str:
+    """`name` when it can name an experiment directory (letters, digits and . _ + -), else a TunerError."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+        raise TunerError(f"experiment name {name!r} may hold only letters, digits and . _ + -")
+    return name
+
+
 def experiment_dir(storage: str, name: str) -> str:
     return f"{storage.rstrip('/')}/{name}"
 
@@ -187,33 +196,9 @@ TABLE_COLUMNS = ("variant", "epochs", "lr", "status", "final_val_loss", "best_va
 TABLE_HEADERS = {"final_val_loss": "val_loss", "best_val_loss": "best_loss", "device_hours": "dev_h"}
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def results_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
-    """An aligned plain-text table of ledger rows (or any dicts with those columns)."""
-    rows = list(rows)
-    cells = []
-    for row in rows:
-        shown = dict(row)
-        if "variant" in shown and ("width_mult" in shown or "depth_mult" in shown):
-            shown["variant"] = cell_label(shown["variant"], shown.get("width_mult") or 1.0, shown.get("depth_mult") or 1.0)
-        cells.append([_cell(shown.get(col)) for col in columns])
-    headers = [TABLE_HEADERS.get(col, col) for col in columns]
-    widths = [max([len(h)] + [len(line[i]) for line in cells]) for i, h in enumerate(headers)]
-    numeric = {
-        i for i, col in enumerate(columns) if any(isinstance(r.get(col), (int, float)) for r in rows)
-    }
-
-    def fmt(line: list[str]) -> str:
-        return "  ".join(t.rjust(widths[i]) if i in numeric else t.ljust(widths[i]) for i, t in enumerate(line)).rstrip()
-
-    return "\n".join([fmt(headers), *(fmt(line) for line in cells)])
+    """An aligned plain-text table of ledger rows (or any dicts with those columns), numbers right-aligned."""
+    return text_table(rows, columns, TABLE_HEADERS)
 
 
 def tensorboard_hint(path: str) -> str:

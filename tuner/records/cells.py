@@ -32,6 +32,12 @@ def parse_label(label: str) -> tuple[str, float, float]:
         return label.strip(), 1.0, 1.0
 
 
+def cell_shape(variant: str, width_mult: float = 1.0, depth_mult: float = 1.0) -> tuple[str, float, float]:
+    """A label's base name and its multipliers times these: ("F0-w0.5", 2.0) -> ("F0", 1.0, 1.0)."""
+    base, w, d = parse_label(variant)
+    return base, w * width_mult, d * depth_mult
+
+
 @lru_cache(maxsize=None)
 def variant_params(name: str, width_mult: float = 1.0, depth_mult: float = 1.0, num_classes: int = 1000) -> int | None:
     """Parameter count of a variant with a `num_classes`-way head, or None when nfnet cannot say.

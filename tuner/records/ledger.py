@@ -50,9 +50,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from nfnet import storage
-from nfnet.errors import NFNetError
+from nfnet.errors import NFNetError, one_line
 from tuner.errors import TunerError
 from tuner.records.cells import cell_label, parse_label, variant_params
+from tuner.records.tables import text_table
 
 DEFAULT_LEDGER = "results/ledger"
 LEDGER_ENV = "NFSCALE_LEDGER"
@@ -188,7 +189,7 @@ class Ledger:
         try:
             table = pq.read_table(path, filesystem=self.fs)
         except (OSError, pa.ArrowException) as exc:
-            return None, _one_line(exc)
+            return None, one_line(exc)
         columns = []
         for fld in LEDGER_SCHEMA:
             if fld.name in table.column_names:
@@ -269,7 +270,7 @@ class Ledger:
                     target, n = f"{aside_dir}/{name}.{n}", n + 1
                 self.fs.move(path, target)
             except OSError as exc:
-                raise TunerError(f"cannot move {path} into {aside_dir}: {_one_line(exc)}; "
+                raise TunerError(f"cannot move {path} into {aside_dir}: {one_line(exc)}; "
                                  "check the ledger's permissions") from exc
             moved.append((target, problem))
         return moved
@@ -300,11 +301,6 @@ class Ledger:
         except (OSError, pa.ArrowException) as exc:
             raise TunerError(f"cannot write to ledger {self.uri}: {exc}; check the path and its permissions") from exc
         return len(fresh)
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception's message on one line (Arrow's can span several)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _complete_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -521,48 +517,10 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     )
 
 
-def _compact(value: Any, column: str) -> str:
-    if value is None:
-        return "-"
-    if column == "params":
-        for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-            if value >= scale:
-                return f"{value / scale:.3g}{suffix}"
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """An aligned plain-text table of ledger rows (numbers right-aligned)."""
-    cells = []
-    for row in rows:
-        shown = dict(row, variant=cell_label(row["variant"], row["width_mult"], row["depth_mult"]))
-        cells.append([_compact(shown[col], col) for col in SHOW_COLUMNS])
-    headers = [SHOW_HEADERS.get(col, col) for col in SHOW_COLUMNS]
-    widths = [max(len(h), *(len(line[i]) for line in cells)) for i, h in enumerate(headers)]
-    numeric = {i for i, col in enumerate(SHOW_COLUMNS) if LEDGER_SCHEMA.field(col).type != pa.string()}
-
-    def fmt(line: list[str]) -> str:
-        return "  ".join(
-            text.rjust(widths[i]) if i in numeric else text.ljust(widths[i]) for i, text in enumerate(line)
-        ).rstrip()
-
-    return "\n".join([fmt(headers), *(fmt(line) for line in cells)])
-
-
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    """Timestamps as ISO text; NaN/inf (a diverged loss) as null, which JSON can carry."""
-
-    def convert(value: Any) -> Any:
-        if isinstance(value, datetime):
-            return value.isoformat()
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        return value
-
-    return {k: convert(v) for k, v in row.items()}
+    """An aligned plain-text table of ledger rows (the schema's number columns right-aligned)."""
+    numeric = [col for col in SHOW_COLUMNS if LEDGER_SCHEMA.field(col).type != pa.string()]
+    return text_table(rows, SHOW_COLUMNS, SHOW_HEADERS, numeric)
 
 
 # ---------------------------------------------------------------- command line

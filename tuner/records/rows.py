@@ -1,6 +1,6 @@
 """A trial's ledger row: built from its config and last result (status, losses, compute,
-checkpoint), and rows as JSON (NaN and infinity as null). The keys the trainable
-reports that rows read are named here.
+checkpoint). The keys the trainable reports that rows read are named here. Rows go to
+JSON through `nfnet.metrics.json_safe` (NaN and infinity as null, times as ISO text).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from tuner.records.cells import parse_label
-from datetime import datetime
 
 
 # Metrics the trainer reports that are renamed on their way to Tune (see above).
@@ -115,20 +114,9 @@ def ledger_row(
     }
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def json_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A ledger row as JSON can carry it: times as ISO text, NaN/inf losses as null."""
-    out = {}
-    for key, value in row.items():
-        if isinstance(value, datetime):
-            value = value.isoformat()
-        elif isinstance(value, float) and not math.isfinite(value):
-            value = None
-        out[key] = value
-    return out
+def finite(value: Any) -> bool:
+    """A number (not a bool, not None) that is neither NaN nor infinite: a loss, FLOPs or LR a row can use."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # A run counts as through its schedule when `progress` is this close to 1.

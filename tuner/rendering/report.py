@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from nfnet import storage
+from nfnet.metrics import json_safe
 from tuner.errors import TunerError
 from tuner.study.audit import Audit, audit_json
 from tuner.study.loss_law import JointLaw
@@ -73,6 +74,15 @@ def _figure() -> Any:
     return fig, fig.add_subplot()
 
 
+def _label_axes(ax: Any, xlabel: str, ylabel: str, title: str, legend_size: int = 8) -> None:
+    """What every plot's axes get: axis labels, a title, a light grid and the legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
 def plot_loss_vs_compute(report: ScalingReport, path: Path) -> None:
     """[P1] Fig. 2: held-out loss vs compute per model, log-log, frontier and fit."""
     fig, ax = _figure()
@@ -100,11 +110,7 @@ def plot_loss_vs_compute(report: ScalingReport, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     _plain_log_labels(ax.yaxis)
-    ax.set_xlabel("training compute (FLOPs)")
-    ax.set_ylabel("held-out loss")
-    ax.set_title("Held-out loss vs compute")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    _label_axes(ax, "training compute (FLOPs)", "held-out loss", "Held-out loss vs compute")
     fig.savefig(path, dpi=120)
 
 
@@ -123,11 +129,7 @@ def plot_lr_vs_epochs(report: ScalingReport, path: Path) -> None:
     # Tick at the budgets and LRs that occur (a factor-2 grid), labelled as numbers.
     _ticks_at(ax.xaxis, sorted({c.epochs for c in report.lr_table.cells}))
     _ticks_at(ax.yaxis, sorted({c.lr for c in report.lr_table.cells}))
-    ax.set_xlabel("epoch budget")
-    ax.set_ylabel("optimal learning rate")
-    ax.set_title("Optimal learning rate vs epoch budget")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    _label_axes(ax, "epoch budget", "optimal learning rate", "Optimal learning rate vs epoch budget")
     fig.savefig(path, dpi=120)
 
 
@@ -152,11 +154,7 @@ def plot_isoflop(report: ScalingReport, path: Path) -> None:
             left.plot(xs, c0 + c1 * lx + c2 * lx * lx, color=color, linewidth=1)
             left.axvline(p.n_opt, color=color, linestyle=":", linewidth=0.8)
     left.set_xscale("log")
-    left.set_xlabel("parameters N")
-    left.set_ylabel("held-out loss at that compute")
-    left.set_title("IsoFLOP profiles")
-    left.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=7)
+    _label_axes(left, "parameters N", "held-out loss at that compute", "IsoFLOP profiles", legend_size=7)
     found = [p for p in iso.profiles if p.n_opt is not None]
     right.plot([p.compute for p in found], [p.n_opt for p in found], "ko", label="profile minima (approach 2)")
     if found:
@@ -169,11 +167,7 @@ def plot_isoflop(report: ScalingReport, path: Path) -> None:
                        label=f"approach 3: N* ∝ C^{law.a_flops:.3f}")
     right.set_xscale("log")
     right.set_yscale("log")
-    right.set_xlabel("training compute (FLOPs)")
-    right.set_ylabel("compute-optimal parameters")
-    right.set_title("Compute-optimal model size")
-    right.grid(True, which="both", alpha=0.3)
-    right.legend(fontsize=8)
+    _label_axes(right, "training compute (FLOPs)", "compute-optimal parameters", "Compute-optimal model size")
     fig.savefig(path, dpi=120)
 
 
@@ -195,11 +189,7 @@ def plot_finetune_vs_compute(report: ScalingReport, path: Path) -> None:
     best = frontier(compute, -top1)
     ax.plot(compute[best], top1[best], color="black", linewidth=1, label="best at or below compute")
     ax.set_xscale("log")
-    ax.set_xlabel("pre-training compute (FLOPs)")
-    ax.set_ylabel("fine-tuned top-1")
-    ax.set_title("Fine-tuned accuracy vs pre-training compute")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    _label_axes(ax, "pre-training compute (FLOPs)", "fine-tuned top-1", "Fine-tuned accuracy vs pre-training compute")
     fig.savefig(path, dpi=120)
 
 
@@ -441,19 +431,6 @@ def summary_markdown(report: ScalingReport, notes: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf become null, numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _fit_dict(f: Fit | None) -> dict[str, Any] | None:
     return None if f is None else {"coefficient": f.a, "exponent": f.b, "r2": f.r2, "n": f.n}
 
@@ -498,7 +475,7 @@ def report_json(
     table = report.lr_table
     point_keys = ("variant", "epochs", "compute", "val_loss", "lr", "params", "trial_id")
     fit, ci = report.fit, report.ci
-    return _clean(
+    return json_safe(
         {
             "source": report.source,
             "dataset": report.dataset,

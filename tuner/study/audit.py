@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nfnet.metrics import json_safe
 from tuner.errors import TunerError
 from tuner.study.planner import DEFAULT_MAX_TRIALS, DEFAULT_PARALLEL, SEARCH_SOURCE, TUNED_STATUSES, Trial, make_record, plan_cell, search_record
 from tuner.records.cells import cell_label, parse_label
@@ -664,19 +665,9 @@ def section_markdown(replayed: Audit | None, searched: Audit | None, level: int 
     return "\n".join(parts)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def audit_json(result: Audit) -> dict[str, Any]:
     """The audit as a JSON-safe dict (NaN becomes null), with its summary sentence."""
-    return _json_safe({**dataclasses.asdict(result), "summary": summary_sentence(result)})
+    return json_safe({**dataclasses.asdict(result), "summary": summary_sentence(result)})
 
 
 # ---------------------------------------------------------------- reading ledgers

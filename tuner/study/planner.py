@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from tuner.errors import TunerError
-from tuner.records.cells import cell_label, parse_label
+from tuner.records.cells import cell_label, cell_shape
 
 # [P2] Sec. 3: peak LR 1.6 at batch 4096 (= 0.1 × 4096/256, linear scaling).
 PAPER_LR = 1.6
@@ -216,8 +216,7 @@ def plan(
     """
     if epochs <= 0:
         raise TunerError(f"epochs must be positive, got {epochs}")
-    base, w, d = parse_label(variant)
-    width_mult, depth_mult = w * width_mult, d * depth_mult
+    base, width_mult, depth_mult = cell_shape(variant, width_mult, depth_mult)
     label = cell_label(base, width_mult, depth_mult)
 
     bounding: list[BoundingCell] = []
@@ -417,8 +416,7 @@ def predict(
     a floor from larger or longer cells; else the paper's default.
     """
     rows = _as_rows(rows)
-    base, w, d = parse_label(variant)
-    width_mult, depth_mult = w * width_mult, d * depth_mult
+    base, width_mult, depth_mult = cell_shape(variant, width_mult, depth_mult)
     me = (base, width_mult, depth_mult, float(epochs))
     other_rows = [r for r in rows if r.get("variant") is None or r.get("epochs") is None or
                   (r["variant"], _float(r.get("width_mult"), 1.0), _float(r.get("depth_mult"), 1.0),
@@ -839,8 +837,7 @@ def plan_cell(
     if epochs <= 0:
         raise TunerError(f"epochs must be positive, got {epochs}")
     rows = _as_rows(rows)
-    base, w, d = parse_label(variant)
-    width_mult, depth_mult = w * width_mult, d * depth_mult
+    base, width_mult, depth_mult = cell_shape(variant, width_mult, depth_mult)
     me = (base, width_mult, depth_mult, float(epochs), int(batch_size), dataset)
     prediction = predict(rows, base, epochs, batch_size, params, width_mult, depth_mult, dataset)
     estimate = estimate_noise(rows, dataset, noise)
