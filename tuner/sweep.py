@@ -310,9 +310,9 @@ _SET_EXPECTS = {
 
 def _trainer_field_types() -> dict[str, str]:
     """TrainConfig's field names and their annotations ("int", "float | None", ...)."""
-    import nfnet.train as nftrain  # JAX is imported, no backend initialised
+    import nfnet.config as nfconfig  # JAX is imported, no backend initialised
 
-    return {f.name: str(f.type) for f in dataclasses.fields(nftrain.TrainConfig)}
+    return {f.name: str(f.type) for f in dataclasses.fields(nfconfig.TrainConfig)}
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -451,20 +451,20 @@ def use_fast_compile(fast_compile: bool | None, address: str | None, accelerator
 def check_trainer_config(config: Mapping[str, Any]) -> None:
     """Every key a TrainConfig field and every value one a run can start with.
 
-    Imports nfnet.train (and so JAX) but initialises no JAX backend: the driver
+    Imports nfnet.config (and so JAX) but initialises no JAX backend: the driver
     holds no accelerator.
     """
-    import nfnet.train as nftrain
+    import nfnet.config as nfconfig
     from nfnet.errors import NFNetError
 
-    names = {f.name for f in dataclasses.fields(nftrain.TrainConfig)}
+    names = {f.name for f in dataclasses.fields(nfconfig.TrainConfig)}
     unknown = sorted(set(config) - names)
     if unknown:
         raise TunerError(
             f"unknown trainer setting(s) {', '.join(unknown)}; TrainConfig fields are {', '.join(sorted(names))}"
         )
     try:
-        nftrain.validate(nftrain.TrainConfig(**config))
+        nfconfig.validate(nfconfig.TrainConfig(**config))
     except NFNetError as exc:
         raise TunerError(str(exc)) from None
     except TypeError as exc:
