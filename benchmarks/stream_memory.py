@@ -12,7 +12,7 @@ peaks at 1.5-2.1 GiB with no data at all (batch 64-256); the dataset is 4x that,
    no Parquet compression or dictionary, so the file bytes are the encoded image bytes), plus a small
    test shard. The images are 4096 distinct procedural JPEGs (gratings plus noise) repeated, labels in
    10 classes: decoding costs what distinct images of the size cost, and writing takes seconds.
-2. `loader`: a child process iterates the training Loader as `nfnet.train` would (global batch
+2. `loader`: a child process iterates the training Loader as `nfnet.loop` would (global batch
    `--batch-size`, 64px random-resized crops and flips, `--workers` decode threads, prefetch 4,
    `--shuffle-window` row groups) for `--loader-steps` batches after 5 warm-up ones; images/s
    delivered (decode included) and the row-group buffer's peak.

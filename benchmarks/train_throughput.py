@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/train_throughput.py --variant F0 --resolution 64 --batch-size 16 --profile prof/
     .venv/bin/python benchmarks/train_throughput.py --conv-lowering native    # XLA's grouped conv, as on GPU/TPU
 
-The step is the trainer's own (nfnet.train: forward, backward, AGC, weight decay,
+The step is the trainer's own (nfnet.step: forward, backward, AGC, weight decay,
 Nesterov SGD, clip fraction), compiled once ahead of time and sharded over every local
 device; batches are random arrays already on the devices, so the figures are of the
 model and optimizer alone (benchmarks/data_throughput.py measures the input side). The
@@ -29,10 +29,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from nfnet.config import DTYPES
 from nfnet.errors import NFNetError
 from nfnet.layers import CONV_LOWERINGS, resolve_conv_lowering
 from nfnet.optim import OptimConfig
-from nfnet.train import DATA_AXIS, DTYPES, StepSpec, abstract_state_key, compile_train_step, init_state
+from nfnet.step import DATA_AXIS, StepSpec, abstract_state_key, compile_train_step, init_state
 from nfnet.variants import get_variant
 
 

@@ -37,17 +37,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nfnet.checkpoint import read_meta, resolve_checkpoint
+from nfnet.config import TrainConfig
 from nfnet.errors import NFNetError
+from nfnet.loop import train
+from nfnet.train import FlagParser, add_config_flags, config_from_args, resume_base, run_command
 from nfnet.variants import MIN_RESOLUTION, check_resolution
-from nfnet.train import (
-    TrainConfig,
-    FlagParser,
-    add_config_flags,
-    config_from_args,
-    resume_base,
-    run_command,
-    train,
-)
 
 # Default fine-tuning resolution: this multiple of the pre-training one ([P1] 224 -> 384 is 1.7x).
 RESOLUTION_FACTOR = 1.5

@@ -77,7 +77,7 @@ class Preset:
 
     `variants` are variant labels (`"F0"`, `"nano-w2"`: a name with optional
     `-w<mult>`/`-d<mult>`); `lr_exponents` are the k of `base_lr(batch_size)·2^k`;
-    `overrides` set `nfnet.train.TrainConfig` fields for every trial (flat keys,
+    `overrides` set `nfnet.config.TrainConfig` fields for every trial (flat keys,
     e.g. `{"warmup_fraction": 0.05, "max_train_examples": 2048}`); `cpu` holds the
     field changes that make the CPU form (`Preset.cpu()`). `command` and `cost` say
     how to run it and what it costs, for `--dry-run` and the docs.

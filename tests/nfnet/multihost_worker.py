@@ -8,7 +8,7 @@ device: the same thing a TPU host of a multi-host slice does (Ray Train's JaxTra
 calls `jax.distributed.initialize` there), with CPU devices and gloo collectives in
 place of TPU chips and ICI. Without it, the process trains alone on its local
 devices (set `XLA_FLAGS=--xla_force_host_platform_device_count=N` for N).
-Each process writes its own summary of `nfnet.train.train` to `--out`.
+Each process writes its own summary of `nfnet.loop.train` to `--out`.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ def main() -> int:
             initialization_timeout=120,
         )
 
+    from nfnet.config import TrainConfig
+    from nfnet.loop import train
     from nfnet.metrics import json_safe
-    from nfnet.train import TrainConfig, train
 
     config = TrainConfig(**json.loads(args.config))
     summary = train(config)

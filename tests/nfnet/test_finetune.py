@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from nfnet.checkpoint import CheckpointStore, restore_checkpoint
+from nfnet.config import TrainConfig
 from nfnet.errors import NFNetError
 from nfnet.finetune import FinetuneConfig, default_resolution, finetune, main, to_train_config
-from nfnet.train import METRIC_KEYS, TrainConfig, train
+from nfnet.loop import METRIC_KEYS, train
 
 
 def fake_pretrain_checkpoint(workdir, **config) -> str:

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nfnet.config import TrainConfig, validate
+from nfnet.errors import NFNetError
 from nfnet.layers import CONV_LOWERINGS, IM2COL_MAX_PIXELS, WSConv2D, conv2d, resolve_conv_lowering
 from nfnet.model import NFNet
-from nfnet.train import TrainConfig, validate
-from nfnet.errors import NFNetError
 from nfnet.variants import get_variant
 
 

@@ -24,10 +24,12 @@ from PIL import Image
 
 from nfnet import storage
 from nfnet.checkpoint import CheckpointStore, is_checkpoint, latest_checkpoint, read_meta, restore_checkpoint
+from nfnet.config import TrainConfig
 from nfnet.data import load_dataset
 from nfnet.errors import NFNetError
+from nfnet.loop import train
 from nfnet.paths import dir_problem
-from nfnet.train import TrainConfig, main, train
+from nfnet.train import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

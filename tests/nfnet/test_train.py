@@ -18,19 +18,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from nfnet.checkpoint import latest_checkpoint, read_meta, restore_checkpoint
+from nfnet.config import TrainConfig
 from nfnet.errors import NFNetError
+from nfnet.loop import METRIC_KEYS, eval_schedule, train
 from nfnet.metrics import json_safe
-from nfnet.train import (
-    METRIC_KEYS,
-    TrainConfig,
-    build_parser,
-    config_from_args,
-    cross_entropy,
-    ema_decay_at,
-    eval_schedule,
-    main,
-    train,
-)
+from nfnet.step import cross_entropy, ema_decay_at
+from nfnet.train import build_parser, config_from_args, main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -56,7 +49,7 @@ def _step_spec(lr: float):
     from jax.sharding import Mesh
 
     from nfnet.optim import OptimConfig
-    from nfnet.train import DATA_AXIS, StepSpec
+    from nfnet.step import DATA_AXIS, StepSpec
     from nfnet.variants import get_variant
 
     return StepSpec(variant=get_variant("nano"), num_classes=10, dtype="float32", stochdepth_rate=0.0,
@@ -70,7 +63,7 @@ def test_runs_that_differ_only_in_lr_lower_to_the_same_programs():
     (and so the persistent compilation cache), while the state carries each run's own LR."""
     import jax.numpy as jnp
 
-    from nfnet.train import _init_fn, init_state, make_train_step
+    from nfnet.step import _init_fn, init_state, make_train_step
 
     texts, states = [], []
     for lr in (0.1, 0.4):
@@ -328,7 +321,8 @@ SHARDED_RUN = textwrap.dedent("""
     import jax
     jax.config.update("jax_disable_most_optimizations", True)
     from nfnet.checkpoint import restore_checkpoint
-    from nfnet.train import TrainConfig, train
+    from nfnet.config import TrainConfig
+    from nfnet.loop import train
     s = train(TrainConfig(variant="nano", dataset="fashion_mnist", epochs=1.0, lr=0.1, batch_size=32,
                           resolution=16, max_train_examples=128, max_eval_examples=64, evals_per_run=2,
                           workdir=sys.argv[1], progress=False, num_workers=1, seed=5))
@@ -397,15 +391,15 @@ def test_a_backend_without_flops_reports_none_not_zero(tmp_path, monkeypatch):
     """XLA's cost analysis patched to return nothing: a legitimate stand-in for a backend
     without cost analysis. Metrics and the checkpoint then say the FLOPs are unknown (None),
     which a FLOPs budget refuses, instead of 0, which would never spend it."""
-    from nfnet import train as train_module
+    from nfnet.step import compile_train_step
 
     monkeypatch.setattr(jax.stages.Compiled, "cost_analysis", lambda self: {})
-    train_module.compile_train_step.cache_clear()  # a step compiled by an earlier test has a figure
+    compile_train_step.cache_clear()  # a step compiled by an earlier test has a figure
     try:
         reports = []
         summary = train(tiny(tmp_path / "run"), callback=lambda m, ckpt: reports.append(m))
     finally:
-        train_module.compile_train_step.cache_clear()
+        compile_train_step.cache_clear()
     assert [m["flops"] for m in reports] == [None, None, None]
     assert summary["status"] == "finished"
     assert read_meta(summary["checkpoint_dir"])["flops"] is None

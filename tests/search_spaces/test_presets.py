@@ -9,7 +9,7 @@ import math
 import optuna
 import pytest
 
-import nfnet.train as nftrain
+import nfnet.config as nfconfig
 import search_spaces
 from nfnet.variants import SMALL_VARIANTS, get_variant
 from search_spaces import (
@@ -84,8 +84,8 @@ def test_a_sampled_trial_is_a_cell_and_a_valid_train_config(name, cpu):
         assert set(trial.params) == {"variant", "epochs", "lr"}
         assert (config["variant"], config["width_mult"], config["depth_mult"], config["epochs"],
                 config["lr"]) in cells
-        train_config = nftrain.TrainConfig(**preset.base_config(dataset=dataset), **config)
-        nftrain.validate(train_config)
+        train_config = nfconfig.TrainConfig(**preset.base_config(dataset=dataset), **config)
+        nfconfig.validate(train_config)
         study.tell(trial, 1.0)
 
 

@@ -131,7 +131,8 @@ def test_a_missing_checkpoint_is_one_line_exit_2(capsys, tmp_path):
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """A real checkpoint: nano, 4 steps on digits at 16px (no Ray)."""
-    from nfnet.train import TrainConfig, train
+    from nfnet.config import TrainConfig
+    from nfnet.loop import train
 
     workdir = tmp_path_factory.mktemp("pretrain")
     summary = train(TrainConfig(variant="nano", dataset="digits", epochs=1, lr=0.2, batch_size=64,

@@ -324,7 +324,7 @@ def trial_config(search: SearchPlan, lr: Any) -> dict[str, Any]:
 def _validate_trainer(search: SearchPlan) -> None:
     """Check the trial config with the trainer's own rules before Ray starts."""
     from nfnet.errors import NFNetError
-    from nfnet.train import TrainConfig, validate
+    from nfnet.config import TrainConfig, validate
 
     try:
         fields = {k: v for k, v in trial_config(search, search.first_lr).items() if k != FAST_COMPILE}

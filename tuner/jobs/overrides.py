@@ -37,9 +37,9 @@ _SET_EXPECTS = {
 
 def _trainer_field_types() -> dict[str, str]:
     """TrainConfig's field names and their annotations ("int", "float | None", ...)."""
-    import nfnet.train as nftrain  # JAX is imported, no backend initialised
+    import nfnet.config as nfconfig  # JAX is imported, no backend initialised
 
-    return {f.name: str(f.type) for f in dataclasses.fields(nftrain.TrainConfig)}
+    return {f.name: str(f.type) for f in dataclasses.fields(nfconfig.TrainConfig)}
 
 
 def parse_override(item: str) -> tuple[str, Any]:

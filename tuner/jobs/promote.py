@@ -180,7 +180,7 @@ def checkpoint_exists(uri: str) -> bool:
 def finetune_config(candidate: Mapping[str, Any], options: PromoteOptions, lr: float | None) -> dict[str, Any]:
     """The trainer fields of one fine-tuning trial from a candidate row (nfnet.finetune's recipe)."""
     import nfnet.finetune as nffinetune
-    import nfnet.train as nftrain
+    import nfnet.config as nfconfig
     from nfnet.errors import NFNetError
 
     uri = candidate["checkpoint_uri"]
@@ -202,7 +202,7 @@ def finetune_config(candidate: Mapping[str, Any], options: PromoteOptions, lr: f
         config = dataclasses.asdict(nffinetune.to_train_config(
             nffinetune.FinetuneConfig(init_from=uri, progress=False, **fields)))
         config.update({k: v for k, v in extra.items() if k not in finetune_fields})
-        nftrain.validate(nftrain.TrainConfig(**config))
+        nfconfig.validate(nfconfig.TrainConfig(**config))
     except NFNetError as exc:
         raise TunerError(f"cannot fine-tune {candidate['trial_id']}: {exc}") from None
     except TypeError as exc:

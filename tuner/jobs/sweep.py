@@ -297,20 +297,20 @@ def _make_budget(budget: tuple[str, float] | None):
 def check_trainer_config(config: Mapping[str, Any]) -> None:
     """Every key a TrainConfig field and every value one a run can start with.
 
-    Imports nfnet.train (and so JAX) but initialises no JAX backend: the driver
+    Imports nfnet.config (and so JAX) but initialises no JAX backend: the driver
     holds no accelerator.
     """
-    import nfnet.train as nftrain
+    import nfnet.config as nfconfig
     from nfnet.errors import NFNetError
 
-    names = {f.name for f in dataclasses.fields(nftrain.TrainConfig)}
+    names = {f.name for f in dataclasses.fields(nfconfig.TrainConfig)}
     unknown = sorted(set(config) - names)
     if unknown:
         raise TunerError(
             f"unknown trainer setting(s) {', '.join(unknown)}; TrainConfig fields are {', '.join(sorted(names))}"
         )
     try:
-        nftrain.validate(nftrain.TrainConfig(**config))
+        nfconfig.validate(nfconfig.TrainConfig(**config))
     except NFNetError as exc:
         raise TunerError(str(exc)) from None
     except TypeError as exc:

@@ -6,7 +6,7 @@ starts a `JaxTrainer` whose `ScalingConfig(use_tpu=True, topology, accelerator_t
 worker 0 through the `TPU-<type>-head` resource, then every host of that slice by
 the `ray.io/tpu-slice-name` label, all or nothing), start one worker per host and
 call `jax.distributed.initialize` on each. Every worker then runs the same
-`nfnet.train.train`: the data-parallel step spans all chips of all hosts and each
+`nfnet.loop.train`: the data-parallel step spans all chips of all hosts and each
 host loads only its rows of each global batch. Why Ray Train and not N tasks of
 `{"TPU": 4}`: see cluster/README.md ("What each trial occupies").
 
@@ -85,7 +85,8 @@ def train_on_host(loop_config: dict[str, Any]) -> None:
     if loop_config["train"].get(FAST_COMPILE):
         jax.config.update("jax_disable_most_optimizations", True)
     from nfnet.checkpoint import CHECKPOINTS_SUBDIR, latest_checkpoint
-    from nfnet.train import TrainConfig, train
+    from nfnet.config import TrainConfig
+    from nfnet.loop import train
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in loop_config["train"].items() if k in names}

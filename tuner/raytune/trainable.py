@@ -1,4 +1,4 @@
-"""The Ray Tune function trainable around `nfnet.train.train`, and its ledger rows.
+"""The Ray Tune function trainable around `nfnet.loop.train`, and its ledger rows.
 
 `train_trial(config)` runs one trial: the config's keys that are `TrainConfig`
 fields become the trainer's config (other keys are ignored, so a search space may
@@ -41,8 +41,9 @@ What a trial reports is the trainer's metrics with two changes:
   compiling (or fetching from the persistent cache) in this process so far, and
   how many programs came from the cache: the compile overhead a trial carries.
 
-JAX and `nfnet.train` are imported inside `train_trial` only: the driver must not
-import JAX, or on a TPU host it would hold the chips the trials need.
+JAX and the trainer (`nfnet.config`, `nfnet.loop`) are imported inside `train_trial`
+only: the driver must not import JAX, or on a TPU host it would hold the chips the
+trials need.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def _train_config(config: Mapping[str, Any], workdir: str, resume_from: str | No
     import dataclasses
 
     from nfnet.checkpoint import latest_checkpoint
-    from nfnet.train import TrainConfig
+    from nfnet.config import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in config.items() if k in names}
@@ -150,7 +151,7 @@ def train_trial(config: dict[str, Any]) -> None:
         import jax
 
         jax.config.update("jax_disable_most_optimizations", True)
-    from nfnet.train import train
+    from nfnet.loop import train
 
     context = tune.get_context()
     workdir = context.get_trial_dir()
