@@ -30,7 +30,6 @@ inspection or repair), which readers never look into.
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import json
@@ -53,6 +52,7 @@ from nfnet import storage
 from nfnet.errors import NFNetError
 from tuner.errors import TunerError
 from tuner.records.cells import cell_label, parse_label, variant_params
+from tuner.records.csvfile import Column, read_csv
 
 DEFAULT_LEDGER = "results/ledger"
 LEDGER_ENV = "NFSCALE_LEDGER"
@@ -376,21 +376,10 @@ def dataset_classes(dataset: str | None) -> int | None:
     return KNOWN_CLASSES.get(name.split(":", 1)[0].lower())
 
 
-def _parse_cell(text: str, kind: type, column: str, where: str) -> Any:
-    if kind is str:
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise TunerError(f"{where}: column {column!r} is not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise TunerError(f"{where}: column {column!r} is not a finite number: {text!r}"
-                         + ("; leave diverged runs out of the CSV" if column == "val_loss" else ""))
-    if kind is int:
-        if value != int(value):
-            raise TunerError(f"{where}: column {column!r} is not a whole number: {text!r}")
-        return int(value)
-    return value
+def _csv_column(column: str) -> Column:
+    kind = CSV_COLUMNS[column][1]
+    return Column(kind, required=column in CSV_REQUIRED, finite=kind is not str,
+                  finite_hint="; leave diverged runs out of the CSV" if column == "val_loss" else "")
 
 
 def read_results_csv(
@@ -413,15 +402,8 @@ def read_results_csv(
     path = Path(path)
     if num_classes is not None and num_classes < 2:
         raise TunerError(f"--num-classes must be at least 2, got {num_classes}")
-    try:
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            header = [name.strip() for name in reader.fieldnames or []]
-            lines = [(reader.line_num, rec) for rec in reader]
-    except OSError as exc:
-        raise TunerError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise TunerError(f"{path} is not a readable CSV file: {exc}") from exc
+    table = read_csv(path, label=path.name)
+    header = table.header
     missing = [name for name in CSV_REQUIRED if name not in header]
     if missing:
         raise TunerError(f"{path} lacks column(s) {', '.join(missing)}; required: {', '.join(CSV_REQUIRED)}")
@@ -430,22 +412,19 @@ def read_results_csv(
         raise TunerError(
             f"{path} has unknown column(s) {', '.join(unknown)}; accepted: {', '.join(CSV_COLUMNS)}"
         )
+    # In the file's own column order, so the first bad cell of a line is the leftmost.
+    values, problem = table.convert({column: _csv_column(column) for column in header})
+    texts = {column: table.text(column).to_pylist() for column in ("lr", "epochs", "batch_size")}
     rows = []
     guessed: list[int] = []
-    for line, record in lines:
-        where = f"{path.name} line {line}"
-        cells = {name.strip(): (value or "").strip() for name, value in record.items() if name is not None}
-        row: dict[str, Any] = {}
-        for column, text in cells.items():
-            target, kind = CSV_COLUMNS[column]
-            if text == "":
-                if column in CSV_REQUIRED:
-                    raise TunerError(f"{where}: column {column!r} is empty")
-                continue
-            row[target] = _parse_cell(text, kind, column, where)
+    for i in range(table.num_rows):
+        if problem is not None and problem.row == i:
+            raise TunerError(problem.message)
+        where, line = table.where(i), table.lines[i]
+        row: dict[str, Any] = {CSV_COLUMNS[c][0]: values[c][i] for c in header if values[c][i] is not None}
         for column, target in (("lr", "lr"), ("epochs", "epochs"), ("batch_size", "batch_size")):
             if not row[target] > 0:
-                raise TunerError(f"{where}: column {column!r} must be positive, got {cells[column]!r}")
+                raise TunerError(f"{where}: column {column!r} must be positive, got {texts[column][i]!r}")
         variant, width, depth = parse_label(row["variant"])
         row["variant"] = variant
         row["width_mult"] = row.get("width_mult", 1.0) * width
