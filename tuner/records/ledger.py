@@ -19,6 +19,9 @@ lands; every read collapses such repeats, keeping the row of the first part file
 name order, so all readers agree on one row per trial_id. The price is that a
 duplicate may sit on disk; nothing is lost.
 
+Readers list the part files and scan them as one pyarrow dataset in `LEDGER_SCHEMA`, so a
+column that files written before it existed lack reads as null.
+
 A part file that cannot be read stops every reader with a one-line error naming it;
 `tuner.ledger check` moves such files aside into `<ledger>/_corrupt/` (kept, for
 inspection or repair), which readers never look into.
@@ -45,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -183,24 +187,32 @@ class Ledger:
     def _check_hint(self) -> str:
         return f"run `python -m tuner.ledger check --ledger {self.uri}` to move it aside"
 
+    def _scan(self, paths: list[str], columns: list[str] | None = None) -> pa.Table:
+        """The rows of part files in LEDGER_SCHEMA, in file order (pyarrow.dataset: a column a file
+        lacks, written before the column existed, reads as null)."""
+        dataset = ds.FileSystemDataset.from_paths(paths, schema=LEDGER_SCHEMA, format=ds.ParquetFileFormat(),
+                                                  filesystem=self.fs)
+        return dataset.to_table(columns=columns)
+
     def _part_problem(self, path: str) -> tuple[pa.Table | None, str | None]:
         """(the part's rows in LEDGER_SCHEMA, None), or (None, why it cannot be read)."""
         try:
-            table = pq.read_table(path, filesystem=self.fs)
+            return self._scan([path]), None
         except (OSError, pa.ArrowException) as exc:
-            return None, _one_line(exc)
-        columns = []
+            problem = _one_line(exc)
+        # A cast the schema needs failed; Arrow's message does not say in which column.
+        try:
+            physical = pq.read_schema(path, filesystem=self.fs)
+        except (OSError, pa.ArrowException):
+            return None, problem
         for fld in LEDGER_SCHEMA:
-            if fld.name in table.column_names:
+            if fld.name in physical.names and physical.field(fld.name).type != fld.type:
                 try:
-                    columns.append(table.column(fld.name).cast(fld.type))
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    return None, (f"column {fld.name!r} is of type {table.schema.field(fld.name).type}, "
+                    self._scan([path], columns=[fld.name])
+                except (OSError, pa.ArrowException):
+                    return None, (f"column {fld.name!r} is of type {physical.field(fld.name).type}, "
                                   f"expected {fld.type}")
-            else:
-                # Files written before a column existed read as null there.
-                columns.append(pa.nulls(table.num_rows, fld.type))
-        return pa.Table.from_arrays(columns, schema=LEDGER_SCHEMA.with_metadata(None)), None
+        return None, problem
 
     def _gone(self, path: str) -> bool:
         try:
@@ -208,14 +220,17 @@ class Ledger:
         except OSError:
             return False
 
-    def _read_part(self, path: str) -> pa.Table | None:
-        """The part's rows; None when it vanished since the listing (`check` moved it aside)."""
-        table, problem = self._part_problem(path)
-        if table is not None:
-            return table
-        if self._gone(path):
-            return None
-        raise TunerError(f"cannot read ledger file {path}: {problem}; {self._check_hint()}")
+    def _read_parts(self, paths: list[str]) -> pa.Table:
+        """The parts' rows, one file at a time: which part cannot be read, one that vanished since
+        the listing (`check` moved it aside) left out."""
+        tables = []
+        for path in paths:
+            table, problem = self._part_problem(path)
+            if table is not None:
+                tables.append(table)
+            elif not self._gone(path):
+                raise TunerError(f"cannot read ledger file {path}: {problem}; {self._check_hint()}")
+        return pa.concat_tables(tables) if tables else LEDGER_SCHEMA.empty_table()
 
     def read(self) -> pa.Table:
         """Every row, in append order; an empty table with the schema when there is no ledger yet.
@@ -223,10 +238,13 @@ class Ledger:
         Should two writers race to append the same trial, the first file's row (in part-file
         name order) is the one every reader sees.
         """
-        parts = [t for t in (self._read_part(path) for path in self._part_files()) if t is not None]
-        if not parts:
+        paths = self._part_files()
+        if not paths:
             return LEDGER_SCHEMA.empty_table()
-        table = pa.concat_tables(parts)
+        try:
+            table = self._scan(paths)
+        except (OSError, pa.ArrowException):
+            table = self._read_parts(paths)
         seen: set[str] = set()
         keep = []
         for trial_id in table.column("trial_id").to_pylist():
