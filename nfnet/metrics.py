@@ -1,4 +1,4 @@
-"""Where the trainer's metrics go: TensorBoard event files, a progress bar, JSON.
+"""Where the trainer's metrics go: TensorBoard event files, a progress bar (tqdm), JSON.
 
 All three are side effects of the train loop and live outside the jitted step.
 In a multi-host run only process 0 writes events and draws the bar.
@@ -13,10 +13,11 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, TextIO
+
+from tqdm import tqdm
 
 # The HParams view's columns: (name, kind, shown by default). TensorBoard shows the
 # columns flagged as differing first (by name), and ticks the first five of them;
@@ -152,69 +153,54 @@ class MetricWriter:
             self._writer = None
 
 
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
+def _columns(stream: TextIO) -> int:
+    """The width of the terminal `stream` writes to; 0 when it reports none or is no terminal."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 class ProgressBar:
-    """A one-line progress bar on a terminal (stderr by default).
+    """tqdm's progress bar on a terminal (stderr by default), redrawn at most every `interval` seconds.
 
-    On a TTY the line is redrawn at most every `interval` seconds; elsewhere (logs, pipes)
-    only `note()` lines are written, one per evaluation, so logs stay readable.
+    Elsewhere (logs, pipes) the bar never draws itself: only `note()` writes it, as one line per
+    evaluation, so logs stay readable. The rate is the average since the start (or the resume).
     """
 
     def __init__(self, total: int, initial: int = 0, stream: TextIO | None = None, enabled: bool = True,
-                 interval: float = 0.2, width: int = 24) -> None:
-        self.total = max(1, total)
-        self.n = initial
+                 interval: float = 0.2) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.interval = interval
-        self.width = width
         self.status = ""
-        self._start_n = initial
-        self._start = time.perf_counter()
-        self._last_draw = 0.0
-
-    def _line(self) -> str:
-        frac = min(1.0, self.n / self.total)
-        filled = int(frac * self.width)
-        elapsed = time.perf_counter() - self._start
-        rate = (self.n - self._start_n) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.n) / rate if rate > 0 else float("nan")
-        bar = "#" * filled + "-" * (self.width - filled)
-        return (f"{frac:4.0%} [{bar}] {self.n}/{self.total} steps "
-                f"{_duration(elapsed)}<{_duration(eta)} {rate:.2f} it/s {self.status}").rstrip()
+        self._bar = None
+        if enabled:
+            # tqdm fits the bar to the terminal's size; one that reports none (a bare pty) would hide the
+            # bar, so 80 columns and 20 rows then. Off a TTY an infinite delay keeps tqdm from ever
+            # drawing (or closing) the bar itself.
+            sized = self.tty and _columns(self.stream) > 0
+            self._bar = tqdm(total=max(1, total), initial=initial, file=self.stream, unit="step", smoothing=0,
+                             mininterval=interval, dynamic_ncols=sized, ncols=None if sized else 80,
+                             nrows=None if sized else 20, ascii=None if self.tty else True,
+                             delay=0 if self.tty else math.inf)
 
     def update(self, n: int) -> None:
-        self.n = n
-        if self.tty and time.perf_counter() - self._last_draw >= self.interval:
-            self._draw()
-
-    def _draw(self) -> None:
-        self._last_draw = time.perf_counter()
-        self.stream.write("\r\033[K" + self._line())
-        self.stream.flush()
+        if self._bar is not None:
+            self._bar.update(n - self._bar.n)
 
     def note(self, status: str) -> None:
-        """Set the status text shown after the bar; off a TTY, write it as a line."""
+        """Set the status text shown after the bar; off a TTY, write the bar with it as a line."""
         self.status = status
-        if not self.enabled:
+        if self._bar is None:
             return
-        if self.tty:
-            self._draw()
-        else:
-            self.stream.write(self._line() + "\n")
+        self._bar.set_postfix_str(status, refresh=self.tty)
+        if not self.tty:
+            # The whole line, status included, whatever $COLUMNS says.
+            self.stream.write(tqdm.format_meter(**{**self._bar.format_dict, "ncols": None}) + "\n")
             self.stream.flush()
 
     def close(self) -> None:
-        if self.tty:
-            self._draw()
-            self.stream.write("\n")
-            self.stream.flush()
-            self.tty = False
+        if self._bar is not None:
+            self._bar.close()  # on a TTY the bar's last state stays, and the line ends
+            self._bar = None

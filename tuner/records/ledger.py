@@ -19,6 +19,9 @@ lands; every read collapses such repeats, keeping the row of the first part file
 name order, so all readers agree on one row per trial_id. The price is that a
 duplicate may sit on disk; nothing is lost.
 
+Readers list the part files and scan them as one pyarrow dataset in `LEDGER_SCHEMA`, so a
+column that files written before it existed lack reads as null.
+
 A part file that cannot be read stops every reader with a one-line error naming it;
 `tuner.ledger check` moves such files aside into `<ledger>/_corrupt/` (kept, for
 inspection or repair), which readers never look into.
@@ -30,11 +33,9 @@ inspection or repair), which readers never look into.
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import json
-import math
 import os
 import re
 import subprocess
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -54,6 +56,7 @@ from nfnet.errors import NFNetError, one_line
 from tuner.errors import TunerError
 from tuner.records.cells import cell_label, parse_label, variant_params
 from tuner.records.tables import text_table
+from tuner.records.csvfile import Column, read_csv
 
 DEFAULT_LEDGER = "results/ledger"
 LEDGER_ENV = "NFSCALE_LEDGER"
@@ -184,24 +187,32 @@ class Ledger:
     def _check_hint(self) -> str:
         return f"run `python -m tuner.ledger check --ledger {self.uri}` to move it aside"
 
+    def _scan(self, paths: list[str], columns: list[str] | None = None) -> pa.Table:
+        """The rows of part files in LEDGER_SCHEMA, in file order (pyarrow.dataset: a column a file
+        lacks, written before the column existed, reads as null)."""
+        dataset = ds.FileSystemDataset.from_paths(paths, schema=LEDGER_SCHEMA, format=ds.ParquetFileFormat(),
+                                                  filesystem=self.fs)
+        return dataset.to_table(columns=columns)
+
     def _part_problem(self, path: str) -> tuple[pa.Table | None, str | None]:
         """(the part's rows in LEDGER_SCHEMA, None), or (None, why it cannot be read)."""
         try:
-            table = pq.read_table(path, filesystem=self.fs)
+            return self._scan([path]), None
         except (OSError, pa.ArrowException) as exc:
-            return None, one_line(exc)
-        columns = []
+            problem = one_line(exc)
+        # A cast the schema needs failed; Arrow's message does not say in which column.
+        try:
+            physical = pq.read_schema(path, filesystem=self.fs)
+        except (OSError, pa.ArrowException):
+            return None, problem
         for fld in LEDGER_SCHEMA:
-            if fld.name in table.column_names:
+            if fld.name in physical.names and physical.field(fld.name).type != fld.type:
                 try:
-                    columns.append(table.column(fld.name).cast(fld.type))
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    return None, (f"column {fld.name!r} is of type {table.schema.field(fld.name).type}, "
+                    self._scan([path], columns=[fld.name])
+                except (OSError, pa.ArrowException):
+                    return None, (f"column {fld.name!r} is of type {physical.field(fld.name).type}, "
                                   f"expected {fld.type}")
-            else:
-                # Files written before a column existed read as null there.
-                columns.append(pa.nulls(table.num_rows, fld.type))
-        return pa.Table.from_arrays(columns, schema=LEDGER_SCHEMA.with_metadata(None)), None
+        return None, problem
 
     def _gone(self, path: str) -> bool:
         try:
@@ -209,14 +220,17 @@ class Ledger:
         except OSError:
             return False
 
-    def _read_part(self, path: str) -> pa.Table | None:
-        """The part's rows; None when it vanished since the listing (`check` moved it aside)."""
-        table, problem = self._part_problem(path)
-        if table is not None:
-            return table
-        if self._gone(path):
-            return None
-        raise TunerError(f"cannot read ledger file {path}: {problem}; {self._check_hint()}")
+    def _read_parts(self, paths: list[str]) -> pa.Table:
+        """The parts' rows, one file at a time: which part cannot be read, one that vanished since
+        the listing (`check` moved it aside) left out."""
+        tables = []
+        for path in paths:
+            table, problem = self._part_problem(path)
+            if table is not None:
+                tables.append(table)
+            elif not self._gone(path):
+                raise TunerError(f"cannot read ledger file {path}: {problem}; {self._check_hint()}")
+        return pa.concat_tables(tables) if tables else LEDGER_SCHEMA.empty_table()
 
     def read(self) -> pa.Table:
         """Every row, in append order; an empty table with the schema when there is no ledger yet.
@@ -224,10 +238,13 @@ class Ledger:
         Should two writers race to append the same trial, the first file's row (in part-file
         name order) is the one every reader sees.
         """
-        parts = [t for t in (self._read_part(path) for path in self._part_files()) if t is not None]
-        if not parts:
+        paths = self._part_files()
+        if not paths:
             return LEDGER_SCHEMA.empty_table()
-        table = pa.concat_tables(parts)
+        try:
+            table = self._scan(paths)
+        except (OSError, pa.ArrowException):
+            table = self._read_parts(paths)
         seen: set[str] = set()
         keep = []
         for trial_id in table.column("trial_id").to_pylist():
@@ -372,21 +389,10 @@ def dataset_classes(dataset: str | None) -> int | None:
     return KNOWN_CLASSES.get(name.split(":", 1)[0].lower())
 
 
-def _parse_cell(text: str, kind: type, column: str, where: str) -> Any:
-    if kind is str:
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise TunerError(f"{where}: column {column!r} is not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise TunerError(f"{where}: column {column!r} is not a finite number: {text!r}"
-                         + ("; leave diverged runs out of the CSV" if column == "val_loss" else ""))
-    if kind is int:
-        if value != int(value):
-            raise TunerError(f"{where}: column {column!r} is not a whole number: {text!r}")
-        return int(value)
-    return value
+def _csv_column(column: str) -> Column:
+    kind = CSV_COLUMNS[column][1]
+    return Column(kind, required=column in CSV_REQUIRED, finite=kind is not str,
+                  finite_hint="; leave diverged runs out of the CSV" if column == "val_loss" else "")
 
 
 def read_results_csv(
@@ -409,15 +415,8 @@ def read_results_csv(
     path = Path(path)
     if num_classes is not None and num_classes < 2:
         raise TunerError(f"--num-classes must be at least 2, got {num_classes}")
-    try:
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            header = [name.strip() for name in reader.fieldnames or []]
-            lines = [(reader.line_num, rec) for rec in reader]
-    except OSError as exc:
-        raise TunerError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise TunerError(f"{path} is not a readable CSV file: {exc}") from exc
+    table = read_csv(path, label=path.name)
+    header = table.header
     missing = [name for name in CSV_REQUIRED if name not in header]
     if missing:
         raise TunerError(f"{path} lacks column(s) {', '.join(missing)}; required: {', '.join(CSV_REQUIRED)}")
@@ -426,22 +425,19 @@ def read_results_csv(
         raise TunerError(
             f"{path} has unknown column(s) {', '.join(unknown)}; accepted: {', '.join(CSV_COLUMNS)}"
         )
+    # In the file's own column order, so the first bad cell of a line is the leftmost.
+    values, problem = table.convert({column: _csv_column(column) for column in header})
+    texts = {column: table.text(column).to_pylist() for column in ("lr", "epochs", "batch_size")}
     rows = []
     guessed: list[int] = []
-    for line, record in lines:
-        where = f"{path.name} line {line}"
-        cells = {name.strip(): (value or "").strip() for name, value in record.items() if name is not None}
-        row: dict[str, Any] = {}
-        for column, text in cells.items():
-            target, kind = CSV_COLUMNS[column]
-            if text == "":
-                if column in CSV_REQUIRED:
-                    raise TunerError(f"{where}: column {column!r} is empty")
-                continue
-            row[target] = _parse_cell(text, kind, column, where)
+    for i in range(table.num_rows):
+        if problem is not None and problem.row == i:
+            raise TunerError(problem.message)
+        where, line = table.where(i), table.lines[i]
+        row: dict[str, Any] = {CSV_COLUMNS[c][0]: values[c][i] for c in header if values[c][i] is not None}
         for column, target in (("lr", "lr"), ("epochs", "epochs"), ("batch_size", "batch_size")):
             if not row[target] > 0:
-                raise TunerError(f"{where}: column {column!r} must be positive, got {cells[column]!r}")
+                raise TunerError(f"{where}: column {column!r} must be positive, got {texts[column][i]!r}")
         variant, width, depth = parse_label(row["variant"])
         row["variant"] = variant
         row["width_mult"] = row.get("width_mult", 1.0) * width

@@ -7,7 +7,6 @@ writes out.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from tuner.errors import TunerError
+from tuner.records.csvfile import Column, read_csv
 from tuner.records.ledger import Ledger
 from tuner.study.audit import Audit, audit, grid_cells, read_search_rows, replay, section_markdown
 from tuner.study.isoflop import IsoFLOP, isoflop_rows
@@ -64,54 +64,42 @@ REQUIRED_LEDGER_COLUMNS = ("variant", "epochs", "flops", "final_val_loss")
 EXCLUDED_STATUSES = ("diverged", "stopped")
 
 
-def _number(raw: str, column: str, line: int, source: str, required: bool) -> float:
-    text = raw.strip() if raw is not None else ""
-    if not text:
-        if required:
-            raise TunerError(f"{source} line {line}: column '{column}' is empty; every row needs a number there")
-        return math.nan
-    try:
-        return float(text)
-    except ValueError:
-        raise TunerError(f"{source} line {line}: column '{column}' is not a number: {text!r}") from None
-
-
 def load_csv(path: str | Path) -> list[dict[str, Any]]:
     """Rows from a CSV with columns variant, epochs, compute, val_loss and optionally
     lr, top1, params, batch_size, kind, trial_id, parent_trial_id, status, dataset."""
     p = Path(path)
     if not p.is_file():
         raise TunerError(f"CSV file {p} does not exist; pass an existing file to --csv")
-    with p.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = [name.strip() for name in (reader.fieldnames or [])]
-        if not header:
-            raise TunerError(f"CSV file {p} is empty; it needs a header row with {', '.join(REQUIRED_CSV_COLUMNS)}")
-        reader.fieldnames = header
-        missing = [c for c in REQUIRED_CSV_COLUMNS if c not in header]
-        if missing:
-            raise TunerError(
-                f"CSV file {p} lacks required column(s) {', '.join(missing)}; "
-                f"it needs {', '.join(REQUIRED_CSV_COLUMNS)}"
-            )
-        rows = []
-        for line, raw in enumerate(reader, start=2):
-            if not (raw.get("variant") or "").strip():
-                raise TunerError(f"{p} line {line}: column 'variant' is empty; name the model variant")
-            row: dict[str, Any] = {"variant": raw["variant"].strip()}
-            # A fine-tuning row is plotted at its parent's compute: its own may be blank.
-            finetune = (raw.get("kind") or "").strip() == "finetune"
-            for col in REQUIRED_CSV_COLUMNS[1:]:
-                row[col] = _number(raw[col], col, line, str(p), required=not finetune)
-            for col in OPTIONAL_NUMERIC_COLUMNS:
-                row[col] = _number(raw.get(col) or "", col, line, str(p), required=False)
-            for col in OPTIONAL_TEXT_COLUMNS:
-                value = (raw.get(col) or "").strip()
-                row[col] = value or None
-            rows.append(row)
-    if not rows:
+    table = read_csv(p)
+    header = table.header
+    if not header:
+        raise TunerError(f"CSV file {p} is empty; it needs a header row with {', '.join(REQUIRED_CSV_COLUMNS)}")
+    missing = [c for c in REQUIRED_CSV_COLUMNS if c not in header]
+    if missing:
+        raise TunerError(
+            f"CSV file {p} lacks required column(s) {', '.join(missing)}; "
+            f"it needs {', '.join(REQUIRED_CSV_COLUMNS)}"
+        )
+    text = {col: table.text(col).to_pylist() for col in OPTIONAL_TEXT_COLUMNS}
+    # A fine-tuning row is plotted at its parent's compute: its own may be blank.
+    pretrain = [kind != "finetune" for kind in text["kind"]]
+    number = "; every row needs a number there"
+    values, problem = table.convert({
+        "variant": Column(str, required=True, empty_hint="; name the model variant"),
+        **{col: Column(float, required=pretrain, empty_hint=number) for col in REQUIRED_CSV_COLUMNS[1:]},
+        **{col: Column(float) for col in OPTIONAL_NUMERIC_COLUMNS},
+    })
+    if problem is not None:
+        raise TunerError(problem.message)
+    if not table.num_rows:
         raise TunerError(f"CSV file {p} has a header but no rows; add one row per run")
-    return rows
+    numeric = (*REQUIRED_CSV_COLUMNS[1:], *OPTIONAL_NUMERIC_COLUMNS)
+    return [
+        {"variant": values["variant"][i],
+         **{col: math.nan if values[col][i] is None else values[col][i] for col in numeric},
+         **{col: text[col][i] or None for col in OPTIONAL_TEXT_COLUMNS}}
+        for i in range(table.num_rows)
+    ]
 
 
 def read_ledger_table(uri: str) -> pa.Table:

@@ -14,11 +14,11 @@ is not at the smallest or largest of them (the minimum would lie outside the siz
 run); the others are listed with the reason.
 
 The interval of a is a bootstrap over runs: resample every cell's runs (its seeds at
-its best LR) with replacement, rebuild the profiles and refit. With one run per cell
-there is no noise to resample, and the interval is that of the levels (resampling the
-(C, N_opt) points), which the caveat says.
+its best LR) with replacement (scipy.stats.bootstrap, one sample per cell), rebuild the
+profiles and refit. With one run per cell there is no noise to resample, and the interval
+is that of the levels (resampling the (C, N_opt) points), which the caveat says.
 
-Pure numpy; no Ray.
+numpy and scipy; no Ray.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from tuner.study.scaling import Fit, MIN_FIT_POINTS, ScalingError, bootstrap_ci, fit_power_law
+from tuner.study.scaling import (Fit, MIN_FIT_POINTS, ScalingError, bootstrap_ci, bootstrap_distribution, fit_power_law,
+                                 percentile_interval)
 
 MIN_SIZES = 3  # a parabola through 3 points at least
 WINDOW = 2  # sizes each side of a profile's lowest point that its parabola goes through
@@ -169,7 +170,6 @@ def isoflop(
     repeated = len(runs) > len(_cells(runs)[0])
     if n_boot < 1:
         return IsoFLOP(profiles=tuple(found_all), fit=fit, interval=None, level=level, n_boot=0, method="")
-    tail = 100.0 * (1.0 - level) / 2.0
     if not repeated:
         ci = bootstrap_ci([p.compute for p in found], [p.n_opt for p in found], n_boot=n_boot, level=level, seed=seed)
         note = ("one run per (size, epochs) cell: no run noise to resample, so the interval resamples the "
@@ -178,24 +178,31 @@ def isoflop(
             note += "; " + ci.caveat()
         return IsoFLOP(profiles=tuple(found_all), fit=fit, interval=(ci.b_low, ci.b_high), level=level,
                        n_boot=ci.n_boot, method="levels", note=note)
-    by_cell: dict[tuple[float, float], list[tuple[float, ...]]] = defaultdict(list)
-    for r in runs:
-        by_cell[(r[0], r[1])].append(r)
-    groups = list(by_cell.values())
-    rng = np.random.default_rng(seed)
-    slopes = []
-    for _ in range(n_boot):
-        sample = [g[i] for g in groups for i in rng.integers(0, len(g), size=len(g))]
-        f = _fit_minima([p for p in profiles(sample, n_levels) if p.n_opt is not None])
-        if f is not None:
-            slopes.append(f.b)
-    if not slopes:
+    by_cell: dict[tuple[float, float], list[int]] = defaultdict(list)
+    for i, r in enumerate(runs):
+        by_cell[(r[0], r[1])].append(i)
+    cells = [np.array(ids) for ids in by_cell.values()]
+    # One sample of run indices per cell, resampled within the cell; a cell of one run is always
+    # itself, and is left out of the samples (scipy.stats.bootstrap needs two or more in each).
+    seeded = [i for i, ids in enumerate(cells) if ids.size >= 2]
+
+    def slope(*resampled: np.ndarray) -> float:
+        picked = list(cells)
+        for i, ids in zip(seeded, resampled):
+            picked[i] = ids
+        f = _fit_minima([p for p in profiles([runs[int(j)] for ids in picked for j in ids], n_levels)
+                         if p.n_opt is not None])
+        return math.nan if f is None else f.b
+
+    slopes = bootstrap_distribution([cells[i] for i in seeded], slope, n_boot, seed)
+    fitted = int(np.isfinite(slopes).sum())
+    if not fitted:
         return IsoFLOP(profiles=tuple(found_all), fit=fit, interval=None, level=level, n_boot=0, method="runs",
                        note="no bootstrap resample had ≥ 3 profiled levels")
-    low, high = np.percentile(slopes, [tail, 100.0 - tail])
-    note = "" if len(slopes) == n_boot else f"{n_boot - len(slopes)} resample(s) had < 3 profiled levels and were left out"
+    low, high = percentile_interval(slopes, level)
+    note = "" if fitted == n_boot else f"{n_boot - fitted} resample(s) had < 3 profiled levels and were left out"
     return IsoFLOP(profiles=tuple(found_all), fit=fit, interval=(float(low), float(high)), level=level,
-                   n_boot=len(slopes), method="runs", note=note)
+                   n_boot=fitted, method="runs", note=note)
 
 
 def isoflop_rows(rows: Sequence[Mapping[str, Any]], **kwargs: Any) -> IsoFLOP:

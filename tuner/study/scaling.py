@@ -6,19 +6,21 @@ optimal learning rate per (variant, epoch budget).
 and the compute-optimal model size and epoch budget both grow with compute. [P1]
 Fig. 3: the optimal LR falls slowly but monotonically with epoch budget and size.
 
-Pure numpy; no Ray. Rows are mappings with the keys `variant`, `epochs`, `compute`,
+numpy, and scipy.stats for the bootstrap; no Ray. Rows are mappings with the keys `variant`, `epochs`, `compute`,
 `val_loss` and, where known, `lr`, `params`.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from tuner.errors import TunerError
 
@@ -130,6 +132,30 @@ def fit_power_law(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarr
     return Fit(a=float(np.exp(log_a)), b=float(b), r2=r2, n=int(lx.size))
 
 
+def bootstrap_distribution(samples: Sequence[np.ndarray], statistic: Any, n_boot: int, seed: int,
+                           vectorized: bool = False) -> np.ndarray:
+    """`statistic` over `n_boot` resamples of `samples` (scipy.stats.bootstrap: each sample resampled
+    with replacement on its own), resamples on the last axis; NaN where a resample could not be fitted.
+
+    The interval is then `percentile_interval`'s: scipy's own is taken over every resample, so a NaN
+    makes it NaN (with a warning, silenced here), and scipy has no rule to leave such resamples out.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        result = stats.bootstrap(samples, statistic, n_resamples=n_boot, vectorized=vectorized,
+                                 method="percentile", rng=np.random.default_rng(seed))
+    return np.asarray(result.bootstrap_distribution)
+
+
+def percentile_interval(distribution: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile interval (low, high) of a bootstrap distribution over the resamples that could be
+    fitted (NaN marks the others), with scipy's quantile: the linear interpolation its bootstrap uses."""
+    tail = (1.0 - level) / 2.0
+    low, high = np.moveaxis(stats.quantile(distribution, np.array([tail, 1.0 - tail]), axis=-1,
+                                           nan_policy="omit"), -1, 0)
+    return low, high
+
+
 def bootstrap_ci(
     x: Sequence[float] | np.ndarray,
     y: Sequence[float] | np.ndarray,
@@ -137,29 +163,40 @@ def bootstrap_ci(
     level: float = 0.95,
     seed: int = 0,
 ) -> BootstrapCI:
-    """Percentile intervals for `a` and `b` from refitting on points resampled with
-    replacement. Resamples with a single distinct x cannot be fitted and are skipped."""
+    """Percentile intervals for `a` and `b` from refitting on points resampled with replacement
+    (scipy.stats.bootstrap). Resamples with a single distinct x cannot be fitted and are skipped."""
     if n_boot < 1:
         raise ScalingError(f"n_boot must be at least 1, got {n_boot}")
     if not 0.0 < level < 1.0:
         raise ScalingError(f"level must lie strictly between 0 and 1, got {level}")
     lx, ly = _log_xy(x, y)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, lx.size, size=(n_boot, lx.size))
-    bx, by = lx[idx], ly[idx]
-    dx = bx - bx.mean(axis=1, keepdims=True)
-    dy = by - by.mean(axis=1, keepdims=True)
-    sxx = np.einsum("ij,ij->i", dx, dx)
-    ok = sxx > 1e-12 * max(1.0, float(np.ptp(lx)) ** 2)
+    tiny = 1e-12 * max(1.0, float(np.ptp(lx)) ** 2)
+    resamples: list[np.ndarray] = []
+
+    def slope_and_intercept(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        """(slope, log a) of the least-squares line through each resample of points (rows of `idx`)."""
+        if idx.ndim == 2:
+            resamples.append(idx)  # kept to count the different resamples
+        idx = np.atleast_2d(idx)
+        bx, by = lx[idx], ly[idx]
+        dx = bx - bx.mean(axis=1, keepdims=True)
+        dy = by - by.mean(axis=1, keepdims=True)
+        sxx = np.einsum("ij,ij->i", dx, dx)
+        ok = sxx > tiny
+        slopes = np.full(len(idx), np.nan)
+        slopes[ok] = np.einsum("ij,ij->i", dx[ok], dy[ok]) / sxx[ok]
+        return np.stack([slopes, by.mean(axis=1) - slopes * bx.mean(axis=1)])
+
+    # The points' indices are resampled, so each resample is a set of whole (x, y) points.
+    slopes, log_as = bootstrap_distribution((np.arange(lx.size),), slope_and_intercept, n_boot, seed,
+                                            vectorized=True)
+    ok = np.isfinite(slopes)
     if not ok.any():
         raise ScalingError("every bootstrap resample had a single distinct x; add more points")
-    slopes = np.einsum("ij,ij->i", dx[ok], dy[ok]) / sxx[ok]
-    log_as = by[ok].mean(axis=1) - slopes * bx[ok].mean(axis=1)
-    tail = 100.0 * (1.0 - level) / 2.0
-    b_low, b_high = np.percentile(slopes, [tail, 100.0 - tail])
+    (b_low, la_low), (b_high, la_high) = percentile_interval(np.stack([slopes, log_as]), level)
     # Resamples holding the same points (in any order, any multiplicity) give the same fit.
+    idx = np.concatenate(resamples)
     distinct = int(np.unique(np.sort(idx[ok], axis=1), axis=0).shape[0])
-    la_low, la_high = np.percentile(log_as, [tail, 100.0 - tail])
     return BootstrapCI(
         a_low=float(np.exp(la_low)),
         a_high=float(np.exp(la_high)),
@@ -515,6 +552,10 @@ def lr_trend(rows: Iterable[Mapping[str, Any]], n_boot: int = 1000, level: float
     intervals: dict[str, tuple[float, float]] = {}
     fitted = 0
     if n_boot:
+        # By hand, not scipy.stats.bootstrap: this is a two-stage bootstrap (cells drawn with replacement,
+        # then each drawn cell's seeds per LR), where a cell drawn twice gets two different resamples of
+        # its seeds. scipy resamples each sample once per resample, independently of the others, and
+        # cannot nest one resampling inside another.
         rng = np.random.default_rng(seed)
         draws: dict[str, list[float]] = defaultdict(list)
         for _ in range(n_boot):
