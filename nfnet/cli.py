@@ -10,6 +10,7 @@ same for a mistake found after the flags parse: one `error: ...` line, exit stat
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -86,9 +87,16 @@ class FlagParser(argparse.ArgumentParser):
 def run_main(body: Callable[[], int],
              errors: type[BaseException] | tuple[type[BaseException], ...] = NFNetError) -> int:
     """A command's exit status: `body()`'s, or 2 after a user mistake (one of `errors`),
-    which is printed as one `error: ...` line on stderr."""
+    which is printed as one `error: ...` line on stderr. Output piped into a reader that
+    stops early (`| head`) ends the command quietly, with status 1, not a traceback."""
     try:
         return body()
     except errors as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Python's own advice (signal docs, "Note on SIGPIPE"): point stdout at devnull so
+        # the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1

@@ -57,3 +57,19 @@ def test_the_command_line_itself_prints_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == "error: --set max_train_examples=abc: expected an integer or none\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_without_a_traceback(tmp_path):
+    """`python -m tuner.ledger show | head -1`: the reader closes the pipe; the command ends
+    with status 1 and nothing on stderr, not a BrokenPipeError traceback."""
+    from tuner.records.ledger import Ledger
+
+    ledger = Ledger(str(tmp_path / "ledger"))
+    ledger.append(Ledger(os.path.join(REPO, "docs", "cpu_ladder_study", "ledger")).read().to_pylist())
+    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-m", "tuner.ledger", "show", "--ledger", str(tmp_path / "ledger")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=env)
+    proc.stdout.close()  # the reader is gone before the first row is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 1
+    assert "Traceback" not in err and err == ""
