@@ -18,7 +18,7 @@ import optax
 
 from nfnet.config import TrainConfig
 from nfnet.data import Dataset, eval_batches, normalise_on_device
-from nfnet.step import StepSpec, _global
+from nfnet.step import StepSpec, global_arrays
 
 
 @functools.lru_cache(maxsize=4)
@@ -44,6 +44,6 @@ def evaluate(spec: StepSpec, params: Any, ds: Dataset, num_workers: int,
     for x, y, mask in eval_batches(ds, spec.batch_size, spec.eval_resolution, process_index=jax.process_index(),
                                    process_count=jax.process_count(), num_workers=num_workers,
                                    shuffle_window=shuffle_window):
-        totals.append(step(params, *_global(spec.batch_sharding, x, y, mask)))
+        totals.append(step(params, *global_arrays(spec.batch_sharding, x, y, mask)))
     loss_sum, correct, count = (float(sum(v)) for v in zip(*jax.device_get(totals)))
     return loss_sum / count, correct / count

@@ -45,7 +45,7 @@ from nfnet.errors import NFNetError
 from nfnet.evaluation import evaluate
 from nfnet.metrics import MetricWriter, ProgressBar, json_safe
 from nfnet.optim import OptimConfig, make_schedule
-from nfnet.step import DATA_AXIS, StepSpec, _global, abstract_state_key, compile_train_step, init_state
+from nfnet.step import DATA_AXIS, StepSpec, global_arrays, abstract_state_key, compile_train_step, init_state
 from nfnet.variants import get_variant
 
 CHECKPOINT_FORMAT = 1
@@ -90,7 +90,8 @@ def _config_diff(saved: dict, config: TrainConfig) -> list[str]:
             if k not in RESUMABLE_CHANGES and k in saved and saved[k] != v]
 
 
-def _config_from_meta(meta: dict) -> dict:
+def config_from_meta(meta: dict) -> dict:
+    """The TrainConfig fields of a checkpoint's saved config (fields it has that this version lacks dropped)."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     return {k: v for k, v in meta.get("config", {}).items() if k in fields}
 
@@ -268,7 +269,7 @@ def train(config: TrainConfig, callback: Callable[[dict, str | None], None] | No
                         shuffle_window=config.shuffle_window)
         with loader:
             for step, (x, y) in loader:
-                state, out = step_fn(state, _global(spec.batch_sharding, x, y))
+                state, out = step_fn(state, global_arrays(spec.batch_sharding, x, y))
                 since_eval.append(out)
                 done = step + 1
                 bar.update(done)

@@ -183,6 +183,6 @@ def abstract_state_key(state: dict) -> Any:
     return treedef, tuple(leaves)
 
 
-def _global(sharding: NamedSharding, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+def global_arrays(sharding: NamedSharding, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
     """This process's rows of a global batch -> global arrays sharded along `data`."""
     return tuple(jax.make_array_from_process_local_data(sharding, a) for a in arrays)

@@ -33,7 +33,7 @@ from nfnet import cli
 from nfnet.checkpoint import CHECKPOINTS_SUBDIR, latest_checkpoint, read_meta, resolve_checkpoint
 from nfnet.config import TrainConfig
 from nfnet.errors import NFNetError
-from nfnet.loop import _config_from_meta, train
+from nfnet.loop import config_from_meta, train
 from nfnet.metrics import json_safe
 
 DESCRIPTION = ("Train one NFNet: print a progress bar on stderr and one JSON summary line on stdout, and "
@@ -164,7 +164,7 @@ def resume_base(args: argparse.Namespace) -> TrainConfig | None:
         path = resolve_checkpoint(args.resume_from)
     else:
         return None
-    return TrainConfig(**_config_from_meta(read_meta(path)))
+    return TrainConfig(**config_from_meta(read_meta(path)))
 
 
 def print_summary(summary: dict) -> None:

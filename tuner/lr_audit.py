@@ -18,7 +18,7 @@ from pathlib import Path
 from tuner.cli import run_command
 from tuner.errors import TunerError
 from tuner.study.planner import DEFAULT_MAX_TRIALS, DEFAULT_NOISE, DEFAULT_PARALLEL
-from tuner.study.audit import DEFAULT_TOLERANCE, DEFAULT_TRIALS_PER_CELL, _check, audit, audit_json, read_ledger_rows, read_search_rows, replay, section_markdown, summary_sentence
+from tuner.study.audit import DEFAULT_TOLERANCE, DEFAULT_TRIALS_PER_CELL, check_tolerance, audit, audit_json, read_ledger_rows, read_search_rows, replay, section_markdown, summary_sentence
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    _check(args.tolerance)
+    check_tolerance(args.tolerance)
     if args.trials_per_cell < 1:
         raise TunerError(f"--trials-per-cell must be at least 1, got {args.trials_per_cell}")
     out = Path(args.out) if args.out else None

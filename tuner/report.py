@@ -36,8 +36,8 @@ from nfnet import storage
 from tuner.cli import run_command
 from tuner.errors import TunerError
 from tuner.study.audit import summary_sentence
-from tuner.rendering.report import _write_report, output_dir, report_json
-from tuner.study.analysis import _grid_rows_from_csv, analyse, load_csv, lr_search_audit, pick_dataset, read_ledger_table, rows_from_table
+from tuner.rendering.report import write_report, output_dir, report_json
+from tuner.study.analysis import grid_rows_from_csv, analyse, load_csv, lr_search_audit, pick_dataset, read_ledger_table, rows_from_table
 from tuner.rendering.report import console_summary
 
 
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         rows, grid_rows = rows_from_table(table, args.ledger), table.to_pylist()
     else:
         rows = load_csv(args.csv)
-        grid_rows = _grid_rows_from_csv(rows)
+        grid_rows = grid_rows_from_csv(rows)
     source = f"ledger {args.ledger}" if args.ledger else f"CSV {args.csv}"
     rows, dataset = pick_dataset(rows, args.dataset, source)
     if grid_rows is not None and args.dataset is not None:
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     lr_markdown, searched, replayed = lr_search_audit(grid_rows, args.lr_search_ledger, lrs_per_cell)
 
     with output_dir(args.out) as out:
-        outputs = _write_report(out, report, lr_markdown)
+        outputs = write_report(out, report, lr_markdown)
     skipped = outputs.pop("skipped")
     if storage.is_uri(args.out):
         outputs = {k: f"{args.out.rstrip('/')}/{Path(v).relative_to(out)}" for k, v in outputs.items()}

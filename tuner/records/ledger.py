@@ -443,9 +443,7 @@ def read_results_csv(
         row["width_mult"] = row.get("width_mult", 1.0) * width
         row["depth_mult"] = row.get("depth_mult", 1.0) * depth
         if variant_params(variant, row["width_mult"], row["depth_mult"]) is None:
-            from tuner.records.cells import cell_label as _label
-
-            raise TunerError(f"{where}: unknown variant {_label(variant, row['width_mult'], row['depth_mult'])!r}; "
+            raise TunerError(f"{where}: unknown variant {cell_label(variant, row['width_mult'], row['depth_mult'])!r}; "
                              "python -m nfnet.summary --list names the variants")
         row.setdefault("dataset", dataset)
         classes = num_classes or dataset_classes(row["dataset"])

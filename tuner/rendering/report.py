@@ -22,7 +22,7 @@ from tuner.study.audit import Audit, audit_json
 from tuner.study.loss_law import JointLaw
 from tuner.study.scaling import Fit, frontier
 from tuner.study.analysis import ScalingReport
-from tuner.study.analysis import _excluded_text
+from tuner.study.analysis import excluded_text
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 
@@ -358,7 +358,7 @@ def summary_markdown(report: ScalingReport, notes: Sequence[str]) -> str:
         f"Source: {report.source} — {report.n_rows} rows ({report.n_pretrain} pre-training, "
         f"{report.n_finetune} fine-tuning). Held-out loss is each run's final validation loss; "
         "compute is training FLOPs; each point is the best learning rate of one (variant, epochs).",
-        f"Left out of the fits: {_excluded_text(report.excluded) or 'nothing'}.",
+        f"Left out of the fits: {excluded_text(report.excluded) or 'nothing'}.",
         "",
         "## Loss vs compute",
         "",
@@ -600,7 +600,7 @@ def output_dir(uri: str) -> Iterator[Path]:
         pafs.copy_files(tmp, path, destination_filesystem=fs)
 
 
-def _write_report(out: Path, report: ScalingReport, lr_markdown: str) -> dict[str, Any]:
+def write_report(out: Path, report: ScalingReport, lr_markdown: str) -> dict[str, Any]:
     """Plots, summary.md and tensorboard/ under `out`: {name: path} of what was written, and "skipped"."""
     images: list[Path] = []
     notes: list[str] = []

@@ -286,7 +286,7 @@ def analyse(
     if not points:
         raise ScalingError(
             f"no usable pre-training run to report among {len(rows)} row(s) "
-            f"({_excluded_text(excluded) + ' left out' if excluded else 'no pre-training rows'}); "
+            f"({excluded_text(excluded) + ' left out' if excluded else 'no pre-training rows'}); "
             "a report needs finished pre-training runs with a final loss and compute"
         )
     compute = np.array([p["compute"] for p in points])
@@ -392,7 +392,7 @@ def _chinchilla(usable: Sequence[Mapping[str, Any]], n_boot: int, seed: int
     return joint, joint_note, iso, iso_note
 
 
-def _grid_rows_from_csv(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]] | None:
+def grid_rows_from_csv(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]] | None:
     """CSV rows as ledger rows for tuner.lr_audit; None when a pre-training row has no batch size."""
     out = []
     for i, row in enumerate(rows):
@@ -439,5 +439,6 @@ def lr_search_audit(
     return section_markdown(replayed, searched), searched, replayed
 
 
-def _excluded_text(excluded: Mapping[str, int]) -> str:
+def excluded_text(excluded: Mapping[str, int]) -> str:
+    """`2 diverged, 1 stopped`: the rows left out of the fits, by reason."""
     return ", ".join(f"{n} {reason}" for reason, n in sorted(excluded.items()))

@@ -306,7 +306,8 @@ class Audit:
     ungraded: tuple[str, ...] = ()  # grid cells with no finished run: no optimum to compare with
 
 
-def _check(tolerance: float) -> None:
+def check_tolerance(tolerance: float) -> None:
+    """A TunerError unless `tolerance` (a relative loss gap) is a finite number >= 0."""
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise TunerError(f"tolerance must be a number >= 0 (0.005 is 0.5%), got {tolerance}")
 
@@ -393,7 +394,7 @@ def audit(
     cell trains the same model for the same steps); rows written before lr_search
     kept a record count `trials_per_cell` trials.
     """
-    _check(tolerance)
+    check_tolerance(tolerance)
     if trials_per_cell < 1:
         raise TunerError(f"trials per cell must be at least 1, got {trials_per_cell}")
     grid_rows = _as_rows(grid_rows)
@@ -498,7 +499,7 @@ def replay(
     have closed stays open: the cell stops "off-grid"). The winner's row, with its search record, joins
     the ledger the later cells are planned from.
     """
-    _check(tolerance)
+    check_tolerance(tolerance)
     grid_rows = _as_rows(grid_rows)
     cells = grid_cells(grid_rows)
     so_far: list[dict[str, Any]] = []
