@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The CPU scaling study grown to answer the paper's claims with 95% intervals
 # (docs/cpu_ladder_study.md): six model sizes over two decades of parameters, budgets
-# up to 8 epochs for the smaller ones, three seeds of every cell at LRs 0.2-0.8. Rerun
-# it to continue after an interruption: every stage runs only what its ledger lacks.
+# up to 8 epochs for the smaller ones, LRs 0.2-0.8 at seed 0 and three seeds of every
+# cell at its best LR. Rerun it to continue after an interruption: every stage runs
+# only what its ledger lacks.
 #
-#     bash benchmarks/cpu_ladder_study.sh            # about 3 h 15 min on 2 cores
+#     bash benchmarks/cpu_ladder_study.sh            # about 4 h on 2 cores
 #     STUDY_FROM=docs/cpu_ladder_study bash benchmarks/cpu_ladder_study.sh
 #     RECORD_TO=docs/cpu_ladder_study bash benchmarks/cpu_ladder_study.sh
 #     SWEEP_FLAGS="--num-cpus 1" bash benchmarks/cpu_ladder_study.sh   # one trial at a time
@@ -15,8 +16,9 @@
 # recorded ledger (STUDY_FROM/ledger) that this one lacks, so a study continues in a
 # new checkout from its record; RECORD_TO writes that record (the ledger, the report,
 # the figures) and can be run part-way: the report says what the runs so far answer.
-# Stages, most informative first: seed 0 of the new sizes and of the long budgets,
-# then seeds 1 and 2 of both, then small's seeds 1 and 2.
+# Stages, most informative first: seed 0 of the new sizes and of the long budgets (at
+# LRs 0.2, 0.4, 0.8), then seeds 1 and 2 of every ladder cell at its best LR of seed 0
+# (the first study already ran nano's and mini's at three LRs: those are skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,8 +73,9 @@ for row in rows:
         row["checkpoint_uri"] = os.path.relpath(uri)
 shutil.rmtree(os.path.join(record, "ledger"), ignore_errors=True)
 Ledger(os.path.join(record, "ledger")).append(rows)
-for name in ("report.json", "seed_noise.md", "ledger.txt"):
-    shutil.copy(os.path.join(out, name), record)
+for name in ("report.json", "seed_noise.md", "ledger.txt", "seed_cells.py"):
+    if os.path.exists(os.path.join(out, name)):
+        shutil.copy(os.path.join(out, name), record)
 shutil.rmtree(os.path.join(record, "report"), ignore_errors=True)
 shutil.copytree(os.path.join(out, "report"), os.path.join(record, "report"))
 PYEOF
@@ -84,13 +87,14 @@ if [ -n "${RECORD_ONLY:-}" ]; then  # the report and record of the runs so far, 
     exit 0
 fi
 
-# (1) Seed 0, then 1 and 2, of the new sizes and the long budgets; then small's seeds.
-for seed in 0 1 2; do
-    run_grid "ladder-sizes-s$seed" "$LADDER:SIZES" "$LEDGER" --seed "$seed" "${EXTRA[@]}"
-    run_grid "ladder-long-s$seed" "$LADDER:LONG" "$LEDGER" --seed "$seed" "${EXTRA[@]}"
-done
+# (1) Seed 0 of the new sizes and the long budgets; then seeds 1 and 2 of every ladder
+# cell at its best LR of seed 0 (a preset file written from the ledger: only_cells).
+run_grid "ladder-sizes-s0" "$LADDER:SIZES" "$LEDGER" --seed 0 "${EXTRA[@]}"
+run_grid "ladder-long-s0" "$LADDER:LONG" "$LEDGER" --seed 0 "${EXTRA[@]}"
+"$PY" "$LADDER" seed-cells --ledger "$LEDGER" > "$OUT/seed_cells.py"
+stamp "seed repeats: $OUT/seed_cells.py (each cell at its best LR of seed 0)"
 for seed in 1 2; do
-    run_grid "ladder-small-s$seed" "$LADDER:SMALL_SEEDS" "$LEDGER" --seed "$seed" "${EXTRA[@]}"
+    run_grid "ladder-seeds-s$seed" "$OUT/seed_cells.py:SEEDS" "$LEDGER" --seed "$seed" "${EXTRA[@]}"
 done
 
 report

@@ -80,7 +80,9 @@ class Preset:
     `overrides` set `nfnet.config.TrainConfig` fields for every trial (flat keys,
     e.g. `{"warmup_fraction": 0.05, "max_train_examples": 2048}`); `cpu` holds the
     field changes that make the CPU form (`Preset.cpu()`). `command` and `cost` say
-    how to run it and what it costs, for `--dry-run` and the docs.
+    how to run it and what it costs, for `--dry-run` and the docs. `only_cells`, when
+    given, keeps just those (variant label, epochs, lr exponent) cells of the grid
+    (e.g. seed repeats of each cell's best LR); such a preset runs with `--grid`.
     """
 
     name: str
@@ -106,6 +108,8 @@ class Preset:
     grace_period: float = 0.25
     reduction_factor: float = 2.0
     cpu_changes: Mapping[str, Any] = field(default_factory=dict)
+    # (variant label, epochs, lr exponent) cells to keep of the product grid; () keeps all.
+    only_cells: tuple[tuple[str, float, int], ...] = ()
 
     def __post_init__(self) -> None:
         # Mappings are kept as sorted item tuples: hashable and picklable (the
@@ -115,6 +119,14 @@ class Preset:
         object.__setattr__(self, "variants", tuple(self.variants))
         object.__setattr__(self, "epochs", tuple(float(e) for e in self.epochs))
         object.__setattr__(self, "lr_exponents", tuple(int(k) for k in self.lr_exponents))
+        try:
+            only = tuple((str(label), float(epochs), int(k)) for label, epochs, k in self.only_cells)
+        except (TypeError, ValueError):
+            raise TunerError(
+                f"preset {self.name!r}: only_cells holds (variant, epochs, lr exponent) triples, "
+                f"got {self.only_cells!r}"
+            ) from None
+        object.__setattr__(self, "only_cells", only)
         self._check()
 
     def _check(self) -> None:
@@ -150,6 +162,15 @@ class Preset:
         fixed = sorted(set(dict(self.overrides)) & {"batch_size", "dataset", "resolution", "eval_resolution"})
         if fixed:
             raise TunerError(f"{where}: set {', '.join(fixed)} as preset fields, not overrides")
+        for label, epochs, k in self.only_cells:
+            if label not in self.variants or epochs not in self.epochs or k not in self.lr_exponents:
+                raise TunerError(
+                    f"{where}: only_cells lists ({label}, {epochs:g}, {k}), which is not a cell of its grid "
+                    f"(variants {', '.join(self.variants)}; epochs {', '.join(f'{e:g}' for e in self.epochs)}; "
+                    f"lr exponents {', '.join(map(str, self.lr_exponents))})"
+                )
+        if len(set(self.only_cells)) != len(self.only_cells):
+            raise TunerError(f"{where}: only_cells lists a cell twice")
         unknown = sorted(set(dict(self.cpu_changes)) - {f.name for f in dataclasses.fields(Preset)})
         if unknown:
             raise TunerError(f"{where}: cpu_changes names unknown preset fields {', '.join(unknown)}")
@@ -163,13 +184,17 @@ class Preset:
         return tuple(base * 2.0**k for k in sorted(self.lr_exponents))
 
     def cells(self) -> list[Cell]:
-        """Every (variant, epochs, lr) cell, variants in preset order, then epochs, then LR."""
+        """Every (variant, epochs, lr) cell, variants in preset order, then epochs, then LR
+        (only those of `only_cells`, when it is given)."""
+        keep = set(self.only_cells)
+        base = base_lr(self.batch_size)
         out = []
         for label in self.variants:
             variant, width, depth = split_label(label)
             for epochs in self.epochs:
-                for lr in self.lrs:
-                    out.append(Cell(label, variant, width, depth, epochs, lr))
+                for k in sorted(self.lr_exponents):
+                    if not keep or (label, epochs, k) in keep:
+                        out.append(Cell(label, variant, width, depth, epochs, base * 2.0**k))
         return out
 
     def trainer_overrides(self) -> dict[str, Any]:

@@ -207,12 +207,25 @@ def test_a_preset_of_your_own_loads_from_a_file_or_a_module(tmp_path, monkeypatc
         ({"eval_resolution": 12}, r"eval_resolution must be a whole number of px >= 16"),
         ({"cpu_changes": {"colour": "red"}}, "unknown preset fields colour"),
         ({"name": "a b"}, "preset name"),
+        ({"only_cells": (("nano", 0.5, 7),)}, r"only_cells lists \(nano, 0.5, 7\), which is not a cell"),
+        ({"only_cells": (("micro", 1, 0),)}, "not a cell of its grid"),
+        ({"only_cells": (("nano", 1, 0), ("nano", 1.0, 0))}, "lists a cell twice"),
+        ({"only_cells": ("nano",)}, "holds \\(variant, epochs, lr exponent\\) triples"),
     ],
 )
 def test_a_bad_preset_is_a_one_line_tuner_error(changes, message):
     with pytest.raises(TunerError, match=message) as info:
         small_preset(**changes)
     assert "\n" not in str(info.value)
+
+
+def test_only_cells_keeps_just_those_cells_in_grid_order():
+    preset = small_preset(only_cells=(("nano-w2", 1, 0), ("nano", 0.5, 1)))
+    assert [(c.label, c.epochs, c.lr) for c in preset.cells()] == [
+        ("nano", 0.5, preset.lrs[1]), ("nano-w2", 1.0, preset.lrs[0])]
+    assert preset.cells()[1].width_mult == 2.0
+    assert "2 cells" in preset.describe()
+    assert len(small_preset().cells()) == 8  # no only_cells: the whole product
 
 
 def test_presets_are_frozen_hashable_and_picklable():

@@ -187,6 +187,21 @@ def test_skip_recorded_plans_only_the_cells_the_ledger_lacks(tmp_path, capsys):
     assert result.trials == 0 and "nothing to run" in lines[-1]
 
 
+def test_a_preset_that_lists_its_cells_runs_just_those_and_only_as_a_grid(tmp_path):
+    preset = tiny_preset(epochs=(0.5, 1), only_cells=(("nano", 1, 2), ("nano", 0.5, -6)))
+    low, _, mid, _ = preset.lrs
+    options = SweepOptions(grid=True, ledger=str(tmp_path / "ledger"))
+    plan = plan_sweep(options, preset=preset)
+    assert plan.mode == "grid" and plan.num_samples == 2 and plan.recorded == 0
+    assert plan.points == [{"variant": "nano", "epochs": 0.5, "lr": low}, {"variant": "nano", "epochs": 1.0, "lr": mid}]
+    # With --skip-recorded, a listed cell the ledger holds is left out; unlisted ones never run.
+    Ledger(str(tmp_path / "ledger")).append([_row(mid), _row(low)])
+    plan = plan_sweep(dataclasses.replace(options, skip_recorded=True), preset=preset)
+    assert plan.recorded == 1 and plan.points == [{"variant": "nano", "epochs": 0.5, "lr": low}]
+    with pytest.raises(TunerError, match="lists its cells \\(only_cells\\); run it with --grid"):
+        plan_sweep(SweepOptions(ledger=str(tmp_path / "ledger")), preset=preset)
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [

@@ -369,6 +369,8 @@ def plan_sweep(options: SweepOptions, preset: Preset | None = None, now: datetim
         raise TunerError(f"--grid runs all {len(preset.cells())} cells; drop --num-samples")
     if options.skip_recorded and not options.grid:
         raise TunerError("--skip-recorded continues a grid from its ledger; add --grid")
+    if preset.only_cells and not options.grid:
+        raise TunerError(f"preset {preset.name} lists its cells (only_cells); run it with --grid")
     if options.then_finetune and not options.finetune_dataset:
         raise TunerError("--then-finetune needs --finetune-dataset (e.g. digits)")
     if options.finetune_top_k < 1:
@@ -401,10 +403,10 @@ def plan_sweep(options: SweepOptions, preset: Preset | None = None, now: datetim
     ledger_rows = Ledger(ledger).check().to_pylist()
     points = [parse_point(text, preset) for text in options.points]
     recorded = 0
-    if options.grid and options.skip_recorded:
-        held = recorded_cells(ledger_rows, preset, base)
+    if options.grid and (options.skip_recorded or preset.only_cells):
+        held = recorded_cells(ledger_rows, preset, base) if options.skip_recorded else []
         recorded = len(held)
-        # The cells still to run, as fixed points: Optuna's grid sampler cannot leave cells out.
+        # The cells to run, as fixed points: Optuna's grid sampler cannot leave cells out.
         points = [{"variant": c.label, "epochs": c.epochs, "lr": c.lr} for c in preset.cells() if c not in held]
         mode, num_samples, startup = "grid", len(points), 0
     elif options.grid:
