@@ -16,6 +16,7 @@ import sys
 
 from nfnet.metrics import json_safe
 from tuner.cli import run_command
+from tuner.errors import TunerError
 from tuner.records.ledger import CORRUPT_DIR, CSV_REQUIRED, DEFAULT_LEDGER, LEDGER_ENV, Ledger, format_table, read_results_csv, sort_rows
 from tuner.records.ledger import KINDS
 
@@ -87,6 +88,11 @@ def run_check(ledger: Ledger) -> int:
 
 def run(args: argparse.Namespace) -> int:
     ledger = Ledger(args.ledger)
+    if args.command in ("check", "show") and not ledger.exists():
+        raise TunerError(
+            f"no ledger at {ledger.uri}; check the path (a sweep or `python -m tuner.lr_search` makes it "
+            "with its first run, `python -m tuner.ledger import` from a CSV)"
+        )
     if args.command == "check":
         return run_check(ledger)
     if args.command == "import":

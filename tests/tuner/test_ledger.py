@@ -295,9 +295,10 @@ def test_show_errors_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_show_empty_ledger(tmp_path, capsys):
-    assert main(["show", "--ledger", str(tmp_path / "none")]) == 0
+    (tmp_path / "empty").mkdir()
+    assert main(["show", "--ledger", str(tmp_path / "empty")]) == 0
     assert "no rows" in capsys.readouterr().err
-    assert main(["show", "--ledger", str(tmp_path / "none"), "--json"]) == 0
+    assert main(["show", "--ledger", str(tmp_path / "empty"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
 
 
@@ -427,5 +428,11 @@ def test_check_on_a_bucket_and_on_a_missing_ledger(tmp_path, capsys):
     (moved,) = ledger.move_corrupt_aside()
     assert moved[0] == "runs/ledger/_corrupt/part-9-bad.parquet"
     assert ledger.trial_ids() == {"a"}
-    assert main(["check", "--ledger", str(tmp_path / "none")]) == 0
+    # A path with no ledger is a one-line error (a mistyped path is not an empty, healthy ledger).
+    for command in ("check", "show"):
+        assert main([command, "--ledger", str(tmp_path / "none")]) == 2
+        err = capsys.readouterr().err
+        assert f"no ledger at {tmp_path / 'none'}; check the path" in err and err.count("\n") == 1
+    (tmp_path / "empty").mkdir()
+    assert main(["check", "--ledger", str(tmp_path / "empty")]) == 0
     assert "all 0 part files read" in capsys.readouterr().out

@@ -162,6 +162,13 @@ class Ledger:
     def _join(self, name: str) -> str:
         return f"{self.path.rstrip('/')}/{name}" if self.path else name
 
+    def exists(self) -> bool:
+        """Whether the ledger's directory is there (a sweep makes it with its first row)."""
+        try:
+            return self.fs.get_file_info(self.path).type != pafs.FileType.NotFound
+        except OSError as exc:
+            raise TunerError(f"cannot reach ledger {self.uri}: {exc}; check the path and its permissions") from exc
+
     def _part_files(self) -> list[str]:
         """Committed part files in name (= time) order; [] when the ledger does not exist."""
         try:
