@@ -175,14 +175,13 @@ def print_summary(summary: dict) -> None:
 def run_command(make_config: Callable[[], TrainConfig]) -> int:
     """Train the config a command line makes: one-line error and exit 2 on a user
     mistake, else the JSON summary line from the first process."""
-    try:
+    def body() -> int:
         summary = train(make_config())
-    except NFNetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if jax.process_index() == 0:
-        print_summary(summary)
-    return 0
+        if jax.process_index() == 0:
+            print_summary(summary)
+        return 0
+
+    return cli.run_main(body)
 
 
 def main(argv: list[str] | None = None) -> int:
