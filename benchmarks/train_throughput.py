@@ -21,6 +21,7 @@ Results go in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -120,19 +121,32 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: dense on CPU, XLA's native grouped conv elsewhere")
     parser.add_argument("--profile", metavar="DIR", help="trace the timed steps with jax.profiler into DIR "
                         "(TensorBoard's profile plugin shows it)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak TFLOP/s (all local devices together) for the dtype: prints the "
+                             "model FLOP utilisation, achieved / peak")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON line")
     args = parser.parse_args(argv)
+    if args.peak_tflops is not None and not args.peak_tflops > 0:
+        print(f"error: --peak-tflops must be positive, got {args.peak_tflops}", file=sys.stderr)
+        return 2
     try:
         r = measure(args.variant, args.batch_size, args.resolution, args.steps, args.warmup, args.dtype,
                     conv_lowering=args.conv_lowering, profile_dir=args.profile)
     except NFNetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.peak_tflops is not None and r["flops_per_step"] is not None:
+        r["mfu"] = r["flop_per_s"] / (args.peak_tflops * 1e12)
+    if args.json:
+        print(json.dumps(r))
+        return 0
     print(f"{r['variant']} {r['resolution']}px batch {r['batch_size']} {r['dtype']} {r['conv_lowering']} convs "
           f"on {r['devices']}: "
           f"{r['images_per_s']:,.0f} images/s, step {r['step_s'] * 1e3:,.1f} ms (median of {args.steps}), "
           f"{r['flops_per_step'] / 1e9:,.2f} GFLOP/step, {r['flop_per_s'] / 1e9:,.1f} GFLOP/s achieved, "
           f"compile {r['compile_s']:.1f} s; CPU time {r['step_cpu_s']:,.2f} s/step "
-          f"({r['flops_per_step'] / r['step_cpu_s'] / 1e9:,.1f} GFLOP per CPU-second)")
+          f"({r['flops_per_step'] / r['step_cpu_s'] / 1e9:,.1f} GFLOP per CPU-second)"
+          + (f"; MFU {r['mfu']:.1%} of {args.peak_tflops:g} TFLOP/s" if "mfu" in r else ""))
     return 0
 
 
