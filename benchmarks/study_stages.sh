@@ -7,9 +7,9 @@ json_get() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
 # A grid with tuner.sweep until its ledger holds every cell. An interrupted sweep
 # (Ctrl-C, a stopped driver) exits 0 too, so what is left is read off the ledger
-# (what --skip-recorded would run). An unfinished experiment is first resumed from
-# Ray's state (its trials continue from their checkpoints); cells still missing (a
-# grid that grew, trials that failed after their retries, an experiment directory
+# (what --skip-recorded would run). The stage's newest experiment, if unfinished, is
+# first resumed from Ray's state (its trials continue from their checkpoints); cells
+# still missing (a grid that grew, trials that failed after their retries, an experiment directory
 # that is gone) run as a new experiment NAME-2, NAME-3, ... with --skip-recorded.
 # run_grid NAME PRESET LEDGER [more tuner.sweep flags]
 run_grid() {
@@ -19,12 +19,14 @@ run_grid() {
         "$PY" -m tuner.sweep --preset "$preset" --grid --skip-recorded --ledger "$ledger" "$@" --dry-run --json |
             json_get 'd["num_samples"]'
     }
-    local n
+    local n last="" probe=$name j=1
     n=$(left "$@")
-    if [ "$n" != "0" ] && [ -d "$OUT/$name" ] && [ ! -f "$OUT/$name/.ended" ]; then
-        stamp "$name: $n cell(s) left; tuner.sweep --resume"
-        "$PY" -m tuner.sweep --name "$name" --storage "$OUT" --resume
-        touch "$OUT/$name/.ended"
+    # The newest experiment of this stage (NAME, NAME-2, ...): resumed unless it has ended.
+    while [ -d "$OUT/$probe" ]; do last=$probe; j=$((j + 1)); probe="$name-$j"; done
+    if [ "$n" != "0" ] && [ -n "$last" ] && [ ! -f "$OUT/$last/.ended" ]; then
+        stamp "$last: $n cell(s) left; tuner.sweep --resume"
+        "$PY" -m tuner.sweep --name "$last" --storage "$OUT" --resume
+        touch "$OUT/$last/.ended"
         n=$(left "$@")
     fi
     if [ "$n" != "0" ]; then
