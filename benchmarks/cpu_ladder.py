@@ -72,9 +72,10 @@ def best_lr_exponents(rows, seed: int = 0) -> dict[tuple[str, float], int]:
     """(label, epochs) -> the LR exponent k (lr = base_lr·2^k) of the lowest final loss at
     `seed`, over the finished pre-training rows of the grid's recipe; cells the ledger
     lacks at that seed are left out."""
+    from search_spaces.preset import base_lr
     from tuner.records.cells import cell_label
 
-    base = GRID.lrs[0] / 2.0 ** min(GRID.lr_exponents)
+    base = base_lr(GRID.batch_size)
     best: dict[tuple[str, float], tuple[float, int]] = {}
     for row in rows:
         if (row.get("kind") != "pretrain" or row.get("status") != "finished" or row.get("seed") != seed

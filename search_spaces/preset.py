@@ -187,14 +187,13 @@ class Preset:
         """Every (variant, epochs, lr) cell, variants in preset order, then epochs, then LR
         (only those of `only_cells`, when it is given)."""
         keep = set(self.only_cells)
-        base = base_lr(self.batch_size)
         out = []
         for label in self.variants:
             variant, width, depth = split_label(label)
             for epochs in self.epochs:
-                for k in sorted(self.lr_exponents):
+                for k, lr in zip(sorted(self.lr_exponents), self.lrs):
                     if not keep or (label, epochs, k) in keep:
-                        out.append(Cell(label, variant, width, depth, epochs, base * 2.0**k))
+                        out.append(Cell(label, variant, width, depth, epochs, lr))
         return out
 
     def trainer_overrides(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from search_spaces import get_preset
+from search_spaces.preset import base_lr
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +26,7 @@ def _rows(ladder, loss_of):
     for label, epochs in ladder.ladder_cells():
         variant, width, depth = split_label(label)
         for k in ladder.WINDOW:
-            lr = ladder.GRID.lrs[0] / 2.0 ** min(ladder.GRID.lr_exponents) * 2.0**k
+            lr = base_lr(ladder.GRID.batch_size) * 2.0**k
             rows.append(dict(kind="pretrain", status="finished", seed=0, batch_size=ladder.GRID.batch_size,
                              variant=variant, width_mult=width, depth_mult=depth, epochs=epochs, lr=lr,
                              final_val_loss=loss_of(label, epochs, k)))
@@ -44,7 +45,7 @@ def test_seed_cells_keep_each_cells_best_lr_of_seed_0(tmp_path):
     preset = get_preset(f"{path}:SEEDS")
     cells = {(c.label, c.epochs): c.lr for c in preset.cells()}
     assert len(cells) == len(ladder.ladder_cells()) == 36
-    base = ladder.GRID.lrs[0] / 2.0 ** min(ladder.GRID.lr_exponents)
+    base = base_lr(ladder.GRID.batch_size)
     assert cells[("small", 0.125)] == pytest.approx(base * 4)
     assert cells[("nano-w0.5", 8.0)] == pytest.approx(base * 16)
     assert cells[("micro", 4.0)] == pytest.approx(base * 8)
