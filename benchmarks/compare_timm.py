@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/compare_timm.py                                   # F0, 64px, batch 16
     .venv/bin/python benchmarks/compare_timm.py --variant nano --resolution 32 --batch-size 256
     .venv/bin/python benchmarks/compare_timm.py --lowerings dense,native          # both of nfscale's lowerings
+    .venv/bin/python benchmarks/compare_timm.py --parts     # + forward/backward alone, one conv's rate, the 1.5x bound
 
 Each framework runs in a worker process of its own that builds its model once (and, for
 nfscale, compiles its step), then waits; the parent asks the workers in turn for a round of
@@ -76,17 +77,67 @@ def _jax_worker(args: argparse.Namespace) -> None:
             times.append(time.perf_counter() - t)
         return 2 * 2048**3 / statistics.median(times)
 
+    def conv_rate(pixels: int, channels: int) -> float:
+        """FLOP/s of one 3x3 dense conv, forward and both gradients: a group of the model's convs."""
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.standard_normal((args.batch_size, pixels, pixels, channels), np.float32))
+        w = jnp.asarray(rng.standard_normal((3, 3, channels, channels), np.float32))
+
+        def loss(x, w):
+            return jnp.sum(jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                        dimension_numbers=("NHWC", "HWIO", "NHWC")))
+
+        f = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        jax.block_until_ready(f(x, w))
+        times = []
+        for _ in range(7):
+            t = time.perf_counter()
+            jax.block_until_ready(f(x, w))
+            times.append(time.perf_counter() - t)
+        return 3 * 2 * args.batch_size * pixels * pixels * channels * channels * 9 / statistics.median(times)
+
+    def grad_program():
+        """Forward and backward alone (the step without AGC, weight decay and the update)."""
+        from nfnet.data import normalise_on_device
+        from nfnet.step import cross_entropy
+
+        spec = built["spec"]
+        x, y = built["batch"]
+
+        def loss(params):
+            logits = spec.model.apply({"params": params}, normalise_on_device(x), train=True,
+                                      rngs={"dropout": jax.random.PRNGKey(0)})
+            return cross_entropy(logits, y, spec.num_classes)
+
+        compiled = jax.jit(jax.value_and_grad(loss)).lower(built["state"]["params"]).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        return compiled, float(cost.get("flops", 0.0))
+
     def build() -> dict:
         built.update(train_throughput.build(args.variant, args.batch_size, args.resolution, "float32",
                                             conv_lowering=args.lowering))
         params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(built["state"]["params"]))
-        return {"params": params, "compile_s": built["compile_s"], "flops_per_step": built["flops_per_step"],
+        info = {"params": params, "compile_s": built["compile_s"], "flops_per_step": built["flops_per_step"],
                 "lowering": built["conv_lowering"], "jax": jax.__version__, "matmul_flop_per_s": matmul_rate()}
+        if args.parts:
+            built["grad"], info["grad_flops"] = grad_program()
+            group = built["spec"].variant.group_width
+            info["conv_flop_per_s"] = {str(px): conv_rate(px, group) for px in (16, 8, 4)}
+        return info
 
     def run(warmup: int, steps: int) -> dict:
         train_throughput.time_steps(built, warmup)
         times, _, loss = train_throughput.time_steps(built, steps)
-        return {"times": times, "loss": loss}
+        result = {"times": times, "loss": loss}
+        if args.parts:
+            grad_times = []
+            for _ in range(warmup + steps):
+                t = time.perf_counter()
+                jax.block_until_ready(built["grad"](built["state"]["params"]))
+                grad_times.append(time.perf_counter() - t)
+            result["grad_times"] = grad_times[warmup:]
+        return result
 
     _serve(build, run)
 
@@ -167,11 +218,12 @@ class Worker:
     def __init__(self, kind: str, args: argparse.Namespace, lowering: str = "auto") -> None:
         cmd = [sys.executable, __file__, "--worker", kind, "--variant", args.variant, "--resolution",
                str(args.resolution), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-               "--lowering", lowering]
+               "--lowering", lowering] + (["--parts"] if args.parts else [])
         self.name = "timm" if kind == "timm" else f"nfscale ({lowering})"
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.info = self._read()
         self.times: list[float] = []
+        self.grad_times: list[float] = []
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -184,6 +236,7 @@ class Worker:
         self.proc.stdin.flush()
         result = self._read()
         self.times += result["times"]
+        self.grad_times += result.get("grad_times", [])
         return result
 
     def close(self) -> None:
@@ -191,6 +244,24 @@ class Worker:
             self.proc.stdin.write("quit\n")
             self.proc.stdin.close()
             self.proc.wait(timeout=60)
+
+
+def print_parts(workers: list[Worker], timm_s: float, batch_size: int) -> None:
+    """Where nfscale's step goes, and the FLOP rate a step 1.5x faster than timm's would need."""
+    for w in workers[1:]:
+        info, step_s = w.info, statistics.median(w.times)
+        grad_s = statistics.median(w.grad_times)
+        need_s = timm_s / 1.5
+        need_rate = info["flops_per_step"] / need_s
+        matmul = info["matmul_flop_per_s"]
+        convs = ", ".join(f"{px}px {rate / 1e9:.0f}" for px, rate in info["conv_flop_per_s"].items())
+        print(f"{w.name}: forward+backward alone {grad_s * 1e3:,.0f} ms ({info['grad_flops'] / grad_s / 1e9:.1f} "
+              f"GFLOP/s), so AGC, weight decay and the update take {(step_s - grad_s) * 1e3:,.0f} ms of the "
+              f"{step_s * 1e3:,.0f} ms step")
+        print(f"  one group's 3x3 dense conv, forward and both gradients, batch {batch_size}: {convs} GFLOP/s")
+        print(f"  1.5x timm needs a step of {need_s * 1e3:,.0f} ms: {need_rate / 1e9:.1f} GFLOP/s over the whole "
+              f"step, {need_rate / matmul:.0%} of the matmul rate; forward+backward alone would have to run at "
+              f"{info['grad_flops'] / need_s / 1e9:.1f} GFLOP/s with the update free")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before each round")
     parser.add_argument("--lowerings", default="auto", help="nfscale conv lowerings to run, comma-separated")
+    parser.add_argument("--parts", action="store_true",
+                        help="also time nfscale's forward+backward alone and a 3x3 dense conv of one group "
+                             "(forward and both gradients) at 16, 8 and 4 px maps, and print what 1.5x timm "
+                             "would need")
     parser.add_argument("--worker", choices=("jax", "timm"), help=argparse.SUPPRESS)
     parser.add_argument("--lowering", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -267,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
                 line += (f"  {achieved / 1e9:6.1f} GFLOP/s = {achieved / w.info['matmul_flop_per_s']:.0%} of "
                          f"the matmul rate (compile {w.info['compile_s']:.0f} s)")
             print(line)
+        if args.parts:
+            print_parts(workers, base, args.batch_size)
     finally:
         for w in workers:
             w.close()

@@ -64,6 +64,7 @@ def build(variant: str, batch_size: int, resolution: int, dtype: str, num_classe
                             spec.batch_sharding),
              jax.device_put(rng.integers(0, num_classes, batch_size).astype(np.int32), spec.batch_sharding))
     return {"step": step, "state": state, "batch": batch, "flops_per_step": flops, "compile_s": compile_s,
+            "spec": spec,
             "devices": f"{len(devices)} x {devices[0].device_kind}",
             "conv_lowering": resolve_conv_lowering(conv_lowering, devices[0].platform)}
 
