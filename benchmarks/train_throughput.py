@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/train_throughput.py --variant nano --steps 20
     .venv/bin/python benchmarks/train_throughput.py --variant F0 --resolution 192 --batch-size 128 --dtype bfloat16
     .venv/bin/python benchmarks/train_throughput.py --variant F0 --resolution 64 --batch-size 16 --profile prof/
+    taskset -c 0 .venv/bin/python benchmarks/train_throughput.py --variant F0 --resolution 64 --batch-size 16 \
+        --profile prof/ --op-summary      # ms per step by op kind (conv, matmul, ...) and phase
     .venv/bin/python benchmarks/train_throughput.py --conv-lowering native    # XLA's grouped conv, as on GPU/TPU
 
 The step is the trainer's own (nfnet.step: forward, backward, AGC, weight decay,
@@ -95,8 +97,9 @@ def measure(variant: str, batch_size: int, resolution: int, steps: int, warmup: 
     built = build(variant, batch_size, resolution, dtype, num_classes, conv_lowering, 10 * (steps + warmup))
     time_steps(built, warmup)
     if profile_dir:
-        with jax.profiler.trace(profile_dir):
+        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
             times, cpu_times, loss = time_steps(built, steps)
+        built["hlo_text"] = built["step"].as_text()
     else:
         times, cpu_times, loss = time_steps(built, steps)
     step_s = statistics.median(times)
@@ -107,6 +110,7 @@ def measure(variant: str, batch_size: int, resolution: int, steps: int, warmup: 
         "conv_lowering": built["conv_lowering"], "devices": built["devices"], "compile_s": built["compile_s"],
         "step_s": step_s, "step_cpu_s": cpu_s, "images_per_s": batch_size / step_s, "flops_per_step": flops,
         "flop_per_s": flops / step_s, "loss": loss,
+        **({"hlo_text": built["hlo_text"]} if profile_dir else {}),
     }
 
 
@@ -122,11 +126,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: dense on CPU, XLA's native grouped conv elsewhere")
     parser.add_argument("--profile", metavar="DIR", help="trace the timed steps with jax.profiler into DIR "
                         "(TensorBoard's profile plugin shows it)")
+    parser.add_argument("--op-summary", action="store_true",
+                        help="with --profile: print the traced step's time by op kind (conv, matmul, transpose, "
+                             "reduction, elementwise) and phase (forward, backward, update); see op_summary.py")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak TFLOP/s (all local devices together) for the dtype: prints the "
                              "model FLOP utilisation, achieved / peak")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line")
     args = parser.parse_args(argv)
+    if args.op_summary and not args.profile:
+        print("error: --op-summary reads the trace of --profile DIR: give --profile too", file=sys.stderr)
+        return 2
     if args.peak_tflops is not None and not args.peak_tflops > 0:
         print(f"error: --peak-tflops must be positive, got {args.peak_tflops}", file=sys.stderr)
         return 2
@@ -138,7 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.peak_tflops is not None and r["flops_per_step"] is not None:
         r["mfu"] = r["flop_per_s"] / (args.peak_tflops * 1e12)
+    hlo_text = r.pop("hlo_text", None)
+    if args.op_summary:
+        import op_summary
+
+        r["op_summary"] = op_summary.summarise(op_summary.latest_trace(args.profile), hlo_text, args.steps)
     if args.json:
+        if "op_summary" in r:
+            r["op_summary"] = {f"{phase}/{kind}": ms for (phase, kind), ms in r["op_summary"]["ms_per_step"].items()}
         print(json.dumps(r))
         return 0
     print(f"{r['variant']} {r['resolution']}px batch {r['batch_size']} {r['dtype']} {r['conv_lowering']} convs "
@@ -148,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
           f"compile {r['compile_s']:.1f} s; CPU time {r['step_cpu_s']:,.2f} s/step "
           f"({r['flops_per_step'] / r['step_cpu_s'] / 1e9:,.1f} GFLOP per CPU-second)"
           + (f"; MFU {r['mfu']:.1%} of {args.peak_tflops:g} TFLOP/s" if "mfu" in r else ""))
+    if "op_summary" in r:
+        import op_summary
+
+        print(f"\nms per step by op kind and phase (summed over threads; {r['op_summary']['total_ms']:,.1f} ms "
+              f"of ops against a {r['step_s'] * 1e3:,.1f} ms step):")
+        print(op_summary.format_table(r["op_summary"]))
     return 0
 
 

@@ -1,0 +1,144 @@
+"""Where a traced training step's time goes: XLA ops grouped by kind and by phase.
+
+    .venv/bin/python benchmarks/train_throughput.py --variant F0 --resolution 64 --batch-size 16 \\
+        --profile prof/ --op-summary          # one table after the timed steps
+    taskset -c 0 .venv/bin/python benchmarks/train_throughput.py ... --profile prof/ --op-summary
+
+`jax.profiler.trace(..., create_perfetto_trace=True)` writes every XLA:CPU thunk it runs
+as an event named after its HLO instruction (`ynn_fusion.12`, `convolution.3`,
+`multiply_add_fusion.7`, ...). This reads that trace and the compiled step's HLO text:
+the instruction's `op_name` metadata says which part of the program it came from (JAX
+names the backward pass `transpose(jvp(...))`, the forward `jvp(...)`; the rest is
+AGC, weight decay, the update and the step's bookkeeping), and the ops inside a fusion say
+what kind it is (a conv, a matmul, a reduction, data movement only, or elementwise). The
+weight-gradient convs XLA builds in its own passes carry no metadata; they are counted in
+the backward, as the update has no convs or matmuls. Times are summed per kind and phase and divided by the steps traced.
+
+On more than one core XLA runs independent ops at once, so the sums exceed the step's
+wall time; pinned to one core (`taskset -c 0`) they add up to it. TensorBoard's profile
+plugin shows the same trace op by op; this is the summary it lacks for the CPU backend.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import re
+from pathlib import Path
+
+KINDS = ("conv", "matmul", "reduction", "data movement", "elementwise", "other")
+PHASES = ("forward", "backward", "update and rest")
+
+_HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*->.*\{\s*$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(?:\([^=]*?\)|\S+)\s+([\w\-]+)\(")
+_CALLS = re.compile(r"(?:calls|to_apply)=%?([\w.\-]+)")
+_OP_NAME = re.compile(r"op_name=\"([^\"]*)\"")
+# Opcodes that only move or reshape data.
+_MOVES = {"transpose", "copy", "bitcast", "reshape", "broadcast", "slice", "dynamic-slice", "concatenate", "pad",
+          "parameter", "constant", "tuple", "get-tuple-element", "reverse", "dynamic-update-slice", "iota"}
+
+
+def phase_of(op_name: str) -> str:
+    """forward / backward / update from JAX's op_name path (`jit(f)/transpose(jvp(...))/...`)."""
+    if "transpose(" in op_name:
+        return "backward"
+    if "jvp(" in op_name:
+        return "forward"
+    return "update and rest"
+
+
+def parse_hlo(hlo_text: str) -> tuple[dict[str, set[str]], dict[str, tuple[str, str | None, list[str]]]]:
+    """(computation -> its opcodes, instruction -> (opcode, called computation, op_names inside))."""
+    computations: dict[str, set[str]] = collections.defaultdict(set)
+    instructions: dict[str, tuple[str, str | None, list[str]]] = {}
+    current = None
+    for line in hlo_text.splitlines():
+        header = _HEADER.match(line)
+        if header:
+            current = header.group(1)
+            continue
+        m = _INSTRUCTION.match(line)
+        if not m or current is None:
+            continue
+        calls = _CALLS.search(line)
+        op_name = _OP_NAME.search(line)
+        computations[current].add(m.group(2))
+        instructions.setdefault(m.group(1), (m.group(2), calls.group(1) if calls else None,
+                                             [op_name.group(1)] if op_name else []))
+        if op_name:
+            computations[current + "#op_names"].add(op_name.group(1))
+    return computations, instructions
+
+
+def kind_of(opcodes: set[str]) -> str:
+    if "convolution" in opcodes:
+        return "conv"
+    if "dot" in opcodes or "custom-call" in opcodes:
+        return "matmul"
+    if opcodes & {"reduce", "reduce-window"}:
+        return "reduction"
+    if opcodes and opcodes <= _MOVES:
+        return "data movement"
+    if opcodes:
+        return "elementwise"
+    return "other"
+
+
+def classify(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """HLO instruction name -> (kind, phase); a fusion is classed by what it computes."""
+    computations, instructions = parse_hlo(hlo_text)
+    out: dict[str, tuple[str, str]] = {}
+    for name, (opcode, called, op_names) in instructions.items():
+        if opcode == "fusion" and called:
+            opcodes = set(computations.get(called, ()))
+            inner_names = computations.get(called + "#op_names", set())
+        else:
+            opcodes, inner_names = {opcode}, set()
+        kind = kind_of(opcodes)
+        all_names = list(op_names) + list(inner_names)
+        phases = {phase_of(n) for n in all_names}
+        phase = next((p for p in ("backward", "forward") if p in phases), "update and rest")
+        if not all_names and kind in ("conv", "matmul"):
+            # XLA builds the weight-gradient convs (and the YNNPACK fusions around them) in
+            # its own passes, without JAX's metadata; the update has neither convs nor dots.
+            phase = "backward"
+        out[name] = (kind, phase)
+    return out
+
+
+def latest_trace(profile_dir: str | Path) -> Path:
+    traces = sorted(Path(profile_dir).glob("plugins/profile/*/perfetto_trace.json.gz"))
+    if not traces:
+        raise FileNotFoundError(f"no perfetto_trace.json.gz under {profile_dir}/plugins/profile/")
+    return traces[-1]
+
+
+def summarise(trace_path: str | Path, hlo_text: str, steps: int, module: str | None = None) -> dict:
+    """{(phase, kind): ms per step} and the total, from one trace and the step's HLO."""
+    with gzip.open(trace_path, "rt") as f:
+        events = json.load(f)["traceEvents"]
+    classes = classify(hlo_text)
+    table: dict[tuple[str, str], float] = collections.defaultdict(float)
+    for e in events:
+        args = e.get("args") or {}
+        if e.get("ph") != "X" or "hlo_op" not in args:
+            continue
+        if module is not None and args.get("hlo_module") != module:
+            continue
+        kind, phase = classes.get(args["hlo_op"], ("other", "update and rest"))
+        table[(phase, kind)] += e.get("dur", 0.0) / 1e3 / steps
+    return {"ms_per_step": dict(table), "total_ms": sum(table.values())}
+
+
+def format_table(summary: dict) -> str:
+    table = summary["ms_per_step"]
+    kinds = KINDS
+    lines = ["| op kind | " + " | ".join(PHASES) + " | all |", "|---" * (len(PHASES) + 2) + "|"]
+    for kind in kinds:
+        row = [table.get((p, kind), 0.0) for p in PHASES]
+        if sum(row):
+            lines.append(f"| {kind} | " + " | ".join(f"{v:,.1f}" for v in row) + f" | {sum(row):,.1f} |")
+    totals = [sum(v for (p, _), v in table.items() if p == phase) for phase in PHASES]
+    lines.append("| all | " + " | ".join(f"{v:,.1f}" for v in totals) + f" | {sum(totals):,.1f} |")
+    return "\n".join(lines)

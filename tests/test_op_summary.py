@@ -1,0 +1,79 @@
+"""benchmarks/op_summary.py on a real trace: a conv layer's step, traced by jax.profiler."""
+
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_op_summary():
+    spec = importlib.util.spec_from_file_location("op_summary", os.path.join(REPO, "benchmarks", "op_summary.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def step(params, mom, x):
+    """A conv, a dense head, its gradient, and a momentum update (elementwise only)."""
+    def loss(p):
+        y = jax.lax.conv_general_dilated(x, p["w"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = jax.nn.gelu(y).reshape(x.shape[0], -1) @ p["head"]
+        return jnp.mean(y ** 2)
+
+    value, grads = jax.value_and_grad(loss)(params)
+    mom = jax.tree.map(lambda m, g: 0.9 * m + g, mom, grads)
+    params = jax.tree.map(lambda p, m: p - 0.01 * m, params, mom)
+    return params, mom, value
+
+
+def test_trace_is_split_by_phase_and_kind(tmp_path):
+    ops = load_op_summary()
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.standard_normal((3, 3, 8, 16), np.float32)),
+              "head": jnp.asarray(rng.standard_normal((16 * 16 * 16, 4), np.float32))}
+    mom = jax.tree.map(jnp.zeros_like, params)
+    x = jnp.asarray(rng.standard_normal((4, 16, 16, 8), np.float32))
+    compiled = jax.jit(step).lower(params, mom, x).compile()
+    jax.block_until_ready(compiled(params, mom, x))
+    with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
+        for _ in range(3):
+            params, mom, _ = jax.block_until_ready(compiled(params, mom, x))
+
+    summary = ops.summarise(ops.latest_trace(tmp_path), compiled.as_text(), steps=3)
+    table = summary["ms_per_step"]
+    assert table.get(("forward", "conv"), 0) > 0
+    assert table.get(("backward", "conv"), 0) + table.get(("backward", "matmul"), 0) > 0
+    # The update is elementwise: no conv or matmul may be put there.
+    assert table.get(("update and rest", "conv"), 0) == 0
+    assert table.get(("update and rest", "matmul"), 0) == 0
+    assert summary["total_ms"] == sum(table.values()) > 0
+    text = ops.format_table(summary)
+    assert text.splitlines()[0].startswith("| op kind | forward | backward | update and rest")
+
+
+def test_no_trace_is_a_clear_error(tmp_path):
+    ops = load_op_summary()
+    try:
+        ops.latest_trace(tmp_path)
+    except FileNotFoundError as e:
+        assert "perfetto_trace.json.gz" in str(e)
+    else:
+        raise AssertionError("latest_trace found a trace in an empty directory")
+
+
+def test_phase_and_kind_rules():
+    ops = load_op_summary()
+    assert ops.phase_of("jit(step)/transpose(jvp(conv_general_dilated))") == "backward"
+    assert ops.phase_of("jit(step)/jvp(gelu)/tanh") == "forward"
+    assert ops.phase_of("jit(step)/mul") == "update and rest"
+    assert ops.kind_of({"convolution", "add"}) == "conv"
+    assert ops.kind_of({"dot", "parameter"}) == "matmul"
+    assert ops.kind_of({"reduce", "multiply"}) == "reduction"
+    assert ops.kind_of({"transpose", "copy", "parameter"}) == "data movement"
+    assert ops.kind_of({"multiply", "add", "parameter"}) == "elementwise"
+    # "convert" is not a conv.
+    assert ops.kind_of({"convert", "parameter"}) == "elementwise"
