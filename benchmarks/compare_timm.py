@@ -66,38 +66,33 @@ def _jax_worker(args: argparse.Namespace) -> None:
 
     built: dict = {}
 
+    def median_seconds(f, *inputs, repeats: int = 7) -> float:
+        """Median wall time of `repeats` waited-on calls of f, after one untimed call."""
+        jax.block_until_ready(f(*inputs))
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            jax.block_until_ready(f(*inputs))
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
     def matmul_rate() -> float:
         a = jnp.asarray(np.random.default_rng(0).standard_normal((2048, 2048), np.float32))
-        f = jax.jit(lambda x: x @ x)
-        jax.block_until_ready(f(a))
-        times = []
-        for _ in range(7):
-            t = time.perf_counter()
-            jax.block_until_ready(f(a))
-            times.append(time.perf_counter() - t)
-        return 2 * 2048**3 / statistics.median(times)
+        return 2 * 2048**3 / median_seconds(jax.jit(lambda x: x @ x), a)
 
     def conv_rate(pixels: int, channels: int) -> float:
         """FLOP/s of one 3x3 dense conv, forward and both gradients: a group of the model's convs."""
+        from nfnet.layers import conv2d
+
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.standard_normal((args.batch_size, pixels, pixels, channels), np.float32))
         w = jnp.asarray(rng.standard_normal((3, 3, channels, channels), np.float32))
-
-        def loss(x, w):
-            return jnp.sum(jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                                        dimension_numbers=("NHWC", "HWIO", "NHWC")))
-
-        f = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        jax.block_until_ready(f(x, w))
-        times = []
-        for _ in range(7):
-            t = time.perf_counter()
-            jax.block_until_ready(f(x, w))
-            times.append(time.perf_counter() - t)
-        return 3 * 2 * args.batch_size * pixels * pixels * channels * channels * 9 / statistics.median(times)
+        f = jax.jit(jax.grad(lambda x, w: jnp.sum(conv2d(x, w)), argnums=(0, 1)))
+        return 3 * 2 * args.batch_size * pixels * pixels * channels * channels * 9 / median_seconds(f, x, w)
 
     def grad_program():
         """Forward and backward alone (the step without AGC, weight decay and the update)."""
+        from nfnet.counting import compiled_flops
         from nfnet.data import normalise_on_device
         from nfnet.step import cross_entropy
 
@@ -110,9 +105,7 @@ def _jax_worker(args: argparse.Namespace) -> None:
             return cross_entropy(logits, y, spec.num_classes)
 
         compiled = jax.jit(jax.value_and_grad(loss)).lower(built["state"]["params"]).compile()
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        return compiled, float(cost.get("flops", 0.0))
+        return compiled, compiled_flops(compiled)
 
     def build() -> dict:
         built.update(train_throughput.build(args.variant, args.batch_size, args.resolution, "float32",

@@ -34,6 +34,7 @@ _HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*->.*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(?:\([^=]*?\)|\S+)\s+([\w\-]+)\(")
 _CALLS = re.compile(r"(?:calls|to_apply)=%?([\w.\-]+)")
 _OP_NAME = re.compile(r"op_name=\"([^\"]*)\"")
+_MODULE = re.compile(r"^HloModule\s+([\w.\-]+)", re.M)
 # Opcodes that only move or reshape data.
 _MOVES = {"transpose", "copy", "bitcast", "reshape", "broadcast", "slice", "dynamic-slice", "concatenate", "pad",
           "parameter", "constant", "tuple", "get-tuple-element", "reverse", "dynamic-update-slice", "iota"}
@@ -48,27 +49,32 @@ def phase_of(op_name: str) -> str:
     return "update and rest"
 
 
-def parse_hlo(hlo_text: str) -> tuple[dict[str, set[str]], dict[str, tuple[str, str | None, list[str]]]]:
-    """(computation -> its opcodes, instruction -> (opcode, called computation, op_names inside))."""
-    computations: dict[str, set[str]] = collections.defaultdict(set)
-    instructions: dict[str, tuple[str, str | None, list[str]]] = {}
-    current = None
-    for line in hlo_text.splitlines():
-        header = _HEADER.match(line)
-        if header:
-            current = header.group(1)
-            continue
-        m = _INSTRUCTION.match(line)
-        if not m or current is None:
-            continue
-        calls = _CALLS.search(line)
-        op_name = _OP_NAME.search(line)
-        computations[current].add(m.group(2))
-        instructions.setdefault(m.group(1), (m.group(2), calls.group(1) if calls else None,
-                                             [op_name.group(1)] if op_name else []))
-        if op_name:
-            computations[current + "#op_names"].add(op_name.group(1))
-    return computations, instructions
+class Hlo:
+    """The parts of a compiled module's HLO text the summary needs."""
+
+    def __init__(self, hlo_text: str) -> None:
+        module = _MODULE.search(hlo_text)
+        self.module = module.group(1) if module else None
+        self.opcodes: dict[str, set[str]] = collections.defaultdict(set)  # computation -> its opcodes
+        self.op_names: dict[str, set[str]] = collections.defaultdict(set)  # computation -> its op_names
+        # instruction -> (opcode, the computation it calls, its own op_name)
+        self.instructions: dict[str, tuple[str, str | None, str | None]] = {}
+        current = None
+        for line in hlo_text.splitlines():
+            header = _HEADER.match(line)
+            if header:
+                current = header.group(1)
+                continue
+            m = _INSTRUCTION.match(line)
+            if not m or current is None:
+                continue
+            calls = _CALLS.search(line)
+            op_name = _OP_NAME.search(line)
+            self.opcodes[current].add(m.group(2))
+            if op_name:
+                self.op_names[current].add(op_name.group(1))
+            self.instructions.setdefault(m.group(1), (m.group(2), calls.group(1) if calls else None,
+                                                      op_name.group(1) if op_name else None))
 
 
 def kind_of(opcodes: set[str]) -> str:
@@ -85,21 +91,16 @@ def kind_of(opcodes: set[str]) -> str:
     return "other"
 
 
-def classify(hlo_text: str) -> dict[str, tuple[str, str]]:
+def classify(hlo: Hlo) -> dict[str, tuple[str, str]]:
     """HLO instruction name -> (kind, phase); a fusion is classed by what it computes."""
-    computations, instructions = parse_hlo(hlo_text)
     out: dict[str, tuple[str, str]] = {}
-    for name, (opcode, called, op_names) in instructions.items():
-        if opcode == "fusion" and called:
-            opcodes = set(computations.get(called, ()))
-            inner_names = computations.get(called + "#op_names", set())
-        else:
-            opcodes, inner_names = {opcode}, set()
-        kind = kind_of(opcodes)
-        all_names = list(op_names) + list(inner_names)
-        phases = {phase_of(n) for n in all_names}
+    for name, (opcode, called, op_name) in hlo.instructions.items():
+        fusion = opcode == "fusion" and called
+        kind = kind_of(hlo.opcodes[called] if fusion else {opcode})
+        names = ({op_name} if op_name else set()) | (hlo.op_names[called] if fusion else set())
+        phases = {phase_of(n) for n in names}
         phase = next((p for p in ("backward", "forward") if p in phases), "update and rest")
-        if not all_names and kind in ("conv", "matmul"):
+        if not names and kind in ("conv", "matmul"):
             # XLA builds the weight-gradient convs (and the YNNPACK fusions around them) in
             # its own passes, without JAX's metadata; the update has neither convs nor dots.
             phase = "backward"
@@ -114,17 +115,19 @@ def latest_trace(profile_dir: str | Path) -> Path:
     return traces[-1]
 
 
-def summarise(trace_path: str | Path, hlo_text: str, steps: int, module: str | None = None) -> dict:
-    """{(phase, kind): ms per step} and the total, from one trace and the step's HLO."""
+def summarise(trace_path: str | Path, hlo_text: str, steps: int) -> dict:
+    """{(phase, kind): ms per step} and the total, from one trace and the step's HLO (only
+    the events of that HLO module count)."""
     with gzip.open(trace_path, "rt") as f:
         events = json.load(f)["traceEvents"]
-    classes = classify(hlo_text)
+    hlo = Hlo(hlo_text)
+    classes = classify(hlo)
     table: dict[tuple[str, str], float] = collections.defaultdict(float)
     for e in events:
         args = e.get("args") or {}
         if e.get("ph") != "X" or "hlo_op" not in args:
             continue
-        if module is not None and args.get("hlo_module") != module:
+        if hlo.module is not None and args.get("hlo_module") != hlo.module:
             continue
         kind, phase = classes.get(args["hlo_op"], ("other", "update and rest"))
         table[(phase, kind)] += e.get("dur", 0.0) / 1e3 / steps
@@ -133,9 +136,8 @@ def summarise(trace_path: str | Path, hlo_text: str, steps: int, module: str | N
 
 def format_table(summary: dict) -> str:
     table = summary["ms_per_step"]
-    kinds = KINDS
     lines = ["| op kind | " + " | ".join(PHASES) + " | all |", "|---" * (len(PHASES) + 2) + "|"]
-    for kind in kinds:
+    for kind in KINDS:
         row = [table.get((p, kind), 0.0) for p in PHASES]
         if sum(row):
             lines.append(f"| {kind} | " + " | ".join(f"{v:,.1f}" for v in row) + f" | {sum(row):,.1f} |")

@@ -39,6 +39,8 @@ from nfnet.optim import OptimConfig
 from nfnet.step import DATA_AXIS, StepSpec, abstract_state_key, compile_train_step, init_state
 from nfnet.variants import get_variant
 
+import op_summary  # benchmarks/op_summary.py, beside this script
+
 
 def build(variant: str, batch_size: int, resolution: int, dtype: str, num_classes: int = 10,
           conv_lowering: str = "auto", total_steps: int = 1000) -> dict:
@@ -85,12 +87,14 @@ def time_steps(built: dict, steps: int) -> tuple[list[float], list[float], float
 
 
 def measure(variant: str, batch_size: int, resolution: int, steps: int, warmup: int, dtype: str,
-            num_classes: int = 10, conv_lowering: str = "auto", profile_dir: str | None = None) -> dict:
+            num_classes: int = 10, conv_lowering: str = "auto", profile_dir: str | None = None,
+            summarise_ops: bool = False) -> dict:
     """Compile the train step and time it; returns the figures as a dict.
 
     With `profile_dir`, the timed steps run under `jax.profiler.trace`: open the directory
     with TensorBoard's profile plugin (`pip install tensorboard-plugin-profile`) to see
-    every XLA op of the step.
+    every XLA op of the step; with `summarise_ops` too, the result's `op_summary` is the
+    traced time by op kind and phase (op_summary.summarise).
     """
     if steps < 1 or warmup < 0:
         raise NFNetError("need --steps >= 1 and --warmup >= 0")
@@ -99,19 +103,21 @@ def measure(variant: str, batch_size: int, resolution: int, steps: int, warmup: 
     if profile_dir:
         with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
             times, cpu_times, loss = time_steps(built, steps)
-        built["hlo_text"] = built["step"].as_text()
     else:
         times, cpu_times, loss = time_steps(built, steps)
     step_s = statistics.median(times)
     cpu_s = statistics.median(cpu_times)
     flops = built["flops_per_step"]
-    return {
+    result = {
         "variant": variant, "resolution": resolution, "batch_size": batch_size, "dtype": dtype,
         "conv_lowering": built["conv_lowering"], "devices": built["devices"], "compile_s": built["compile_s"],
         "step_s": step_s, "step_cpu_s": cpu_s, "images_per_s": batch_size / step_s, "flops_per_step": flops,
         "flop_per_s": flops / step_s, "loss": loss,
-        **({"hlo_text": built["hlo_text"]} if profile_dir else {}),
     }
+    if profile_dir and summarise_ops:
+        trace = op_summary.latest_trace(profile_dir)
+        result["op_summary"] = op_summary.summarise(trace, built["step"].as_text(), steps)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="DIR", help="trace the timed steps with jax.profiler into DIR "
                         "(TensorBoard's profile plugin shows it)")
     parser.add_argument("--op-summary", action="store_true",
-                        help="with --profile: print the traced step's time by op kind (conv, matmul, transpose, "
-                             "reduction, elementwise) and phase (forward, backward, update); see op_summary.py")
+                        help="with --profile: print the traced step's time by op kind (conv, matmul, reduction, "
+                             "data movement, elementwise) and phase (forward, backward, update); see op_summary.py")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak TFLOP/s (all local devices together) for the dtype: prints the "
                              "model FLOP utilisation, achieved / peak")
@@ -142,17 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         r = measure(args.variant, args.batch_size, args.resolution, args.steps, args.warmup, args.dtype,
-                    conv_lowering=args.conv_lowering, profile_dir=args.profile)
-    except NFNetError as e:
+                    conv_lowering=args.conv_lowering, profile_dir=args.profile, summarise_ops=args.op_summary)
+    except (NFNetError, FileNotFoundError) as e:  # FileNotFoundError: --op-summary found no trace
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.peak_tflops is not None and r["flops_per_step"] is not None:
         r["mfu"] = r["flop_per_s"] / (args.peak_tflops * 1e12)
-    hlo_text = r.pop("hlo_text", None)
-    if args.op_summary:
-        import op_summary
-
-        r["op_summary"] = op_summary.summarise(op_summary.latest_trace(args.profile), hlo_text, args.steps)
     if args.json:
         if "op_summary" in r:
             r["op_summary"] = {f"{phase}/{kind}": ms for (phase, kind), ms in r["op_summary"]["ms_per_step"].items()}
@@ -166,8 +167,6 @@ def main(argv: list[str] | None = None) -> int:
           f"({r['flops_per_step'] / r['step_cpu_s'] / 1e9:,.1f} GFLOP per CPU-second)"
           + (f"; MFU {r['mfu']:.1%} of {args.peak_tflops:g} TFLOP/s" if "mfu" in r else ""))
     if "op_summary" in r:
-        import op_summary
-
         print(f"\nms per step by op kind and phase (summed over threads; {r['op_summary']['total_ms']:,.1f} ms "
               f"of ops against a {r['step_s'] * 1e3:,.1f} ms step):")
         print(op_summary.format_table(r["op_summary"]))

@@ -1,21 +1,14 @@
 """benchmarks/cpu_ladder.py: the seed-repeat grid it writes from a study's ledger."""
 
-import importlib.util
-import os
-
 import pytest
+from bench_modules import load_benchmark
 
 from search_spaces import get_preset
 from search_spaces.preset import base_lr
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _ladder():
-    spec = importlib.util.spec_from_file_location("cpu_ladder", os.path.join(REPO, "benchmarks", "cpu_ladder.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("cpu_ladder")
 
 
 def _rows(ladder, loss_of):

@@ -1,20 +1,13 @@
 """benchmarks/op_summary.py on a real trace: a conv layer's step, traced by jax.profiler."""
 
-import importlib.util
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench_modules import load_benchmark
 
 
 def load_op_summary():
-    spec = importlib.util.spec_from_file_location("op_summary", os.path.join(REPO, "benchmarks", "op_summary.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("op_summary")
 
 
 def step(params, mom, x):

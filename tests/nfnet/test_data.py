@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import io
 import json
 import math
@@ -32,8 +31,6 @@ from nfnet.data import (
 from nfnet.data.idx import FASHION_MNIST_ENV, FASHION_MNIST_SYSTEM_DIR, parse_idx
 from nfnet.data.transforms import eval_boxes, normalise
 from nfnet.errors import NFNetError
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def indexed_dataset(n: int, size: int = 6, channels: int = 1) -> ArrayDataset:
@@ -389,9 +386,9 @@ def test_loader_rejects_small_dataset_and_closes_its_threads():
 
 
 def test_throughput_benchmark_runs(capsys):
-    spec = importlib.util.spec_from_file_location("data_throughput", REPO / "benchmarks" / "data_throughput.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from bench_modules import load_benchmark
+
+    bench = load_benchmark("data_throughput")
     assert bench.main(["--dataset", "digits", "--batch-size", "64", "--steps", "2", "--resolution", "16"]) == 0
     assert "images/s" in capsys.readouterr().out
     assert bench.main(["--dataset", "nope"]) == 2
