@@ -47,11 +47,11 @@ def im2col(x, g):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=256, help="images in the batch")
     parser.add_argument("--pixels", type=int, default=16, help="the output map's height and width")
-    parser.add_argument("--cin", type=int, default=32)
-    parser.add_argument("--cout", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cin", type=int, default=32, help="input channels")
+    parser.add_argument("--cout", type=int, default=64, help="output channels")
+    parser.add_argument("--rounds", type=int, default=5, help="timed calls of each (the median is reported)")
     args = parser.parse_args(argv)
     if min(args.batch, args.pixels, args.cin, args.cout, args.rounds) < 1:
         print("error: --batch, --pixels, --cin, --cout and --rounds must be >= 1", file=sys.stderr)
