@@ -2,12 +2,14 @@
 
     .venv/bin/python benchmarks/conv_weight_grad.py                      # nano's 32->64 stem conv, batch 256
     .venv/bin/python benchmarks/conv_weight_grad.py --batch 16 --pixels 16 --cin 128 --cout 128
+    .venv/bin/python benchmarks/conv_weight_grad.py --batch 16 --pixels 32 --cin 64 --cout 128 --stride 2
 
-dW[i, j] = sum over (b, h, w) of x_pad[b, h+i, w+j, :]^T dy[b, h, w, :] (stride 1, SAME).
+dW[i, j] = sum over (b, h, w) of x_pad[b, s*h+i, s*w+j, :]^T dy[b, h, w, :] (stride s, SAME).
 XLA lowers it as a convolution with the batch as the contraction; here it is also written
-as nine dots (dy^T as a [cout, B*H*W] matrix times each shifted input slice) and as one
-matmul over an im2col patch matrix. Each is checked against XLA's to 1e-5 (relative) and
-timed alternately (median of --rounds). The figures go in docs/benchmarks.md.
+as nine dots (dy^T as a [cout, B*H*W] matrix times each shifted, strided input slice, the
+way `nfnet.layers` computes it on large maps) and as one matmul over an im2col patch
+matrix. Each is checked against XLA's to 1e-5 (relative) and timed alternately (median of
+--rounds). The figures go in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -21,36 +23,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DN = ("NHWC", "HWIO", "NHWC")
+from nfnet.layers import _dense_conv, _same_taps
 
 
-def xla_grad(x, g):
+def xla_grad(x, g, stride):
     w0 = jnp.zeros((3, 3, x.shape[-1], g.shape[-1]), x.dtype)
-    _, vjp = jax.vjp(lambda w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN), w0)
+    _, vjp = jax.vjp(lambda w: _dense_conv(x, w, stride), w0)
     return vjp(g)[0]
 
 
-def per_tap(x, g):
-    b, h, w, cin = x.shape
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+def per_tap(x, g, stride):
+    cin = x.shape[-1]
     g_t = g.reshape(-1, g.shape[-1]).T
-    taps = [g_t @ xp[:, i:i + h, j:j + w, :].reshape(-1, cin) for i in range(3) for j in range(3)]
+    taps = [g_t @ t.reshape(-1, cin) for t in _same_taps(x, 3, stride)]
     return jnp.stack(taps).reshape(3, 3, g.shape[-1], cin).transpose(0, 1, 3, 2)
 
 
-def im2col(x, g):
-    b, h, w, cin = x.shape
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    cols = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
+def im2col(x, g, stride):
+    cin = x.shape[-1]
+    cols = jnp.concatenate(_same_taps(x, 3, stride), axis=-1)
     return (cols.reshape(-1, 9 * cin).T @ g.reshape(-1, g.shape[-1])).reshape(3, 3, cin, g.shape[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=256, help="images in the batch")
-    parser.add_argument("--pixels", type=int, default=16, help="the output map's height and width")
+    parser.add_argument("--pixels", type=int, default=16, help="the input map's height and width")
     parser.add_argument("--cin", type=int, default=32, help="input channels")
     parser.add_argument("--cout", type=int, default=64, help="output channels")
+    parser.add_argument("--stride", type=int, default=1, choices=(1, 2), help="the conv's stride")
     parser.add_argument("--rounds", type=int, default=5, help="timed calls of each (the median is reported)")
     args = parser.parse_args(argv)
     if min(args.batch, args.pixels, args.cin, args.cout, args.rounds) < 1:
@@ -58,11 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((args.batch, args.pixels, args.pixels, args.cin), np.float32))
-    g = jnp.asarray(rng.standard_normal((args.batch, args.pixels, args.pixels, args.cout), np.float32))
-    fns = {"XLA": jax.jit(xla_grad), "per-tap dots": jax.jit(per_tap), "im2col": jax.jit(im2col)}
-    ref = fns["XLA"](x, g)
+    out = -(-args.pixels // args.stride)
+    g = jnp.asarray(rng.standard_normal((args.batch, out, out, args.cout), np.float32))
+    fns = {name: jax.jit(f, static_argnums=2)
+           for name, f in (("XLA", xla_grad), ("per-tap dots", per_tap), ("im2col", im2col))}
+    ref = fns["XLA"](x, g, args.stride)
     for name, f in fns.items():
-        err = float(jnp.max(jnp.abs(f(x, g) - ref)) / jnp.max(jnp.abs(ref)))
+        err = float(jnp.max(jnp.abs(f(x, g, args.stride) - ref)) / jnp.max(jnp.abs(ref)))
         if err > 1e-5:
             print(f"error: {name} differs from XLA's gradient by {err:.2e} (relative)", file=sys.stderr)
             return 1
@@ -70,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         for name, f in fns.items():
             t = time.perf_counter()
-            jax.block_until_ready(f(x, g))
+            jax.block_until_ready(f(x, g, args.stride))
             times[name].append(time.perf_counter() - t)
-    flops = 2 * args.batch * args.pixels**2 * args.cin * args.cout * 9
-    print(f"3x3 conv weight gradient, batch {args.batch}, {args.pixels}x{args.pixels}, {args.cin}->{args.cout} "
+    flops = 2 * args.batch * out**2 * args.cin * args.cout * 9
+    print(f"3x3 conv weight gradient, batch {args.batch}, {args.pixels}x{args.pixels} stride {args.stride}, "
+          f"{args.cin}->{args.cout} "
           f"({flops / 1e9:.2f} GFLOP), jax {jax.__version__}, {len(jax.devices())} x {jax.devices()[0].platform}")
     for name, ts in times.items():
         s = statistics.median(ts)

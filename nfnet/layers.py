@@ -39,6 +39,12 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"gelu": scaled_gelu,
 #   auto:   dense on CPU, native elsewhere (`resolve_conv_lowering`).
 CONV_LOWERINGS = ("auto", "native", "dense")
 IM2COL_MAX_PIXELS = 4
+# In the dense lowering, a 3x3 conv whose input map has at least this many pixels takes
+# its weight gradient as one dot per tap (`_conv_per_tap_wgrad`), not XLA's own; a strided
+# one only at a batch of at least PER_TAP_WGRAD_STRIDED_MIN_BATCH (measured: nano's step at
+# batch 128 and 256 gains from it, F0's at batch 16 loses ~8%; docs/benchmarks.md).
+PER_TAP_WGRAD_MIN_PIXELS = 256
+PER_TAP_WGRAD_STRIDED_MIN_BATCH = 64
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -74,6 +80,39 @@ def _conv_im2col(x: jax.Array, w: jax.Array, stride: int, groups: int) -> jax.Ar
     return y.transpose(1, 0, 2).reshape(n, oh, ow, co)
 
 
+def _dense_conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME", dimension_numbers=_DIMS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_per_tap_wgrad(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """A dense SAME conv whose weight gradient is one [Co, M] x [M, Ci] dot per kernel tap.
+
+    XLA:CPU computes a conv's weight gradient as a convolution over the batch, which on
+    large maps runs 1.6-3x slower than these dots and needs a transposed copy of the
+    activations (docs/benchmarks.md, `benchmarks/conv_weight_grad.py`). The forward pass
+    and the input gradient are XLA's own.
+    """
+    return _dense_conv(x, w, stride)
+
+
+def _per_tap_fwd(x, w, stride):
+    return _dense_conv(x, w, stride), (x, w)
+
+
+def _per_tap_bwd(stride, res, g):
+    x, w = res
+    kh, kw, cin, co = w.shape
+    _, dx_fn = jax.vjp(lambda a: _dense_conv(a, w, stride), x)
+    g2 = g.reshape(-1, co).T  # [Co, M]
+    taps = [g2 @ t.reshape(-1, cin) for t in _same_taps(x, kh, stride)]  # each [Co, Ci]
+    dw = jnp.stack(taps).reshape(kh, kw, co, cin).transpose(0, 1, 3, 2)
+    return dx_fn(g)[0], dw.astype(w.dtype)
+
+
+_conv_per_tap_wgrad.defvjp(_per_tap_fwd, _per_tap_bwd)
+
+
 def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, groups: int = 1, lowering: str = "native") -> jax.Array:
     """SAME-padded NHWC x HWIO convolution with `groups` feature groups, lowered as `lowering` says."""
     if lowering == "native":
@@ -87,8 +126,11 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, groups: int = 1, lowerin
         return (x.reshape(-1, c) @ w.reshape(c, co)).reshape(n, h, wd, co)
     if -(-h // stride) * -(-wd // stride) <= IM2COL_MAX_PIXELS:
         return _conv_im2col(x, w, stride, groups)
-    dense = functools.partial(jax.lax.conv_general_dilated, window_strides=(stride, stride), padding="SAME",
-                              dimension_numbers=_DIMS)
+    dense = functools.partial(_dense_conv, stride=stride)
+    big_map = h * wd >= PER_TAP_WGRAD_MIN_PIXELS
+    if kh == kw == 3 and big_map and (stride == 1 or n >= PER_TAP_WGRAD_STRIDED_MIN_BATCH):
+        # Large maps: XLA:CPU's own weight gradient is the slow part of the backward here.
+        dense = functools.partial(_conv_per_tap_wgrad, stride=stride)
     if groups == 1:
         return dense(x, w)
     xs, ws = jnp.split(x, groups, axis=-1), jnp.split(w, groups, axis=-1)

@@ -7,7 +7,8 @@ import pytest
 
 from nfnet.config import TrainConfig, validate
 from nfnet.errors import NFNetError
-from nfnet.layers import CONV_LOWERINGS, IM2COL_MAX_PIXELS, WSConv2D, conv2d, resolve_conv_lowering
+from nfnet.layers import (CONV_LOWERINGS, IM2COL_MAX_PIXELS, PER_TAP_WGRAD_MIN_PIXELS,
+                          PER_TAP_WGRAD_STRIDED_MIN_BATCH, WSConv2D, conv2d, resolve_conv_lowering)
 from nfnet.model import NFNet
 from nfnet.variants import get_variant
 
@@ -120,3 +121,27 @@ def test_weight_standardisation_is_per_output_channel_with_its_floor():
     # A constant kernel has zero variance: the floor keeps it finite (zero after centring).
     flat = dict(params, kernel=jnp.ones_like(kernel))
     np.testing.assert_allclose(conv.apply({"params": flat}, x), jnp.broadcast_to(params["bias"], (1, 5, 5, 4)))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("side_extra", [0, 1])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_per_tap_weight_gradient_matches_native(stride, side_extra, groups):
+    # 16x16 = PER_TAP_WGRAD_MIN_PIXELS takes the per-tap weight gradient (strided: at a batch of
+    # PER_TAP_WGRAD_STRIDED_MIN_BATCH); odd sides pad unevenly.
+    side = int(np.sqrt(PER_TAP_WGRAD_MIN_PIXELS)) + side_extra
+    batch = 2 if stride == 1 else PER_TAP_WGRAD_STRIDED_MIN_BATCH
+    rng = np.random.default_rng(stride * 7 + side_extra + groups)
+    x = jnp.asarray(rng.standard_normal((batch, side, side, 4 * groups), np.float32))
+    w = jnp.asarray(rng.standard_normal((3, 3, 4, 6 * groups), np.float32) * 0.2)
+    def forward_jaxpr(a):
+        return str(jax.make_jaxpr(lambda a, b: conv2d(a, b, stride, groups, "dense"))(a, w))
+    assert "custom_vjp" in forward_jaxpr(x)
+    assert "custom_vjp" not in forward_jaxpr(x[:, 2:, 2:, :])  # below the threshold: XLA's own
+    if stride > 1:
+        assert "custom_vjp" not in forward_jaxpr(x[1:])
+    (_, y_d), (dx_d, dw_d) = _loss("dense", stride, groups)(x, w)
+    (_, y_n), (dx_n, dw_n) = _loss("native", stride, groups)(x, w)
+    np.testing.assert_allclose(y_d, y_n, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx_d, dx_n, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw_d, dw_n, rtol=1e-4, atol=1e-4)
