@@ -91,21 +91,27 @@ def _jax_worker(args: argparse.Namespace) -> None:
         return 3 * 2 * args.batch_size * pixels * pixels * channels * channels * 9 / median_seconds(f, x, w)
 
     def grad_program():
-        """Forward and backward alone (the step without AGC, weight decay and the update)."""
-        from nfnet.counting import compiled_flops
+        """Forward and backward alone (the step without AGC, weight decay and the update), with
+        its FLOPs counted as the trainer counts its step's (on the native lowering)."""
+        import dataclasses
+
+        from nfnet.counting import jaxpr_flops
         from nfnet.data import normalise_on_device
         from nfnet.step import cross_entropy
 
-        spec = built["spec"]
         x, y = built["batch"]
 
-        def loss(params):
-            logits = spec.model.apply({"params": params}, normalise_on_device(x), train=True,
-                                      rngs={"dropout": jax.random.PRNGKey(0)})
-            return cross_entropy(logits, y, spec.num_classes)
+        def loss_of(spec):
+            def loss(params):
+                logits = spec.model.apply({"params": params}, normalise_on_device(x), train=True,
+                                          rngs={"dropout": jax.random.PRNGKey(0)})
+                return cross_entropy(logits, y, spec.num_classes)
+            return jax.value_and_grad(loss)
 
-        compiled = jax.jit(jax.value_and_grad(loss)).lower(built["state"]["params"]).compile()
-        return compiled, compiled_flops(compiled)
+        params = built["state"]["params"]
+        compiled = jax.jit(loss_of(built["spec"])).lower(params).compile()
+        native = dataclasses.replace(built["spec"], conv_lowering="native")
+        return compiled, jaxpr_flops(jax.make_jaxpr(loss_of(native))(params))
 
     def build() -> dict:
         built.update(train_throughput.build(args.variant, args.batch_size, args.resolution, "float32",

@@ -6,6 +6,7 @@
 #   2. F0 at 224px batch 32 in bfloat16: beside the NFNet paper's 56.7 ms training step
 #      of F0 on one V100 (batch 32, fp16, its Table 3);
 #   3. the same as 1 in float32 at the largest batch that fitted, halved;
+#   each with the trainer's FLOPs count beside XLA's own cost analysis of the same step;
 #   4. the main job, `python -m tuner.lr_search --accelerator gpu`, when Ray and Optuna
 #      import (carry their wheels where the machine lacks them).
 #
@@ -83,11 +84,12 @@ else
 fi
 "$PY" - "$OUT/figures.jsonl" <<'PYEOF'
 import json, sys
-print("| run | images/s | step (ms) | achieved TFLOP/s | MFU | compile (s) |")
-print("|---|---|---|---|---|---|")
+print("| run | images/s | step (ms) | achieved TFLOP/s | MFU | compile (s) | GFLOP/step: counted, XLA's |")
+print("|---|---|---|---|---|---|---|")
 for line in open(sys.argv[1]):
     r = json.loads(line)
     print(f"| {r['variant']} {r['resolution']}px {r['dtype']} batch {r['batch_size']} | {r['images_per_s']:,.0f} | "
           f"{r['step_s'] * 1e3:,.1f} | {r['flop_per_s'] / 1e12:,.1f} | {r.get('mfu', float('nan')):.1%} | "
-          f"{r['compile_s']:.0f} |")
+          f"{r['compile_s']:.0f} | {r['flops_per_step'] / 1e9:,.1f}, "
+          + ("none" if r.get("xla_flops_per_step") is None else f"{r['xla_flops_per_step'] / 1e9:,.1f}") + " |")
 PYEOF

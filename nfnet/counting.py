@@ -3,18 +3,23 @@
 - Parameters: `jax.eval_shape` of `init`, so F7+ is counted in seconds with no
   weights in memory and no device touched.
 - MACs: the forward pass is traced to a jaxpr (abstract shapes only) and every
-  convolution and matrix product in it is counted; "FLOPs" in [P2]'s tables are
-  these multiply-adds.
-- Training FLOPs: XLA's own cost analysis of the compiled training step
-  (`jit(...).lower(...).compile().cost_analysis()`), which the tuner multiplies
-  by the number of steps to account compute. A backend whose cost analysis gives
-  no figure (or 0) gives None, never 0: a FLOPs budget counted from zeros would
-  never run out.
+  convolution and matrix product in it is counted, every kernel tap included (taps
+  on padding too); "FLOPs" in [P2]'s tables are these multiply-adds.
+- Training FLOPs (`jaxpr_flops`): 2 x the multiply-adds of every convolution and
+  matrix product of the traced training step, each counted as XLA's cost analysis
+  counts it (a kernel tap that lands on padding or between the taps of a dilated
+  input is not a multiply-add), with work whose result is unused left out, as XLA
+  leaves it out. Elementwise work is not counted. The figure is the same on every
+  backend: XLA:GPU's own cost analysis counts a convolution it hands to cuDNN as
+  nothing (F0's step at 224px: 0.56 GFLOP an image instead of 56.7), and on a CPU
+  the count would move with how convs are lowered. The tuner multiplies it by the
+  number of steps to account compute. A program it cannot count (a `while` loop,
+  whose trip count is not known when traced) gives None, never 0: a FLOPs budget
+  counted from zeros would never run out.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import jax
@@ -138,18 +143,67 @@ def stage_table(variant: Variant | str, resolution: int, num_classes: int = 1000
     return rows
 
 
-def compiled_flops(compiled) -> float | None:
-    """FLOPs of one call of a compiled XLA computation, from XLA's cost analysis;
-    None when the backend reports no positive finite figure (no cost analysis, no
-    `flops` entry, or 0), so that callers cannot mistake "unknown" for "free"."""
+def _conv_fmas(eqn) -> int:
+    """Multiply-adds of one `conv_general_dilated`, as XLA's HloCostAnalysis counts them:
+    input features per group x output features x batch per batch group x, for each
+    spatial dimension, the (output position, kernel tap) pairs whose input index falls
+    on a real input element (not on padding, not between the elements of a dilated input)."""
+    p = eqn.params
+    lhs, rhs = (v.aval for v in eqn.invars)
+    out = eqn.outvars[0].aval
+    lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
+    pairs = 1
+    for d in range(len(lhs_spec) - 2):
+        size, taps, positions = lhs.shape[lhs_spec[2 + d]], rhs.shape[rhs_spec[2 + d]], out.shape[out_spec[2 + d]]
+        index = (np.arange(positions)[:, None] * p["window_strides"][d] - p["padding"][d][0]
+                 + np.arange(taps)[None, :] * p["rhs_dilation"][d])  # in the dilated, padded input
+        dilation = p["lhs_dilation"][d]
+        pairs *= int(((index >= 0) & (index % dilation == 0) & (index // dilation < size)).sum())
+    return (lhs.shape[lhs_spec[1]] // p["feature_group_count"] * rhs.shape[rhs_spec[0]]
+            * (lhs.shape[lhs_spec[0]] // p["batch_group_count"]) * pairs)
+
+
+def _live_eqns(jaxpr) -> list:
+    """The equations an output depends on (or that have effects): what XLA keeps."""
+    live = {v for v in jaxpr.outvars if not isinstance(v, jex_core.Literal)}
+    kept = []
+    for eqn in reversed(jaxpr.eqns):
+        if eqn.effects or any(v in live for v in eqn.outvars):
+            kept.append(eqn)
+            live.update(v for v in eqn.invars if not isinstance(v, jex_core.Literal))
+    return kept[::-1]
+
+
+class _Uncountable(Exception):
+    pass
+
+
+def _program_fmas(jaxpr) -> int:
+    total = 0
+    for eqn in _live_eqns(jaxpr):
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            total += _conv_fmas(eqn)
+        elif name == "dot_general":
+            total += _eqn_macs(eqn)
+        elif name == "while":
+            raise _Uncountable(name)
+        subs = [_program_fmas(sub) for sub in jex_core.jaxprs_in_params(eqn.params)]
+        if name == "cond":  # one branch runs; XLA counts the dearest
+            total += max(subs, default=0)
+        elif name == "scan":
+            total += eqn.params["length"] * sum(subs)
+        else:
+            total += sum(subs)
+    return total
+
+
+def jaxpr_flops(closed_jaxpr) -> float | None:
+    """FLOPs of one run of a traced program (a ClosedJaxpr): 2 x the multiply-adds of its
+    convolutions and matrix products (the module docstring says how they are counted);
+    None when it cannot be counted (a `while` loop), so that callers cannot mistake
+    "unknown" for "free"."""
     try:
-        analysis = compiled.cost_analysis()
-    except NotImplementedError:  # some PJRT plugins do not implement it
+        return 2.0 * _program_fmas(closed_jaxpr.jaxpr)
+    except _Uncountable:
         return None
-    if isinstance(analysis, (list, tuple)):  # older jax returned one dict per device
-        analysis = analysis[0] if analysis else {}
-    flops = (analysis or {}).get("flops")
-    if flops is None:
-        return None
-    flops = float(flops)
-    return flops if math.isfinite(flops) and flops > 0 else None

@@ -16,6 +16,7 @@ The persistent compilation cache is JAX's own: set JAX_COMPILATION_CACHE_DIR.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from nfnet.agc import agc_clip_fraction
 from nfnet.config import DTYPES
-from nfnet.counting import compiled_flops
+from nfnet.counting import jaxpr_flops
 from nfnet.data import normalise_on_device
 from nfnet.layers import resolve_conv_lowering
 from nfnet.model import NFNet
@@ -158,10 +159,19 @@ def _init_fn(spec: StepSpec) -> Callable[[jax.Array, jax.Array], dict]:
     return jax.jit(init, out_shardings=spec.replicated)
 
 
+def step_flops(spec: StepSpec, state_abstract: Any, batch: Any) -> float | None:
+    """Training FLOPs of one step over all devices (`nfnet.counting.jaxpr_flops`), counted on
+    the step with native convolutions: the same figure for a spec on every backend and
+    lowering (the dense lowering's per-tap weight gradients would add taps on padding).
+    None when the step cannot be counted."""
+    native = dataclasses.replace(spec, conv_lowering="native")
+    return jaxpr_flops(jax.make_jaxpr(make_train_step(native))(state_abstract, batch))
+
+
 @functools.lru_cache(maxsize=4)
 def compile_train_step(spec: StepSpec, state_shapes: Any) -> tuple[Any, float | None]:
     """(compiled step, training FLOPs of one step over all devices) for this spec; the
-    FLOPs are None when the backend's cost analysis gives no figure."""
+    FLOPs (`step_flops`) are None when the step cannot be counted."""
     state_abstract = jax.tree.unflatten(state_shapes[0], state_shapes[1])
     batch = (
         jax.ShapeDtypeStruct((spec.batch_size, spec.resolution, spec.resolution, 3), jnp.uint8,
@@ -170,10 +180,13 @@ def compile_train_step(spec: StepSpec, state_shapes: Any) -> tuple[Any, float | 
     )
     step = jax.jit(make_train_step(spec), in_shardings=(spec.replicated, spec.batch_sharding),
                    out_shardings=(spec.replicated, spec.replicated), donate_argnums=0)
-    compiled = step.lower(state_abstract, batch).compile()
-    # XLA's cost analysis is of the per-device SPMD program.
-    flops = compiled_flops(compiled)
-    return compiled, None if flops is None else flops * spec.mesh.size
+    traced = step.trace(state_abstract, batch)
+    platform = spec.mesh.devices.flat[0].platform
+    if resolve_conv_lowering(spec.conv_lowering, platform) == "native":
+        flops = jaxpr_flops(traced.jaxpr)  # the program being compiled is the one to count
+    else:
+        flops = step_flops(spec, state_abstract, batch)
+    return traced.lower().compile(), flops
 
 
 def abstract_state_key(state: dict) -> Any:

@@ -348,8 +348,8 @@ def test_four_fake_devices_match_one_device(tmp_path):
     assert four["val_loss"] == pytest.approx(one["val_loss"], rel=1e-4)
     assert four["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
     np.testing.assert_allclose(four["kernel"], one["kernel"], rtol=1e-3, atol=1e-5)
-    # Cost analysis counts the per-device program; the trainer reports it for all devices.
-    assert four["flops"] == pytest.approx(one["flops"], rel=0.1)
+    # The count is of the global program: the same for one device as for four.
+    assert four["flops"] == one["flops"] > 0
 
 
 @pytest.mark.slow
@@ -387,13 +387,14 @@ def test_command_line_trains_and_resumes_from_the_workdir(tmp_path):
     assert proc.returncode == 2 and "epochs=1.0 in the checkpoint" in proc.stderr
 
 
-def test_a_backend_without_flops_reports_none_not_zero(tmp_path, monkeypatch):
-    """XLA's cost analysis patched to return nothing: a legitimate stand-in for a backend
-    without cost analysis. Metrics and the checkpoint then say the FLOPs are unknown (None),
-    which a FLOPs budget refuses, instead of 0, which would never spend it."""
+def test_a_step_without_a_flops_count_reports_none_not_zero(tmp_path, monkeypatch):
+    """The count patched to give none: a stand-in for a step it cannot count (a `while` loop,
+    tests/nfnet/test_counting.py). Metrics and the checkpoint then say the FLOPs are unknown
+    (None), which a FLOPs budget refuses, instead of 0, which would never spend it."""
+    import nfnet.step
     from nfnet.step import compile_train_step
 
-    monkeypatch.setattr(jax.stages.Compiled, "cost_analysis", lambda self: {})
+    monkeypatch.setattr(nfnet.step, "jaxpr_flops", lambda closed_jaxpr: None)
     compile_train_step.cache_clear()  # a step compiled by an earlier test has a figure
     try:
         reports = []

@@ -288,7 +288,7 @@ def test_budget_counts_latest_cumulative_usage_in_its_unit():
 
 
 def test_a_flops_budget_with_no_flops_figure_is_spent_and_says_which_flag_to_use():
-    """A trial whose backend's XLA gave no FLOPs figure reports flops=None: counted as 0 it
+    """A trial whose step could not be counted reports flops=None: counted as 0 it
     would make a budget that never runs out; instead the budget stops starting trials."""
     budget = ComputeBudget(flops=1e15)
     budget.record("a", {"flops": 1e12, "device_seconds": 10})

@@ -113,7 +113,7 @@ def select_candidates(
         if eligible and not measured:
             raise TunerError(
                 f"none of the {len(eligible)} finished pre-training rows with a checkpoint has a FLOPs figure "
-                "(XLA's cost analysis on their backend gave none), so --budget-flops cannot select them; "
+                "(their training steps could not be counted), so --budget-flops cannot select them; "
                 "give the budget in device-hours with --budget-device-hours instead")
         eligible = [r for r in measured if r["flops"] <= budget_flops]
     if budget_device_hours is not None:

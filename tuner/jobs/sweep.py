@@ -727,7 +727,7 @@ def _finish(plan_json: dict[str, Any], path: str, results: Any, options: SweepOp
     if rows:
         log(results_table(rows))
     used = flops if budget is None or budget[0] == "flops" else device_hours
-    shown = "unknown (no FLOPs figure from XLA)" if flops is None else f"{flops:.4g}"
+    shown = "unknown (a trial's step could not be counted)" if flops is None else f"{flops:.4g}"
     log(f"{trials} trials, {shown} FLOPs, {device_hours:.4g} device-hours"
         + ("" if budget is None or used is None else f" (budget {used:.4g} of {budget[1]:.4g} {budget[0]})"))
     errors = [r for r in results if r.error is not None]

@@ -43,7 +43,7 @@ class BudgetSummary:
 def unmeasured_budget_message(flops: bool, trial_id: str) -> str:
     """Why a budget in FLOPs (`flops`) or device-hours cannot be counted, and what to pass instead."""
     if flops:
-        return (f"trial {trial_id} reported no FLOPs figure (XLA's cost analysis on its backend gives none), "
+        return (f"trial {trial_id} reported no FLOPs figure (its training step could not be counted), "
                 "so --budget-flops cannot be counted and no further trial was started; give the budget in "
                 "device-hours with --budget-device-hours instead")
     return (f"trial {trial_id} reported no device_seconds, so --budget-device-hours cannot be counted and no "

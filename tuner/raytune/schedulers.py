@@ -27,8 +27,8 @@ never-started trials are stopped rather than merely not chosen. `BudgetStopper`
 is the hard cap: it ends the whole experiment, running trials included, as soon
 as the budget is spent.
 
-A trial that reports no figure in the budget's unit (`flops` is None where XLA's
-cost analysis gives none, on some backends) makes the budget unmeasurable: it
+A trial that reports no figure in the budget's unit (`flops` is None where the
+trainer could not count its step) makes the budget unmeasurable: it
 counts as spent at once, so no new trial starts, and `unmeasured` names the trial
 so that the sweep ends with a one-line error saying to budget in device-hours.
 Counting the missing figure as 0 would make a budget that never runs out.
