@@ -40,9 +40,11 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"gelu": scaled_gelu,
 CONV_LOWERINGS = ("auto", "native", "dense")
 IM2COL_MAX_PIXELS = 4
 # In the dense lowering, a 3x3 conv whose input map has at least this many pixels takes
-# its weight gradient as one dot per tap (`_conv_per_tap_wgrad`), not XLA's own; a strided
-# one only at a batch of at least PER_TAP_WGRAD_STRIDED_MIN_BATCH (measured: nano's step at
-# batch 128 and 256 gains from it, F0's at batch 16 loses ~8%; docs/benchmarks.md).
+# its gradients from `_conv_own_grads`, not XLA's: its weight gradient as one dot per tap
+# (a strided one only at a batch of at least PER_TAP_WGRAD_STRIDED_MIN_BATCH: nano's step
+# at batch 128 and 256 gains from it, F0's at batch 16 loses ~8%), and a strided conv's
+# input gradient as one stride-1 conv per input parity (`_subpixel_input_grad`), where
+# XLA convolves a zero-dilated gradient at a quarter of the rate (docs/benchmarks.md).
 PER_TAP_WGRAD_MIN_PIXELS = 256
 PER_TAP_WGRAD_STRIDED_MIN_BATCH = 64
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -84,33 +86,86 @@ def _dense_conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME", dimension_numbers=_DIMS)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_per_tap_wgrad(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
-    """A dense SAME conv whose weight gradient is one [Co, M] x [M, Ci] dot per kernel tap.
+def _parity_classes(size: int, k: int, stride: int) -> list[tuple[list[int], int, int, int]]:
+    """How a SAME conv's input positions of each residue r (mod `stride`) along one axis get
+    their gradient: (the kernel taps that reach them, ordered so that the gradient is a plain
+    correlation of the output gradient with those taps, the output gradient's low and high
+    padding for that correlation (negative: cropped), how many input positions have residue r)."""
+    out = -(-size // stride)
+    lo = max((out - 1) * stride + k - size, 0) // 2
+    classes = []
+    for r in range(stride):
+        # Input i = stride * m + r is reached by tap t from output o = m + (r + lo - t) / stride.
+        taps = sorted((t for t in range(k) if (t - r - lo) % stride == 0), reverse=True)
+        count = len(range(r, size, stride))
+        if not taps:  # no tap reaches these inputs (a kernel smaller than the stride): gradient 0
+            classes.append((taps, 0, 0, count))
+            continue
+        shifts = [(r + lo - t) // stride for t in taps]  # ascending
+        classes.append((taps, -shifts[0], count - 1 + shifts[-1] - (out - 1), count))
+    return classes
 
-    XLA:CPU computes a conv's weight gradient as a convolution over the batch, which on
-    large maps runs 1.6-3x slower than these dots and needs a transposed copy of the
-    activations (docs/benchmarks.md, `benchmarks/conv_weight_grad.py`). The forward pass
-    and the input gradient are XLA's own.
+
+def _subpixel_input_grad(g: jax.Array, w: jax.Array, size: tuple[int, int], stride: int) -> jax.Array:
+    """The input gradient of a strided SAME conv (`_dense_conv`) as stride**2 stride-1 convs of
+    the output gradient, one per (row, column) parity of the input, interleaved: the same sums
+    as XLA's convolution of the zero-dilated gradient, without the multiplies by zero."""
+    kh, kw, cin, _ = w.shape
+    n = g.shape[0]
+    rows, cols = _parity_classes(size[0], kh, stride), _parity_classes(size[1], kw, stride)
+    full_h, full_w = rows[0][3], cols[0][3]  # residue 0 has the most positions
+    wt = jnp.swapaxes(w, 2, 3)  # [kh, kw, Co, Ci]: from the output gradient to the input's
+    parts = []
+    for taps_h, lo_h, hi_h, count_h in rows:
+        line = []
+        for taps_w, lo_w, hi_w, count_w in cols:
+            if not (taps_h and taps_w):
+                line.append(jnp.zeros((n, full_h, full_w, cin), g.dtype))
+                continue
+            kernel = wt[np.array(taps_h)][:, np.array(taps_w)]
+            gp = jax.lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)))
+            d = jax.lax.conv_general_dilated(gp, kernel, (1, 1), "VALID", dimension_numbers=_DIMS)
+            line.append(jnp.pad(d, ((0, 0), (0, full_h - count_h), (0, full_w - count_w), (0, 0))))
+        parts.append(jnp.stack(line, axis=3))  # [n, full_h, full_w, stride (column parity), ci]
+    dx = jnp.stack(parts, axis=2)  # [n, full_h, stride (row parity), full_w, stride, ci]
+    return dx.reshape(n, full_h * stride, full_w * stride, cin)[:, :size[0], :size[1]]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_own_grads(x: jax.Array, w: jax.Array, stride: int, per_tap_wgrad: bool, subpixel_dx: bool) -> jax.Array:
+    """A dense SAME conv whose gradients are computed here where XLA:CPU's are slow.
+
+    `per_tap_wgrad`: the weight gradient as one [Co, M] x [M, Ci] dot per kernel tap.
+    XLA:CPU computes it as a convolution over the batch, which on large maps runs 1.6-3x
+    slower than these dots and needs a transposed copy of the activations.
+    `subpixel_dx` (strided convs): the input gradient by `_subpixel_input_grad`.
+    Otherwise, and for the forward pass, XLA's own (docs/benchmarks.md,
+    `benchmarks/conv_weight_grad.py`).
     """
     return _dense_conv(x, w, stride)
 
 
-def _per_tap_fwd(x, w, stride):
+def _own_grads_fwd(x, w, stride, per_tap_wgrad, subpixel_dx):
     return _dense_conv(x, w, stride), (x, w)
 
 
-def _per_tap_bwd(stride, res, g):
+def _own_grads_bwd(stride, per_tap_wgrad, subpixel_dx, res, g):
     x, w = res
     kh, kw, cin, co = w.shape
-    _, dx_fn = jax.vjp(lambda a: _dense_conv(a, w, stride), x)
-    g2 = g.reshape(-1, co).T  # [Co, M]
-    taps = [g2 @ t.reshape(-1, cin) for t in _same_taps(x, kh, stride)]  # each [Co, Ci]
-    dw = jnp.stack(taps).reshape(kh, kw, co, cin).transpose(0, 1, 3, 2)
-    return dx_fn(g)[0], dw.astype(w.dtype)
+    if subpixel_dx:
+        dx = _subpixel_input_grad(g, w, x.shape[1:3], stride)
+    else:
+        dx = jax.vjp(lambda a: _dense_conv(a, w, stride), x)[1](g)[0]
+    if per_tap_wgrad:
+        g2 = g.reshape(-1, co).T  # [Co, M]
+        taps = [g2 @ t.reshape(-1, cin) for t in _same_taps(x, kh, stride)]  # each [Co, Ci]
+        dw = jnp.stack(taps).reshape(kh, kw, co, cin).transpose(0, 1, 3, 2)
+    else:
+        dw = jax.vjp(lambda b: _dense_conv(x, b, stride), w)[1](g)[0]
+    return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
-_conv_per_tap_wgrad.defvjp(_per_tap_fwd, _per_tap_bwd)
+_conv_own_grads.defvjp(_own_grads_fwd, _own_grads_bwd)
 
 
 def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, groups: int = 1, lowering: str = "native") -> jax.Array:
@@ -127,10 +182,11 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, groups: int = 1, lowerin
     if -(-h // stride) * -(-wd // stride) <= IM2COL_MAX_PIXELS:
         return _conv_im2col(x, w, stride, groups)
     dense = functools.partial(_dense_conv, stride=stride)
-    big_map = h * wd >= PER_TAP_WGRAD_MIN_PIXELS
-    if kh == kw == 3 and big_map and (stride == 1 or n >= PER_TAP_WGRAD_STRIDED_MIN_BATCH):
-        # Large maps: XLA:CPU's own weight gradient is the slow part of the backward here.
-        dense = functools.partial(_conv_per_tap_wgrad, stride=stride)
+    if kh == kw == 3 and h * wd >= PER_TAP_WGRAD_MIN_PIXELS:
+        # Large maps: XLA:CPU's own weight gradient, and a strided conv's input gradient,
+        # are the slow parts of the backward here.
+        per_tap = stride == 1 or n >= PER_TAP_WGRAD_STRIDED_MIN_BATCH
+        dense = functools.partial(_conv_own_grads, stride=stride, per_tap_wgrad=per_tap, subpixel_dx=stride > 1)
     if groups == 1:
         return dense(x, w)
     xs, ws = jnp.split(x, groups, axis=-1), jnp.split(w, groups, axis=-1)

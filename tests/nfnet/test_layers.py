@@ -123,25 +123,48 @@ def test_weight_standardisation_is_per_output_channel_with_its_floor():
     np.testing.assert_allclose(conv.apply({"params": flat}, x), jnp.broadcast_to(params["bias"], (1, 5, 5, 4)))
 
 
-@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("stride,batch", [(1, 2), (2, 2), (2, PER_TAP_WGRAD_STRIDED_MIN_BATCH)])
 @pytest.mark.parametrize("side_extra", [0, 1])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_per_tap_weight_gradient_matches_native(stride, side_extra, groups):
-    # 16x16 = PER_TAP_WGRAD_MIN_PIXELS takes the per-tap weight gradient (strided: at a batch of
-    # PER_TAP_WGRAD_STRIDED_MIN_BATCH); odd sides pad unevenly.
+def test_own_conv_gradients_match_native(stride, batch, side_extra, groups):
+    # 16x16 = PER_TAP_WGRAD_MIN_PIXELS takes nfnet's own gradients: the per-tap weight gradient
+    # (strided: at a batch of PER_TAP_WGRAD_STRIDED_MIN_BATCH) and, strided, the sub-pixel input
+    # gradient; odd sides pad unevenly.
     side = int(np.sqrt(PER_TAP_WGRAD_MIN_PIXELS)) + side_extra
-    batch = 2 if stride == 1 else PER_TAP_WGRAD_STRIDED_MIN_BATCH
-    rng = np.random.default_rng(stride * 7 + side_extra + groups)
+    rng = np.random.default_rng(stride * 7 + side_extra + groups + batch)
     x = jnp.asarray(rng.standard_normal((batch, side, side, 4 * groups), np.float32))
     w = jnp.asarray(rng.standard_normal((3, 3, 4, 6 * groups), np.float32) * 0.2)
+
     def forward_jaxpr(a):
         return str(jax.make_jaxpr(lambda a, b: conv2d(a, b, stride, groups, "dense"))(a, w))
+
+    def grad_jaxpr(lowering):
+        return str(jax.make_jaxpr(lambda a, b: _loss(lowering, stride, groups)(a, b))(x, w))
+
     assert "custom_vjp" in forward_jaxpr(x)
     assert "custom_vjp" not in forward_jaxpr(x[:, 2:, 2:, :])  # below the threshold: XLA's own
-    if stride > 1:
-        assert "custom_vjp" not in forward_jaxpr(x[1:])
+    dense, native = grad_jaxpr("dense"), grad_jaxpr("native")
+    per_tap = stride == 1 or batch >= PER_TAP_WGRAD_STRIDED_MIN_BATCH
+    assert (dense.count("dot_general") >= 9 * groups) == per_tap
+    if stride > 1:  # XLA's input gradient convolves the zero-dilated output gradient; ours does not
+        assert "lhs_dilation=(2, 2)" in native and "lhs_dilation=(2, 2)" not in dense
     (_, y_d), (dx_d, dw_d) = _loss("dense", stride, groups)(x, w)
     (_, y_n), (dx_n, dw_n) = _loss("native", stride, groups)(x, w)
     np.testing.assert_allclose(y_d, y_n, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dx_d, dx_n, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dw_d, dw_n, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_subpixel_input_gradient_is_xlas_for_every_size(stride, kernel):
+    from nfnet.layers import _dense_conv, _subpixel_input_grad
+
+    rng = np.random.default_rng(stride * 10 + kernel)
+    w = jnp.asarray(rng.standard_normal((kernel, kernel, 3, 5), np.float32))
+    for h, wd in [(7, 7), (8, 8), (9, 10), (10, 13)]:
+        x = jnp.zeros((2, h, wd, 3), jnp.float32)
+        y, vjp = jax.vjp(lambda a: _dense_conv(a, w, stride), x)
+        g = jnp.asarray(rng.standard_normal(y.shape, np.float32))
+        np.testing.assert_allclose(_subpixel_input_grad(g, w, (h, wd), stride), vjp(g)[0], rtol=1e-4, atol=1e-4,
+                                   err_msg=f"{h}x{wd}")
