@@ -39,7 +39,10 @@ def test_activations_grow_with_resolution_squared_and_depth():
 
 @pytest.mark.slow
 def test_activation_estimate_matches_xla_memory_analysis():
-    """ACTIVATION_COPIES: XLA's temporaries per extra example of a compiled training gradient."""
+    """ACTIVATION_COPIES: XLA's temporaries per extra example of a compiled training gradient,
+    with native convs as on the TPUs and GPUs the estimate places trials on. The CPU's dense
+    lowering holds more (its per-tap weight gradients keep nine shifted input slices: 1.8x
+    for nano, docs/benchmarks.md); host memory, which the placement does not budget, pays it."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -47,20 +50,24 @@ def test_activation_estimate_matches_xla_memory_analysis():
     from nfnet.model import NFNet
 
     variant = get_variant("nano")
-    model = NFNet(variant, 10)
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False)["params"]
 
-    def loss(p, x, y):
-        return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x, train=True), y).mean()
+    def per_example_temporaries(lowering: str) -> float:
+        model = NFNet(variant, 10, conv_lowering=lowering)
+        params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False)["params"]
 
-    grad = jax.jit(jax.value_and_grad(loss))
-    temp = []
-    for batch in (8, 24):
-        compiled = grad.lower(params, jnp.zeros((batch, 32, 32, 3)), jnp.zeros((batch,), jnp.int32)).compile()
-        temp.append(compiled.memory_analysis().temp_size_in_bytes)
-    per_example = (temp[1] - temp[0]) / 16
+        def loss(p, x, y):
+            return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x, train=True), y).mean()
+
+        grad = jax.jit(jax.value_and_grad(loss))
+        temp = []
+        for batch in (8, 24):
+            compiled = grad.lower(params, jnp.zeros((batch, 32, 32, 3)), jnp.zeros((batch,), jnp.int32)).compile()
+            temp.append(compiled.memory_analysis().temp_size_in_bytes)
+        return (temp[1] - temp[0]) / 16
+
     estimate = estimate_device_memory(variant, 1, 1, resolution=32, dtype="float32", num_classes=10)
-    assert estimate.activation_bytes_per_example == pytest.approx(per_example, rel=0.25)
+    assert estimate.activation_bytes_per_example == pytest.approx(per_example_temporaries("native"), rel=0.25)
+    assert per_example_temporaries("dense") < 2.5 * estimate.activation_bytes_per_example
 
 
 def test_memory_estimate_is_replicated_state_plus_the_local_batch():
