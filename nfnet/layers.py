@@ -42,11 +42,14 @@ IM2COL_MAX_PIXELS = 4
 # In the dense lowering, a 3x3 conv whose input map has at least this many pixels takes
 # its gradients from `_conv_own_grads`, not XLA's: its weight gradient as one dot per tap
 # (a strided one only at a batch of at least PER_TAP_WGRAD_STRIDED_MIN_BATCH: nano's step
-# at batch 128 and 256 gains from it, F0's at batch 16 loses ~8%), and a strided conv's
+# at batch 128 and 256 gains from it, F0's at batch 16 loses ~8%; and only with at least
+# PER_TAP_WGRAD_MIN_CHANNELS input channels a group: on the RGB stem conv the nine dots of
+# 3-channel slices cost nano's step ~18%), and a strided conv's
 # input gradient as one stride-1 conv per input parity (`_subpixel_input_grad`), where
 # XLA convolves a zero-dilated gradient at a quarter of the rate (docs/benchmarks.md).
 PER_TAP_WGRAD_MIN_PIXELS = 256
 PER_TAP_WGRAD_STRIDED_MIN_BATCH = 64
+PER_TAP_WGRAD_MIN_CHANNELS = 8
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -185,7 +188,7 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, groups: int = 1, lowerin
     if kh == kw == 3 and h * wd >= PER_TAP_WGRAD_MIN_PIXELS:
         # Large maps: XLA:CPU's own weight gradient, and a strided conv's input gradient,
         # are the slow parts of the backward here.
-        per_tap = stride == 1 or n >= PER_TAP_WGRAD_STRIDED_MIN_BATCH
+        per_tap = cg >= PER_TAP_WGRAD_MIN_CHANNELS and (stride == 1 or n >= PER_TAP_WGRAD_STRIDED_MIN_BATCH)
         dense = functools.partial(_conv_own_grads, stride=stride, per_tap_wgrad=per_tap, subpixel_dx=stride > 1)
     if groups == 1:
         return dense(x, w)

@@ -7,7 +7,7 @@ import pytest
 
 from nfnet.config import TrainConfig, validate
 from nfnet.errors import NFNetError
-from nfnet.layers import (CONV_LOWERINGS, IM2COL_MAX_PIXELS, PER_TAP_WGRAD_MIN_PIXELS,
+from nfnet.layers import (CONV_LOWERINGS, IM2COL_MAX_PIXELS, PER_TAP_WGRAD_MIN_CHANNELS, PER_TAP_WGRAD_MIN_PIXELS,
                           PER_TAP_WGRAD_STRIDED_MIN_BATCH, WSConv2D, conv2d, resolve_conv_lowering)
 from nfnet.model import NFNet
 from nfnet.variants import get_variant
@@ -132,8 +132,9 @@ def test_own_conv_gradients_match_native(stride, batch, side_extra, groups):
     # gradient; odd sides pad unevenly.
     side = int(np.sqrt(PER_TAP_WGRAD_MIN_PIXELS)) + side_extra
     rng = np.random.default_rng(stride * 7 + side_extra + groups + batch)
-    x = jnp.asarray(rng.standard_normal((batch, side, side, 4 * groups), np.float32))
-    w = jnp.asarray(rng.standard_normal((3, 3, 4, 6 * groups), np.float32) * 0.2)
+    cg = PER_TAP_WGRAD_MIN_CHANNELS
+    x = jnp.asarray(rng.standard_normal((batch, side, side, cg * groups), np.float32))
+    w = jnp.asarray(rng.standard_normal((3, 3, cg, 6 * groups), np.float32) * 0.2)
 
     def forward_jaxpr(a):
         return str(jax.make_jaxpr(lambda a, b: conv2d(a, b, stride, groups, "dense"))(a, w))
@@ -148,6 +149,11 @@ def test_own_conv_gradients_match_native(stride, batch, side_extra, groups):
     assert (dense.count("dot_general") >= 9 * groups) == per_tap
     if stride > 1:  # XLA's input gradient convolves the zero-dilated output gradient; ours does not
         assert "lhs_dilation=(2, 2)" in native and "lhs_dilation=(2, 2)" not in dense
+    # An input of fewer channels per group (an RGB image) keeps XLA's weight gradient.
+    few = x[..., :PER_TAP_WGRAD_MIN_CHANNELS - 1]
+    few_w = w[:, :, :PER_TAP_WGRAD_MIN_CHANNELS - 1, :6]
+    assert str(jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(conv2d(a, b, stride, 1, "dense")), argnums=1))(
+        few, few_w)).count("dot_general") < 9
     (_, y_d), (dx_d, dw_d) = _loss("dense", stride, groups)(x, w)
     (_, y_n), (dx_n, dw_n) = _loss("native", stride, groups)(x, w)
     np.testing.assert_allclose(y_d, y_n, rtol=1e-4, atol=1e-4)
