@@ -7,8 +7,8 @@ The dense conv lowering (nfnet/layers.py) takes two gradients of its 3x3 convs o
 from `_conv_own_grads` rather than XLA: the weight gradient as nine per-tap dots, and a
 strided conv's input gradient as one stride-1 conv per input parity. This compiles the
 step three ways in one process (XLA's gradients throughout; per-tap weight gradients only;
-both, the trainer's default) by switching the rules off while each is traced, then times
-them in alternating rounds and prints the medians. Figures go in docs/benchmarks.md.
+both, the trainer's default) by raising the rules' map-size thresholds out of reach while
+each is traced, then times them in alternating rounds and prints the medians. Figures go in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import statistics
 import sys
 
 import jax
-import jax.numpy as jnp
 
 import nfnet.layers as layers
 from nfnet.errors import NFNetError
@@ -27,25 +26,20 @@ from nfnet.step import compile_train_step
 import train_throughput  # benchmarks/train_throughput.py, beside this script
 
 
-def _xla_input_grad(g, w, size, stride):
-    """XLA's own input gradient of the strided conv (what `_subpixel_input_grad` replaces)."""
-    x0 = jnp.zeros((g.shape[0], *size, w.shape[2]), g.dtype)
-    return jax.vjp(lambda a: layers._dense_conv(a, w, stride), x0)[1](g)[0]
-
-
 def build_all(variant: str, batch_size: int, resolution: int) -> dict[str, dict]:
-    rules = {"XLA's gradients": (10**12, _xla_input_grad),
-             "per-tap weight gradients": (layers.PER_TAP_WGRAD_MIN_PIXELS, _xla_input_grad),
-             "per-tap + sub-pixel (default)": (layers.PER_TAP_WGRAD_MIN_PIXELS, layers._subpixel_input_grad)}
-    saved = layers.PER_TAP_WGRAD_MIN_PIXELS, layers._subpixel_input_grad
+    off = 10**12  # a map-size threshold no map reaches: the rule is off
+    rules = {"XLA's gradients": (off, off),
+             "per-tap weight gradients": (layers.PER_TAP_WGRAD_MIN_PIXELS, off),
+             "per-tap + sub-pixel (default)": (layers.PER_TAP_WGRAD_MIN_PIXELS, layers.SUBPIXEL_DX_MIN_PIXELS)}
+    saved = layers.PER_TAP_WGRAD_MIN_PIXELS, layers.SUBPIXEL_DX_MIN_PIXELS
     built = {}
     try:
-        for name, (min_pixels, input_grad) in rules.items():
-            layers.PER_TAP_WGRAD_MIN_PIXELS, layers._subpixel_input_grad = min_pixels, input_grad
+        for name, thresholds in rules.items():
+            layers.PER_TAP_WGRAD_MIN_PIXELS, layers.SUBPIXEL_DX_MIN_PIXELS = thresholds
             compile_train_step.cache_clear()  # the same spec must be traced again under these rules
             built[name] = train_throughput.build(variant, batch_size, resolution, "float32", conv_lowering="dense")
     finally:
-        layers.PER_TAP_WGRAD_MIN_PIXELS, layers._subpixel_input_grad = saved
+        layers.PER_TAP_WGRAD_MIN_PIXELS, layers.SUBPIXEL_DX_MIN_PIXELS = saved
         compile_train_step.cache_clear()
     return built
 

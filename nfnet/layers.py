@@ -39,17 +39,20 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"gelu": scaled_gelu,
 #   auto:   dense on CPU, native elsewhere (`resolve_conv_lowering`).
 CONV_LOWERINGS = ("auto", "native", "dense")
 IM2COL_MAX_PIXELS = 4
-# In the dense lowering, a 3x3 conv whose input map has at least this many pixels takes
-# its gradients from `_conv_own_grads`, not XLA's: its weight gradient as one dot per tap
-# (a strided one only at a batch of at least PER_TAP_WGRAD_STRIDED_MIN_BATCH: nano's step
-# at batch 128 and 256 gains from it, F0's at batch 16 loses ~8%; and only with at least
-# PER_TAP_WGRAD_MIN_CHANNELS input channels a group: on the RGB stem conv the nine dots of
-# 3-channel slices cost nano's step ~18%), and a strided conv's
-# input gradient as one stride-1 conv per input parity (`_subpixel_input_grad`), where
-# XLA convolves a zero-dilated gradient at a quarter of the rate (docs/benchmarks.md).
+# In the dense lowering, a 3x3 conv takes some of its gradients from `_conv_own_grads`,
+# not XLA's (docs/benchmarks.md):
+# - on an input map of at least PER_TAP_WGRAD_MIN_PIXELS pixels, its weight gradient as one
+#   dot per tap (a strided one only at a batch of at least PER_TAP_WGRAD_STRIDED_MIN_BATCH:
+#   nano's step at batch 128 and 256 gains from it, F0's at batch 16 loses ~8%; and only with
+#   at least PER_TAP_WGRAD_MIN_CHANNELS input channels a group: on the RGB stem conv the nine
+#   dots of 3-channel slices cost nano's step ~18% on a loaded machine, 2% on a quiet one);
+# - strided, on an input map of at least SUBPIXEL_DX_MIN_PIXELS pixels, its input gradient
+#   as one stride-1 conv per input parity (`_subpixel_input_grad`), where XLA convolves a
+#   zero-dilated gradient at a quarter of the rate.
 PER_TAP_WGRAD_MIN_PIXELS = 256
 PER_TAP_WGRAD_STRIDED_MIN_BATCH = 64
 PER_TAP_WGRAD_MIN_CHANNELS = 8
+SUBPIXEL_DX_MIN_PIXELS = 256
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -185,11 +188,14 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, groups: int = 1, lowerin
     if -(-h // stride) * -(-wd // stride) <= IM2COL_MAX_PIXELS:
         return _conv_im2col(x, w, stride, groups)
     dense = functools.partial(_dense_conv, stride=stride)
-    if kh == kw == 3 and h * wd >= PER_TAP_WGRAD_MIN_PIXELS:
+    if kh == kw == 3:
         # Large maps: XLA:CPU's own weight gradient, and a strided conv's input gradient,
         # are the slow parts of the backward here.
-        per_tap = cg >= PER_TAP_WGRAD_MIN_CHANNELS and (stride == 1 or n >= PER_TAP_WGRAD_STRIDED_MIN_BATCH)
-        dense = functools.partial(_conv_own_grads, stride=stride, per_tap_wgrad=per_tap, subpixel_dx=stride > 1)
+        per_tap = (h * wd >= PER_TAP_WGRAD_MIN_PIXELS and cg >= PER_TAP_WGRAD_MIN_CHANNELS
+                   and (stride == 1 or n >= PER_TAP_WGRAD_STRIDED_MIN_BATCH))
+        subpixel = stride > 1 and h * wd >= SUBPIXEL_DX_MIN_PIXELS
+        if per_tap or subpixel:
+            dense = functools.partial(_conv_own_grads, stride=stride, per_tap_wgrad=per_tap, subpixel_dx=subpixel)
     if groups == 1:
         return dense(x, w)
     xs, ws = jnp.split(x, groups, axis=-1), jnp.split(w, groups, axis=-1)
