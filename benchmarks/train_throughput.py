@@ -15,8 +15,10 @@ model and optimizer alone (benchmarks/data_throughput.py measures the input side
 batches are uint8, as the loader ships them; the step normalises them on the device.
 Step time is the median of `--steps` timed steps after `--warmup` untimed ones, each
 waited on (the process's CPU time per step is printed too: on a shared machine it
-shows how much of the wall time was spent computing); FLOPs per step are the trainer's own count (`nfnet.step.step_flops`:
-2 x the multiply-adds of the step's convs and matmuls, the number it accounts compute with), so achieved FLOP/s = FLOPs / step time.
+shows how much of the wall time was spent computing). FLOPs per step are the trainer's own
+count (`nfnet.step.step_flops`: 2 x the multiply-adds of the step's convs and matmuls, the
+number it accounts compute with), so achieved FLOP/s = FLOPs / step time; XLA's own cost
+analysis of the compiled step is printed beside it.
 Results go in docs/benchmarks.md.
 """
 

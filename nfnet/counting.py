@@ -11,7 +11,7 @@
   input is not a multiply-add), with work whose result is unused left out, as XLA
   leaves it out. Elementwise work is not counted. The figure is the same on every
   backend: XLA:GPU's own cost analysis counts a convolution it hands to cuDNN as
-  nothing (F0's step at 224px: 0.56 GFLOP an image instead of 56.7), and on a CPU
+  nothing (F0's step at 224px: 0.56 GFLOP an image instead of 55.1), and on a CPU
   the count would move with how convs are lowered. The tuner multiplies it by the
   number of steps to account compute. A program it cannot count (a `while` loop,
   whose trip count is not known when traced) gives None, never 0: a FLOPs budget
