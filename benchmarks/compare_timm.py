@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: need --rounds >= 1, --steps >= 1, --warmup >= 0, --threads >= 1", file=sys.stderr)
         return 2
     sys.path.insert(0, str(ROOT))
+    from nfnet import host_allocator
     from nfnet.errors import NFNetError
     from nfnet.layers import CONV_LOWERINGS
     from nfnet.variants import get_variant
@@ -325,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.variant} {args.resolution}px batch {args.batch_size}, float32, {args.threads} threads; "
               f"torch {workers[0].info['torch']} timm {workers[0].info['timm']} ({workers[0].info['threads']} "
               f"threads), jax {jax_info['jax']}; params timm {workers[0].info['params']:,} nfscale "
-              f"{jax_info['params']:,}; XLA f32 matmul {jax_info['matmul_flop_per_s'] / 1e9:.0f} GFLOP/s",
+              f"{jax_info['params']:,}; XLA f32 matmul {jax_info['matmul_flop_per_s'] / 1e9:.0f} GFLOP/s; "
+              f"host allocator: {host_allocator.describe()}",
               flush=True)
         for r in range(args.rounds):
             for w in workers:
@@ -350,4 +352,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    from nfnet import host_allocator
+
+    host_allocator.command_start()  # jemalloc where installed, for both workers: nfnet/host_allocator.py
     sys.exit(main())

@@ -22,6 +22,7 @@ import jax
 import nfnet.layers as layers
 from nfnet.errors import NFNetError
 from nfnet.step import compile_train_step
+from nfnet import host_allocator
 
 import train_throughput  # benchmarks/train_throughput.py, beside this script
 
@@ -76,4 +77,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    host_allocator.command_start()  # jemalloc where installed: nfnet/host_allocator.py
     sys.exit(main())

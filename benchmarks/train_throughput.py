@@ -40,6 +40,7 @@ from nfnet.layers import CONV_LOWERINGS, resolve_conv_lowering
 from nfnet.optim import OptimConfig
 from nfnet.step import DATA_AXIS, StepSpec, abstract_state_key, compile_train_step, init_state
 from nfnet.variants import get_variant
+from nfnet import host_allocator
 
 import op_summary  # benchmarks/op_summary.py, beside this script
 
@@ -115,6 +116,7 @@ def measure(variant: str, batch_size: int, resolution: int, steps: int, warmup: 
         "conv_lowering": built["conv_lowering"], "devices": built["devices"], "compile_s": built["compile_s"],
         "step_s": step_s, "step_cpu_s": cpu_s, "images_per_s": batch_size / step_s, "flops_per_step": flops,
         "flop_per_s": flops / step_s, "loss": loss, "xla_flops_per_step": xla_flops(built["step"]),
+        "host_allocator": host_allocator.describe(),
     }
     if profile_dir and summarise_ops:
         trace = op_summary.latest_trace(profile_dir)
@@ -182,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
           + f"), {r['flop_per_s'] / 1e9:,.1f} GFLOP/s achieved, "
           f"compile {r['compile_s']:.1f} s; CPU time {r['step_cpu_s']:,.2f} s/step "
           f"({r['flops_per_step'] / r['step_cpu_s'] / 1e9:,.1f} GFLOP per CPU-second)"
-          + (f"; MFU {r['mfu']:.1%} of {args.peak_tflops:g} TFLOP/s" if "mfu" in r else ""))
+          + (f"; MFU {r['mfu']:.1%} of {args.peak_tflops:g} TFLOP/s" if "mfu" in r else "")
+          + f"; host allocator: {r['host_allocator']}")
     if "op_summary" in r:
         print(f"\nms per step by op kind and phase (summed over threads; {r['op_summary']['total_ms']:,.1f} ms "
               f"of ops against a {r['step_s'] * 1e3:,.1f} ms step):")
@@ -191,4 +194,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    host_allocator.command_start()  # jemalloc where installed: nfnet/host_allocator.py
     sys.exit(main())

@@ -42,6 +42,7 @@ from nfnet.errors import NFNetError
 from nfnet.loop import train
 from nfnet.train import FlagParser, add_config_flags, config_from_args, resume_base, run_command
 from nfnet.variants import MIN_RESOLUTION, check_resolution
+from nfnet import host_allocator
 
 # Default fine-tuning resolution: this multiple of the pre-training one ([P1] 224 -> 384 is 1.7x).
 RESOLUTION_FACTOR = 1.5
@@ -156,4 +157,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    host_allocator.command_start()  # jemalloc where installed: nfnet/host_allocator.py
     sys.exit(main())

@@ -35,6 +35,7 @@ from nfnet.config import TrainConfig
 from nfnet.errors import NFNetError
 from nfnet.loop import config_from_meta, train
 from nfnet.metrics import json_safe
+from nfnet import host_allocator
 
 DESCRIPTION = ("Train one NFNet: print a progress bar on stderr and one JSON summary line on stdout, and "
                "leave checkpoints, TensorBoard events and summary.json in --workdir.")
@@ -190,4 +191,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    host_allocator.command_start()  # jemalloc where installed: nfnet/host_allocator.py
     sys.exit(main())

@@ -19,6 +19,8 @@ from typing import Any
 
 import ray
 
+from nfnet import host_allocator
+from nfnet.errors import NFNetError
 from tuner.errors import TunerError
 from tuner.raytune.compile_cache import compilation_cache_env
 
@@ -113,6 +115,20 @@ def _probe(address: str, timeout: float) -> None:
         raise _unreachable(address, lines[-1] if lines else f"GCS check exited with {check.returncode}")
 
 
+def trial_allocator_env(address: str | None) -> dict[str, str]:
+    """What starts trial processes on jemalloc (`nfnet.host_allocator`): on a Ray instance
+    this driver starts, whenever $NFSCALE_HOST_ALLOCATOR (default `auto`) finds it here; on
+    a cluster, only when the variable asks for it by name or path, as this machine's
+    library says nothing of the nodes'."""
+    try:
+        choice = host_allocator.requested()
+        if address is not None and choice == "auto":
+            return {}
+        return host_allocator.allocator_env(choice)
+    except NFNetError as exc:
+        raise TunerError(str(exc)) from None
+
+
 def connect(
     address: str | None,
     num_cpus: int | None = None,
@@ -123,7 +139,7 @@ def connect(
 
     With no address, $RAY_ADDRESS (set for drivers of Ray jobs) is joined when
     set. Trials get `env_vars` (by default `compilation_cache_env()`) through the
-    job's runtime environment. If Ray is already initialised in this process it
+    job's runtime environment, after `trial_allocator_env(address)`. If Ray is already initialised in this process it
     is used as it is and left running.
     """
     if ray.is_initialized():
@@ -134,6 +150,7 @@ def connect(
         # Each node of a cluster keeps the cache under its own home directory,
         # which the trainable resolves there; the driver's path may not exist on it.
         env.pop("JAX_COMPILATION_CACHE_DIR")
+    env = {**trial_allocator_env(address), **env}
     common: dict[str, Any] = dict(
         runtime_env={"env_vars": env},
         logging_level=logging.WARNING,
