@@ -58,9 +58,9 @@ def requested(environ: dict[str, str] | None = None) -> str:
     raise NFNetError(f"{ENV} must be one of {', '.join(CHOICES)} or a path to libjemalloc.so.2, got {value!r}")
 
 
-def find_jemalloc(dirs: tuple[str, ...] = LIBRARY_DIRS) -> str | None:
-    """The path of an installed libjemalloc.so.2, or None."""
-    for directory in dirs:
+def find_jemalloc(dirs: tuple[str, ...] | None = None) -> str | None:
+    """The path of an installed libjemalloc.so.2 (in `dirs`, default LIBRARY_DIRS), or None."""
+    for directory in LIBRARY_DIRS if dirs is None else dirs:
         candidate = Path(directory) / LIBRARY
         if candidate.is_file():
             return str(candidate)

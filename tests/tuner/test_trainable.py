@@ -208,6 +208,38 @@ def test_connect_joins_a_running_cluster_and_leaves_it_running():
         cluster.shutdown()
 
 
+def test_trials_start_on_jemalloc_locally_and_on_a_cluster_only_when_asked(monkeypatch):
+    from nfnet import host_allocator
+    from tuner.raytune.connection import trial_allocator_env
+
+    monkeypatch.delenv(host_allocator.ENV, raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    local = trial_allocator_env(None)
+    assert local == host_allocator.allocator_env("auto")
+    # On a cluster this machine's library path says nothing about the nodes'.
+    assert trial_allocator_env("10.0.0.1:6379") == {}
+    monkeypatch.setenv(host_allocator.ENV, "system")
+    assert trial_allocator_env(None) == {}
+    monkeypatch.setenv(host_allocator.ENV, "bogus")
+    with pytest.raises(TunerError, match="NFSCALE_HOST_ALLOCATOR must be one of"):
+        trial_allocator_env(None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("nfnet.host_allocator").host_allocator.find_jemalloc() is None,
+                    reason="libjemalloc.so.2 is not installed (apt-get install libjemalloc2)")
+def test_a_local_ray_instance_runs_its_trials_on_jemalloc(tmp_path, monkeypatch):
+    from nfnet import host_allocator
+
+    monkeypatch.delenv(host_allocator.ENV, raising=False)
+    connection = connect(None, num_cpus=1, env_vars=compilation_cache_env(str(tmp_path / "jax-cache")))
+    try:
+        assert ray.get(ray.remote(host_allocator.active).remote()) == host_allocator.find_jemalloc()
+    finally:
+        connection.shutdown()
+    assert not ray.is_initialized()
+
+
 # ---------------------------------------------------------------- callbacks in real Tune runs
 
 
