@@ -163,7 +163,10 @@ def _own_grads_bwd(stride, per_tap_wgrad, subpixel_dx, res, g):
     else:
         dx = jax.vjp(lambda a: _dense_conv(a, w, stride), x)[1](g)[0]
     if per_tap_wgrad:
-        g2 = g.reshape(-1, co).T  # [Co, M]
+        # [Co, M], materialised once for the nine dots: left as a transpose, XLA folds it into
+        # each dot as a contraction over the leading axis of [M, Co] and [M, Ci], which XLA:CPU
+        # runs at half the rate of [Co, M] x [M, Ci] (docs/benchmarks.md).
+        g2 = jax.lax.optimization_barrier(g.reshape(-1, co).T)
         taps = [g2 @ t.reshape(-1, cin) for t in _same_taps(x, kh, stride)]  # each [Co, Ci]
         dw = jnp.stack(taps).reshape(kh, kw, co, cin).transpose(0, 1, 3, 2)
     else:
