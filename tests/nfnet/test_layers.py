@@ -8,7 +8,8 @@ import pytest
 from nfnet.config import TrainConfig, validate
 from nfnet.errors import NFNetError
 from nfnet.layers import (CONV_LOWERINGS, IM2COL_MAX_PIXELS, PER_TAP_WGRAD_MIN_CHANNELS, PER_TAP_WGRAD_MIN_PIXELS,
-                          PER_TAP_WGRAD_STRIDED_MIN_BATCH, WSConv2D, conv2d, resolve_conv_lowering)
+                          PER_TAP_WGRAD_STRIDED_MIN_BATCH, WSConv2D, conv2d, resolve_conv_lowering,
+                          standardise)
 from nfnet.model import NFNet
 from nfnet.variants import get_variant
 
@@ -121,6 +122,30 @@ def test_weight_standardisation_is_per_output_channel_with_its_floor():
     # A constant kernel has zero variance: the floor keeps it finite (zero after centring).
     flat = dict(params, kernel=jnp.ones_like(kernel))
     np.testing.assert_allclose(conv.apply({"params": flat}, x), jnp.broadcast_to(params["bias"], (1, 5, 5, 4)))
+
+
+def autodiff_standardise(k, gain):
+    mean, var = jnp.mean(k, axis=0), jnp.var(k, axis=0)
+    scale = jax.lax.rsqrt(jnp.maximum(var * k.shape[0], 1e-4)) * gain
+    return k * scale - mean * scale
+
+
+def test_standardisations_written_out_backward_is_autodiffs():
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((27, 5)).astype(np.float32) * 0.3
+    k[:, 1] = 0.7  # a constant column: the floor holds, no gradient through its variance
+    k[:, 2] = k[:, 2] * 1e-4  # a column just under the floor
+    k = jnp.asarray(k)
+    gain = jnp.asarray(rng.uniform(0.5, 2.0, 5).astype(np.float32))
+    probe = jnp.asarray(rng.standard_normal((27, 5)).astype(np.float32))
+    np.testing.assert_allclose(standardise(k, gain), autodiff_standardise(k, gain), rtol=1e-6, atol=1e-7)
+    own = jax.grad(lambda k, g: jnp.sum(standardise(k, g) * probe), argnums=(0, 1))(k, gain)
+    ref = jax.grad(lambda k, g: jnp.sum(autodiff_standardise(k, g) * probe), argnums=(0, 1))(k, gain)
+    for a, b in zip(own, ref):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(b))))
+    # Under the floor the scale is a constant: the gradient is the centred probe times it.
+    centred = probe[:, 1] - jnp.mean(probe[:, 1])
+    np.testing.assert_allclose(own[0][:, 1], gain[1] * 100.0 * centred, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("stride,batch", [(1, 2), (2, 2), (2, PER_TAP_WGRAD_STRIDED_MIN_BATCH)])
