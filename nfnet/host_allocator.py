@@ -139,3 +139,36 @@ def command_start() -> None:
     except NFNetError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+USAGE = "usage: python -m nfnet.host_allocator COMMAND [ARG ...]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m nfnet.host_allocator COMMAND ...`: run COMMAND on the allocator
+    $NFSCALE_HOST_ALLOCATOR picks (the test suite: `... .venv/bin/python -m pytest -q`; a
+    notebook server; a script of your own that trains in-process). Returns only on an error."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print(f"error: no command given; {USAGE}", file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
+        print(f"{USAGE}\nRuns COMMAND with jemalloc preloaded where installed "
+              f"({ENV}=auto|jemalloc|system|PATH); see nfnet/host_allocator.py.")
+        return 0
+    try:
+        env = {**os.environ, **allocator_env()}
+    except NFNetError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    sys.stdout.flush()
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        print(f"error: cannot run {argv[0]!r}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    return 0  # not reached: the process is COMMAND now
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -103,3 +103,19 @@ print(host_allocator.active(), (resource.getrusage(resource.RUSAGE_SELF).ru_minf
     library, faults = done.stdout.split()
     assert library == JEMALLOC
     assert float(faults) < 0.05 * (1 << 24) * 4 / 4096
+
+
+def test_the_launcher_runs_a_command_on_the_chosen_allocator_and_refuses_bad_input():
+    code = "from nfnet import host_allocator; print(host_allocator.active())"
+    done = run_python(f"import sys; sys.argv = ['x', sys.executable, '-c', {code!r}]; "
+                      "from nfnet import host_allocator; host_allocator.main()", NFSCALE_HOST_ALLOCATOR="system")
+    assert done.returncode == 0 and done.stdout.split() == ["None"], done.stderr
+    if JEMALLOC:
+        done = run_python(f"import sys; sys.argv = ['x', sys.executable, '-c', {code!r}]; "
+                          "from nfnet import host_allocator; host_allocator.main()")
+        assert done.stdout.split() == [JEMALLOC], done.stderr
+    for args, message in (([], "error: no command given; usage: python -m nfnet.host_allocator COMMAND"),
+                          (["no-such-command-here"], "error: cannot run 'no-such-command-here': No such file")):
+        done = run_python(f"import sys; from nfnet import host_allocator; sys.exit(host_allocator.main({args!r}))")
+        assert done.returncode == 2
+        assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith(message), done.stderr
