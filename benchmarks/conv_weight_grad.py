@@ -6,9 +6,9 @@
 
 dW[i, j] = sum over (b, h, w) of x_pad[b, s*h+i, s*w+j, :]^T dy[b, h, w, :] (stride s, SAME).
 XLA lowers it as a convolution with the batch as the contraction; here it is also written
-as nine dots (dy^T as a [cout, B*H*W] matrix times each shifted, strided input slice, the
-way `nfnet.layers` computes it on large maps) and as one matmul over an im2col patch
-matrix. Each is checked against XLA's to 1e-5 (relative) and timed alternately (median of
+as nine dots (dy^T as a [cout, B*H*W] matrix times each shifted, strided input slice:
+`nfnet.layers._per_tap_weight_grad`, what the trainer computes on large maps) and as one
+matmul over an im2col patch matrix. Each is checked against XLA's to 1e-5 (relative) and timed alternately (median of
 --rounds). The figures go in docs/benchmarks.md.
 """
 
@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nfnet.layers import _dense_conv, _same_taps
+from nfnet import host_allocator
+from nfnet.layers import _dense_conv, _per_tap_weight_grad, _same_taps
 
 
 def xla_grad(x, g, stride):
@@ -33,10 +34,7 @@ def xla_grad(x, g, stride):
 
 
 def per_tap(x, g, stride):
-    cin = x.shape[-1]
-    g_t = g.reshape(-1, g.shape[-1]).T
-    taps = [g_t @ t.reshape(-1, cin) for t in _same_taps(x, 3, stride)]
-    return jnp.stack(taps).reshape(3, 3, g.shape[-1], cin).transpose(0, 1, 3, 2)
+    return _per_tap_weight_grad(x, g, 3, stride)  # the trainer's own
 
 
 def im2col(x, g, stride):
@@ -86,4 +84,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    host_allocator.command_start()  # jemalloc where installed: nfnet/host_allocator.py
     sys.exit(main())

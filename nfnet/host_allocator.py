@@ -101,9 +101,9 @@ def active() -> str | None:
     except OSError:  # not Linux
         return None
     for line in maps.splitlines():
-        path = line.split()[-1] if line.split() else ""
-        if Path(path).name.startswith("libjemalloc"):
-            return path
+        fields = line.split()
+        if fields and Path(fields[-1]).name.startswith("libjemalloc"):
+            return fields[-1]
     return None
 
 

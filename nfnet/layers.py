@@ -137,6 +137,17 @@ def _subpixel_input_grad(g: jax.Array, w: jax.Array, size: tuple[int, int], stri
     return dx.reshape(n, full_h * stride, full_w * stride, cin)[:, :size[0], :size[1]]
 
 
+def _per_tap_weight_grad(x: jax.Array, g: jax.Array, k: int, stride: int) -> jax.Array:
+    """A SAME k x k conv's weight gradient [k, k, Ci, Co] as one [Co, M] x [M, Ci] dot per tap."""
+    cin, co = x.shape[-1], g.shape[-1]
+    # [Co, M], materialised once for the k*k dots: left as a transpose, XLA folds it into
+    # each dot as a contraction over the leading axis of [M, Co] and [M, Ci], which XLA:CPU
+    # runs at half the rate of [Co, M] x [M, Ci] (docs/benchmarks.md).
+    g2 = jax.lax.optimization_barrier(g.reshape(-1, co).T)
+    taps = [g2 @ t.reshape(-1, cin) for t in _same_taps(x, k, stride)]  # each [Co, Ci]
+    return jnp.stack(taps).reshape(k, k, co, cin).transpose(0, 1, 3, 2)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv_own_grads(x: jax.Array, w: jax.Array, stride: int, per_tap_wgrad: bool, subpixel_dx: bool) -> jax.Array:
     """A dense SAME conv whose gradients are computed here where XLA:CPU's are slow.
@@ -157,18 +168,12 @@ def _own_grads_fwd(x, w, stride, per_tap_wgrad, subpixel_dx):
 
 def _own_grads_bwd(stride, per_tap_wgrad, subpixel_dx, res, g):
     x, w = res
-    kh, kw, cin, co = w.shape
     if subpixel_dx:
         dx = _subpixel_input_grad(g, w, x.shape[1:3], stride)
     else:
         dx = jax.vjp(lambda a: _dense_conv(a, w, stride), x)[1](g)[0]
     if per_tap_wgrad:
-        # [Co, M], materialised once for the nine dots: left as a transpose, XLA folds it into
-        # each dot as a contraction over the leading axis of [M, Co] and [M, Ci], which XLA:CPU
-        # runs at half the rate of [Co, M] x [M, Ci] (docs/benchmarks.md).
-        g2 = jax.lax.optimization_barrier(g.reshape(-1, co).T)
-        taps = [g2 @ t.reshape(-1, cin) for t in _same_taps(x, kh, stride)]  # each [Co, Ci]
-        dw = jnp.stack(taps).reshape(kh, kw, co, cin).transpose(0, 1, 3, 2)
+        dw = _per_tap_weight_grad(x, g, w.shape[0], stride)
     else:
         dw = jax.vjp(lambda b: _dense_conv(x, b, stride), w)[1](g)[0]
     return dx.astype(x.dtype), dw.astype(w.dtype)
@@ -205,13 +210,6 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, groups: int = 1, lowerin
     return jnp.concatenate([dense(a, b) for a, b in zip(xs, ws)], axis=-1)
 
 
-def _standardise_parts(k: jax.Array, gain: jax.Array):
-    n = k.shape[0]
-    mean = jnp.mean(k, axis=0)
-    var = jnp.var(k, axis=0)
-    return n, mean, var, jax.lax.rsqrt(jnp.maximum(var * n, 1e-4))
-
-
 @jax.custom_vjp
 def standardise(k: jax.Array, gain: jax.Array) -> jax.Array:
     """Scaled Weight Standardization of a [fan-in, out] kernel: gain * (k - mean) /
@@ -222,22 +220,20 @@ def standardise(k: jax.Array, gain: jax.Array) -> jax.Array:
     several more passes over the kernel: F0's final 1536x3072 kernel 35 -> 18 ms on one
     core (docs/benchmarks.md). Equal to autodiff's gradients to rounding (tests/nfnet/test_layers.py).
     """
-    _, mean, _, inv = _standardise_parts(k, gain)
-    scale = inv * gain
-    return k * scale - mean * scale
+    return _standardise_fwd(k, gain)[0]
 
 
 def _standardise_fwd(k, gain):
-    _, mean, var, inv = _standardise_parts(k, gain)
+    mean = jnp.mean(k, axis=0)
+    var = jnp.var(k, axis=0)
+    inv = jax.lax.rsqrt(jnp.maximum(var * k.shape[0], 1e-4))
     scale = inv * gain
-    return k * scale - mean * scale, (k, mean, var, gain)
+    return k * scale - mean * scale, (k, mean, var, inv, scale)
 
 
 def _standardise_bwd(res, g):
-    k, mean, var, gain = res
+    k, mean, var, inv, scale = res
     n = k.shape[0]
-    inv = jax.lax.rsqrt(jnp.maximum(var * n, 1e-4))
-    scale = inv * gain
     centred = k - mean
     sum_g = jnp.sum(g, axis=0)
     sum_gc = jnp.sum(g * centred, axis=0)
