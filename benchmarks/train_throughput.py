@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         r["mfu"] = r["flop_per_s"] / (args.peak_tflops * 1e12)
     if args.json:
         if "op_summary" in r:
+            dots = r["op_summary"]["dots"]
             r["op_summary"] = {f"{phase}/{kind}": ms for (phase, kind), ms in r["op_summary"]["ms_per_step"].items()}
+            r["op_summary_dots"] = dots
         print(json.dumps(r))
         return 0
     print(f"{r['variant']} {r['resolution']}px batch {r['batch_size']} {r['dtype']} {r['conv_lowering']} convs "
@@ -190,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nms per step by op kind and phase (summed over threads; {r['op_summary']['total_ms']:,.1f} ms "
               f"of ops against a {r['step_s'] * 1e3:,.1f} ms step):")
         print(op_summary.format_table(r["op_summary"]))
+        print("\nconvs and matmuls by phase (FLOPs as XLA compiled them, read from the step's HLO):")
+        print(op_summary.format_dots(r["op_summary"]))
     return 0
 
 

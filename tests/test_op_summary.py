@@ -70,3 +70,35 @@ def test_phase_and_kind_rules():
     assert ops.kind_of({"multiply", "add", "parameter"}) == "elementwise"
     # "convert" is not a conv.
     assert ops.kind_of({"convert", "parameter"}) == "elementwise"
+
+
+def test_dot_and_conv_flops_are_read_from_the_hlo(tmp_path):
+    """The convs' and matmuls' FLOPs equal the maths: forward conv and head, and their gradients."""
+    ops = load_op_summary()
+    n, hw, cin, cout, classes = 4, 16, 8, 16, 4
+    rng = np.random.default_rng(1)
+    params = {"w": jnp.asarray(rng.standard_normal((3, 3, cin, cout), np.float32)),
+              "head": jnp.asarray(rng.standard_normal((hw * hw * cout, classes), np.float32))}
+    mom = jax.tree.map(jnp.zeros_like, params)
+    x = jnp.asarray(rng.standard_normal((n, hw, hw, cin), np.float32))
+    compiled = jax.jit(step).lower(params, mom, x).compile()
+    hlo = ops.Hlo(compiled.as_text())
+    total = hlo.flops[hlo.entry] + sum(hlo.flops[called] for opcode, called, _ in hlo.instructions.values()
+                                       if opcode == "fusion" and called)
+    conv = 2 * n * hw * hw * 9 * cin * cout  # the forward conv; its weight gradient is the same count
+    head = 2 * n * hw * hw * cout * classes  # the head's forward; its two gradients the same each
+    # x's gradient is never taken (x is not differentiated), so: conv forward + weight gradient, head x 3.
+    assert total == 2 * conv + 3 * head
+
+    jax.block_until_ready(compiled(params, mom, x))
+    with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
+        for _ in range(2):
+            params, mom, _ = jax.block_until_ready(compiled(params, mom, x))
+    summary = ops.summarise(ops.latest_trace(tmp_path), compiled.as_text(), steps=2)
+    dots = summary["dots"]
+    assert dots["forward"]["flops"] == conv + head
+    assert sum(d["flops"] for d in dots.values()) == 2 * conv + 3 * head
+    assert all(d["ms"] > 0 for d in dots.values())
+    text = ops.format_dots(summary)
+    assert text.splitlines()[0] == "| phase | conv and matmul ms | GFLOP | GFLOP/s |"
+    assert "every other op" in text
