@@ -86,7 +86,7 @@ def time_steps(built: dict, steps: int) -> tuple[list[float], list[float], float
         jax.block_until_ready((built["state"], out))
         times.append(time.perf_counter() - t)
         cpu_times.append(time.process_time() - c)
-    return times, cpu_times, float(out["loss"])
+    return times, cpu_times, float(out["loss"]) if out is not None else float("nan")
 
 
 def measure(variant: str, batch_size: int, resolution: int, steps: int, warmup: int, dtype: str,
