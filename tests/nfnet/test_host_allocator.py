@@ -85,24 +85,32 @@ def test_a_command_restarts_itself_once_on_jemalloc_and_not_when_told_system():
 @needs_jemalloc
 def test_on_jemalloc_a_steps_buffers_stop_page_faulting():
     """What the allocator is for: XLA:CPU allocates a call's 64 MiB output afresh each call; on
-    jemalloc its pages are reused, not faulted in again (16,384 4-KiB pages a call on glibc)."""
+    jemalloc its pages are reused, not faulted in again (16,384 4-KiB pages a call on glibc).
+
+    Per call, the median: a call that lands on a thread whose jemalloc arena has not yet held
+    a buffer that size faults it in once (seen on a 2-core VM: one call in ~60); after that
+    the arena reuses it. A step that faulted every call, as on glibc, fails this."""
     code = """
-import resource, jax, jax.numpy as jnp
+import resource, statistics, jax, jax.numpy as jnp
 from nfnet import host_allocator
 f = jax.jit(lambda a: a * 2.0)
 a = jnp.ones((1 << 24,), jnp.float32)
 for _ in range(3):
     f(a).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+faults = []
+for _ in range(15):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(a).block_until_ready()
-print(host_allocator.active(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(host_allocator.active(), statistics.median(faults), sum(f > 4096 for f in faults))
 """
     done = run_python(code, **host_allocator.allocator_env("jemalloc", {}))
     assert done.returncode == 0, done.stderr
-    library, faults = done.stdout.split()
+    library, median, faulted_in = done.stdout.split()
     assert library == JEMALLOC
-    assert float(faults) < 0.05 * (1 << 24) * 4 / 4096
+    pages = (1 << 24) * 4 / 4096
+    assert float(median) < 0.05 * pages
+    assert int(faulted_in) <= 3  # calls that faulted a quarter of the buffer or more in, of 15
 
 
 def test_the_launcher_runs_a_command_on_the_chosen_allocator_and_refuses_bad_input():
