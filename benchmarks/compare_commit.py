@@ -66,15 +66,14 @@ def resolve_commit(rev: str) -> str:
 def side_env(tree: Path, allocator: str, is_base: bool) -> dict[str, str]:
     """The environment of one side's process: its own tree first on the import path."""
     env = {k: v for k, v in os.environ.items() if k != host_allocator.REEXEC_MARK}
-    if host_allocator.REEXEC_MARK in os.environ and allocator == "own":
-        # This process was started under the allocator (`python -m nfnet.host_allocator ...`):
-        # its preload is not the base's own.
+    env["PYTHONPATH"] = os.pathsep.join([str(tree)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    if allocator == "system" or (allocator == "own" and host_allocator.REEXEC_MARK in os.environ):
+        # No preload for either side: `system` asks for none, and a preload this process was
+        # started under (`python -m nfnet.host_allocator ...`) is not a base's own.
         env.pop("LD_PRELOAD", None)
         env.pop("MALLOC_CONF", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(tree)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     if allocator == "system":
         env[host_allocator.ENV] = "system"  # this checkout's script honours it; a base without it uses glibc
-        env.pop("LD_PRELOAD", None)
     elif allocator == "jemalloc":
         env[host_allocator.ENV] = "jemalloc"
         if is_base:  # a base from before the allocator change starts no allocator of its own

@@ -70,9 +70,14 @@ class Hlo:
         self.instructions: dict[str, tuple[str, str | None, str | None]] = {}
         self.flops: dict[str, float] = collections.defaultdict(float)  # instruction or computation -> dot/conv FLOPs
         self.entry: str | None = None  # the entry computation's name
-        shapes = {m.group(1): _dims(m.group(2)) for m in map(_ARRAY.match, hlo_text.splitlines()) if m}
+        # Instruction -> its array result's dimensions. HLO text defines an operand before the
+        # instructions that use it (a fused computation before its fusion), so one pass serves.
+        shapes: dict[str, list[int]] = {}
         current = None
         for line in hlo_text.splitlines():
+            array = _ARRAY.match(line)
+            if array:
+                shapes[array.group(1)] = _dims(array.group(2))
             header = _HEADER.match(line)
             if header:
                 current = header.group(1)

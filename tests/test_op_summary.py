@@ -23,20 +23,34 @@ def step(params, mom, x):
     return params, mom, value
 
 
-def test_trace_is_split_by_phase_and_kind(tmp_path):
-    ops = load_op_summary()
-    rng = np.random.default_rng(0)
-    params = {"w": jnp.asarray(rng.standard_normal((3, 3, 8, 16), np.float32)),
-              "head": jnp.asarray(rng.standard_normal((16 * 16 * 16, 4), np.float32))}
+# The traced step's shapes: batch, map size, conv channels in and out, head outputs.
+N, HW, CIN, COUT, CLASSES = 4, 16, 8, 16, 4
+
+
+def compile_conv_step(seed: int = 0):
+    """`step` compiled for a 3x3 conv and a dense head; its first inputs."""
+    rng = np.random.default_rng(seed)
+    params = {"w": jnp.asarray(rng.standard_normal((3, 3, CIN, COUT), np.float32)),
+              "head": jnp.asarray(rng.standard_normal((HW * HW * COUT, CLASSES), np.float32))}
     mom = jax.tree.map(jnp.zeros_like, params)
-    x = jnp.asarray(rng.standard_normal((4, 16, 16, 8), np.float32))
-    compiled = jax.jit(step).lower(params, mom, x).compile()
+    x = jnp.asarray(rng.standard_normal((N, HW, HW, CIN), np.float32))
+    return jax.jit(step).lower(params, mom, x).compile(), (params, mom, x)
+
+
+def trace_steps(ops, tmp_path, compiled, inputs, steps: int) -> dict:
+    """Run the compiled step `steps` times under jax.profiler; op_summary's summary of the trace."""
+    params, mom, x = inputs
     jax.block_until_ready(compiled(params, mom, x))
     with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
-        for _ in range(3):
+        for _ in range(steps):
             params, mom, _ = jax.block_until_ready(compiled(params, mom, x))
+    return ops.summarise(ops.latest_trace(tmp_path), compiled.as_text(), steps=steps)
 
-    summary = ops.summarise(ops.latest_trace(tmp_path), compiled.as_text(), steps=3)
+
+def test_trace_is_split_by_phase_and_kind(tmp_path):
+    ops = load_op_summary()
+    compiled, inputs = compile_conv_step()
+    summary = trace_steps(ops, tmp_path, compiled, inputs, steps=3)
     table = summary["ms_per_step"]
     assert table.get(("forward", "conv"), 0) > 0
     assert table.get(("backward", "conv"), 0) + table.get(("backward", "matmul"), 0) > 0
@@ -75,26 +89,16 @@ def test_phase_and_kind_rules():
 def test_dot_and_conv_flops_are_read_from_the_hlo(tmp_path):
     """The convs' and matmuls' FLOPs equal the maths: forward conv and head, and their gradients."""
     ops = load_op_summary()
-    n, hw, cin, cout, classes = 4, 16, 8, 16, 4
-    rng = np.random.default_rng(1)
-    params = {"w": jnp.asarray(rng.standard_normal((3, 3, cin, cout), np.float32)),
-              "head": jnp.asarray(rng.standard_normal((hw * hw * cout, classes), np.float32))}
-    mom = jax.tree.map(jnp.zeros_like, params)
-    x = jnp.asarray(rng.standard_normal((n, hw, hw, cin), np.float32))
-    compiled = jax.jit(step).lower(params, mom, x).compile()
+    compiled, inputs = compile_conv_step(seed=1)
     hlo = ops.Hlo(compiled.as_text())
     total = hlo.flops[hlo.entry] + sum(hlo.flops[called] for opcode, called, _ in hlo.instructions.values()
                                        if opcode == "fusion" and called)
-    conv = 2 * n * hw * hw * 9 * cin * cout  # the forward conv; its weight gradient is the same count
-    head = 2 * n * hw * hw * cout * classes  # the head's forward; its two gradients the same each
+    conv = 2 * N * HW * HW * 9 * CIN * COUT  # the forward conv; its weight gradient is the same count
+    head = 2 * N * HW * HW * COUT * CLASSES  # the head's forward; its two gradients the same each
     # x's gradient is never taken (x is not differentiated), so: conv forward + weight gradient, head x 3.
     assert total == 2 * conv + 3 * head
 
-    jax.block_until_ready(compiled(params, mom, x))
-    with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
-        for _ in range(2):
-            params, mom, _ = jax.block_until_ready(compiled(params, mom, x))
-    summary = ops.summarise(ops.latest_trace(tmp_path), compiled.as_text(), steps=2)
+    summary = trace_steps(ops, tmp_path, compiled, inputs, steps=2)
     dots = summary["dots"]
     assert dots["forward"]["flops"] == conv + head
     assert sum(d["flops"] for d in dots.values()) == 2 * conv + 3 * head
